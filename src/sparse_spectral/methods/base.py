@@ -1,0 +1,155 @@
+"""The training-method life cycle and its registry.
+
+Every method (full, sst, and the baselines of later issues) is one object::
+
+    method = make_method("sst", rank=16, iteration_interval=50)
+    model = method.prepare(model)              # replace target layers, freeze what must be frozen
+    optimizer = method.build_optimizer(model, lr=1e-3)
+    ... loss.backward(); optimizer.step(); method.after_step(step, optimizer)
+    dense = method.merge(model)                # plain dense model (a copy)
+
+Tasks, the training loop, the CLI and checkpoints talk to methods only through this
+interface.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..spectral.optim import SlotAdamW
+
+TargetSpec = str | list[str] | None
+
+
+@dataclass
+class MethodConfig:
+    """Settings shared by every method."""
+
+    target_modules: TargetSpec = field(
+        default="all-linear",
+        metadata={"help": "Modules the method replaces: a regex (full match on the dotted "
+                  "name), a list of name suffixes, or 'all-linear' (every linear layer but "
+                  "the output head)."},
+    )
+    exclude_modules: TargetSpec = field(
+        default=None, metadata={"help": "Modules never replaced; same forms as target_modules."}
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class TrainingMethod:
+    """Base class: ``full`` training is this life cycle with nothing replaced."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig | None = None):
+        self.config = config if config is not None else self.config_class()
+        self.step = 0
+
+    # --------------------------------------------------------------- life cycle
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Reshape ``model`` in place for this method and return it."""
+        return model
+
+    def param_groups(self, model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
+        """Optimizer param groups: dense weights (decayed), 1-D tensors (not decayed).
+
+        Methods with special parameters put them in groups of their own.
+        """
+        decay, no_decay = [], []
+        for _, p in self._dense_trainable(model):
+            (decay if p.dim() >= 2 else no_decay).append(p)
+        groups = [
+            {"name": "decay", "params": decay, "weight_decay": weight_decay},
+            {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def build_optimizer(self, model: nn.Module, optimizer_cls=None, lr: float = 1e-3,
+                        weight_decay: float = 0.0, **kwargs) -> torch.optim.Optimizer:
+        """Build an optimizer over :meth:`param_groups` (default :class:`SlotAdamW`)."""
+        optimizer_cls = optimizer_cls or SlotAdamW
+        return optimizer_cls(self.param_groups(model, weight_decay), lr=lr, **kwargs)
+
+    def after_step(self, step: int, optimizer=None) -> None:
+        """Run the method's schedule after optimizer step number ``step`` (1-based)."""
+        self.step = int(step)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` made of plain dense layers."""
+        return copy.deepcopy(model)
+
+    # --------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"method": self.name, "config": self.config.to_dict(), "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("method") != self.name:
+            raise ValueError(f"state is for method {state.get('method')!r}, not {self.name!r}")
+        if state.get("config") != self.config.to_dict():
+            raise ValueError(
+                f"state was saved with config {state.get('config')}, this method has "
+                f"{self.config.to_dict()}; build the method from the saved config"
+            )
+        self.step = int(state["step"])
+
+    # --------------------------------------------------------------- helpers
+    def _special_parameters(self, model: nn.Module) -> set[int]:
+        """ids of parameters that live in a method-specific group."""
+        return set()
+
+    def _dense_trainable(self, model: nn.Module):
+        special = self._special_parameters(model)
+        for name, p in model.named_parameters():
+            if p.requires_grad and id(p) not in special:
+                yield name, p
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+
+_REGISTRY: dict[str, type[TrainingMethod]] = {}
+
+
+def register_method(cls: type[TrainingMethod]) -> type[TrainingMethod]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"method name {cls.name!r} is empty or already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_method(name: str, **settings) -> TrainingMethod:
+    """Build a registered method from its name and config fields.
+
+    Raises:
+        ValueError: unknown method name, or a setting the method's config does not have.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
+    cls = _REGISTRY[name]
+    allowed = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise ValueError(f"method {name!r} has no setting(s) {unknown}; allowed: {sorted(allowed)}")
+    return cls(cls.config_class(**settings))
+
+
+def method_from_state(state: dict[str, Any]) -> TrainingMethod:
+    """Rebuild a method (config and step) from :meth:`TrainingMethod.state_dict`."""
+    method = make_method(state["method"], **state["config"])
+    method.load_state_dict(state)
+    return method

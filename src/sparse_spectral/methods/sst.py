@@ -1,0 +1,184 @@
+"""``sst``: Sparse Spectral Training (SPEC sections 1-4)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..spectral.layer import SpectralLinear
+from ..spectral.sampling import SAMPLERS, iterations_per_round, select_indices
+from ..targeting import find_target_modules, linear_shape, replace_module
+from .base import MethodConfig, TrainingMethod, register_method
+
+_SVD_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class SSTConfig(MethodConfig):
+    """Settings of Sparse Spectral Training."""
+
+    rank: int = field(default=8, metadata={"help": "r: singular-vector pairs trained at a time."})
+    iteration_interval: int = field(
+        default=50, metadata={"help": "T3: optimizer steps between two selections."})
+    iterations_per_round: int | None = field(
+        default=None, metadata={"help": "T2: iterations between re-SVDs; None: ceil(k / r)."})
+    sampler: str = field(default="weighted", metadata={"help": f"one of {SAMPLERS}"})
+    lam: float = field(default=0.0, metadata={"help": "uniform mix of the weighted sampler, in [0, 1]."})
+    enhanced_gradient: bool = field(
+        default=True, metadata={"help": "drop the s_i factor from the active vectors' gradients."})
+    seed: int = field(default=0, metadata={"help": "seed of the counter-based sampler."})
+    svd_dtype: str = field(default="float32", metadata={"help": "'float32' or 'float64'."})
+
+    def __post_init__(self):
+        if not _is_int(self.rank) or self.rank < 1:
+            raise ValueError(f"rank={self.rank!r} must be an int >= 1")
+        if not _is_int(self.iteration_interval) or self.iteration_interval < 1:
+            raise ValueError(
+                f"iteration_interval (T3)={self.iteration_interval!r} must be an int >= 1")
+        if self.iterations_per_round is not None and (
+                not _is_int(self.iterations_per_round) or self.iterations_per_round < 1):
+            raise ValueError(f"iterations_per_round (T2)={self.iterations_per_round!r} must be "
+                             "None or an int >= 1")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler={self.sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
+        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) \
+                or not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"lam={self.lam!r} must be a number in [0, 1]")
+        if self.svd_dtype not in _SVD_DTYPES:
+            raise ValueError(f"svd_dtype={self.svd_dtype!r}; allowed: {sorted(_SVD_DTYPES)}")
+        if not _is_int(self.seed):
+            raise ValueError(f"seed={self.seed!r} must be an int")
+
+
+@register_method
+class SparseSpectral(TrainingMethod):
+    """Replace target linear layers by :class:`SpectralLinear` and run the SST schedule.
+
+    Schedule (``step`` counts completed optimizer steps): after every step, clamp ``s`` and
+    renormalise the active vectors; every T3 steps a new iteration starts with a new
+    selection; after every T2 iterations of a layer (a round) its ``U diag(s) Vh`` is
+    re-decomposed first. Draws are keyed by ``(seed, layer index, iteration index)``.
+    """
+
+    name = "sst"
+    config_class = SSTConfig
+
+    def __init__(self, config: SSTConfig | None = None):
+        super().__init__(config)
+        self.layers: list[tuple[str, SpectralLinear]] = []
+
+    # --------------------------------------------------------------- life cycle
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Convert every target linear layer in place; draw the first selections."""
+        cfg = self.config
+        targets = find_target_modules(model, cfg.target_modules, cfg.exclude_modules)
+        for name, module in targets:
+            m, n = linear_shape(module)
+            if cfg.rank > min(m, n):
+                raise ValueError(f"rank={cfg.rank} is out of range for layer {name!r} of shape "
+                                 f"(m={m}, n={n}): it must be in [1, min(m, n) = {min(m, n)}]")
+        for name, module in targets:
+            layer = SpectralLinear.from_linear(module, cfg.rank, enhanced=cfg.enhanced_gradient,
+                                               svd_dtype=_SVD_DTYPES[cfg.svd_dtype])
+            replace_module(model, name, layer)
+        self.attach(model)
+        for index, (_, layer) in enumerate(self.layers):
+            layer.swap_(self._draw(layer, index, iteration=0))
+        return model
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        """Bind this method to an already converted model (e.g. after loading)."""
+        self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, SpectralLinear)]
+        if not self.layers:
+            raise ValueError("model has no SpectralLinear layer; call prepare() first")
+        return model
+
+    def _special_parameters(self, model: nn.Module) -> set[int]:
+        return {id(p) for _, layer in self._spectral_layers(model)
+                for p in (layer.U_active, layer.Vh_active, layer.s)}
+
+    def param_groups(self, model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
+        """Dense groups plus one ``spectral`` group with per-slot step counters.
+
+        Weight decay is off for the spectral group: the active vectors are renormalised
+        after every step, and decaying ``s`` is a choice the paper does not make.
+        """
+        groups = super().param_groups(model, weight_decay)
+        params, slot_dims = [], []
+        for _, layer in self._spectral_layers(model):
+            params += [layer.U_active, layer.Vh_active, layer.s]
+            slot_dims += [1, 0, -1]
+        groups.append({"name": "spectral", "params": params, "slot_dims": slot_dims,
+                       "weight_decay": 0.0})
+        return groups
+
+    def after_step(self, step: int, optimizer=None) -> None:
+        """Clamp and renormalise; at iteration ends resample, at round ends re-SVD first."""
+        super().after_step(step, optimizer)
+        cfg = self.config
+        new_iteration = self.step % cfg.iteration_interval == 0
+        iteration = self.step // cfg.iteration_interval
+        for index, (name, layer) in enumerate(self.layers):
+            if layer.U.requires_grad or layer.Vh.requires_grad:
+                raise RuntimeError(f"frozen factors of {name!r} were made trainable; SST would "
+                                   "allocate full-size gradients (was requires_grad_(True) "
+                                   "called on the model?)")
+            layer.normalize_()
+            if not new_iteration:
+                continue
+            if iteration % self._rounds(layer) == 0:
+                layer.resvd_(optimizer, svd_dtype=_SVD_DTYPES[cfg.svd_dtype])
+            layer.swap_(self._draw(layer, index, iteration), optimizer)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """A copy with every :class:`SpectralLinear` turned back into its dense layer."""
+        merged = copy.deepcopy(model)
+        for name, layer in self._spectral_layers(merged):
+            replace_module(merged, name, layer.to_linear())
+        return merged
+
+    # --------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Step and config; selections for a consistency check.
+
+        The selections also live in the model's state_dict (buffer ``idx``, beside the
+        active vectors they index), which is what restores them. The sampler has no RNG
+        state to save: each draw is keyed by ``(seed, layer, iteration)``.
+        """
+        state = super().state_dict()
+        state["selections"] = {name: layer.idx.tolist() for name, layer in self.layers}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the step; if attached, check the model holds the saved selections.
+
+        Load the model's state_dict before this one.
+        """
+        super().load_state_dict(state)
+        saved = state.get("selections", {})
+        for name, layer in self.layers:
+            if name in saved and saved[name] != layer.idx.tolist():
+                raise ValueError(f"layer {name!r} holds selection {layer.idx.tolist()} but the "
+                                 f"method state says {saved[name]}; load the model's "
+                                 "state_dict from the same checkpoint first")
+
+    # --------------------------------------------------------------- helpers
+    @staticmethod
+    def _spectral_layers(model: nn.Module):
+        return [(n, m) for n, m in model.named_modules() if isinstance(m, SpectralLinear)]
+
+    def _rounds(self, layer: SpectralLinear) -> int:
+        return self.config.iterations_per_round or iterations_per_round(layer.k, layer.rank)
+
+    def _draw(self, layer: SpectralLinear, index: int, iteration: int) -> torch.Tensor:
+        cfg = self.config
+        return select_indices(cfg.sampler, layer.s, layer.rank, key=(cfg.seed, index, iteration),
+                              lam=cfg.lam, iteration_in_round=iteration % self._rounds(layer))

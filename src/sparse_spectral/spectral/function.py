@@ -1,0 +1,112 @@
+"""The SST forward/backward as one autograd Function.
+
+Storage convention (see :class:`~sparse_spectral.spectral.layer.SpectralLinear`):
+
+* ``U`` (m, k) and ``Vh`` (k, n) are frozen and hold the full factors; their entries at
+  the active indices ``idx`` are stale while those vectors are checked out.
+* ``U_active`` (m, r) and ``Vh_active`` (r, n) hold the live copies of ``U[:, idx]`` and
+  ``Vh[idx, :]``.
+* ``s`` (k,) holds every singular value.
+
+The effective weight is ``W = U_eff diag(s) Vh_eff`` where ``U_eff`` is ``U`` with columns
+``idx`` replaced by ``U_active`` (and likewise for ``Vh_eff``). Instead of building
+``U_eff`` we mask the stale entries through ``s``::
+
+    y = U (s_frozen * (Vh x)) + U_active (s[idx] * (Vh_active x))     s_frozen = s with s[idx] = 0
+
+so the frozen product never sees the stale vectors and nothing of size (m, k) is copied.
+
+Gradients (``G = dL/dW = sum_t dy_t x_t^T``, never formed):
+
+* input and ``s``: the true gradients;
+* active vectors, enhanced mode: ``G v_i`` and ``G^T u_i`` (the true ones without the
+  ``s_i`` factor, SPEC section 2); default mode: the true gradients ``s_i G v_i``,
+  ``s_i G^T u_i``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _flatten(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+class SpectralLinearFunction(torch.autograd.Function):
+    """``y = U_eff diag(s) Vh_eff x + b`` with SST's gradients for the active vectors."""
+
+    @staticmethod
+    def forward(ctx, x, U, Vh, s, U_active, Vh_active, idx, bias, enhanced: bool):
+        # x: (..., n) -> x2: (T, n) with T the number of tokens.
+        x2 = _flatten(x)
+        s_active = s.index_select(0, idx)  # (r,)
+        s_frozen = s.index_fill(0, idx, 0.0)  # (k,)
+        z = x2 @ Vh.t()  # (T, k), columns idx are stale and masked below
+        z_active = x2 @ Vh_active.t()  # (T, r)
+        y = (z * s_frozen) @ U.t() + (z_active * s_active) @ U_active.t()
+        if bias is not None:
+            y = y + bias
+        ctx.save_for_backward(x2, U, Vh, s, U_active, Vh_active, idx, z, z_active)
+        ctx.enhanced = enhanced
+        ctx.has_bias = bias is not None
+        ctx.x_shape = x.shape
+        return y.reshape(*x.shape[:-1], U.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x2, U, Vh, s, U_active, Vh_active, idx, z, z_active = ctx.saved_tensors
+        gy = _flatten(grad_y)  # (T, m)
+        s_active = s.index_select(0, idx)
+        s_frozen = s.index_fill(0, idx, 0.0)
+
+        g = gy @ U  # (T, k): u_i^T dy_t, stale at idx
+        g_active = gy @ U_active  # (T, r)
+
+        grad_x = grad_s = grad_U_active = grad_Vh_active = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g * s_frozen) @ Vh + (g_active * s_active) @ Vh_active
+            grad_x = grad_x.reshape(ctx.x_shape)
+        if ctx.needs_input_grad[3]:
+            # dL/ds_i = u_i^T G v_i = sum_t (u_i^T dy_t)(v_i^T x_t)
+            grad_s = (g * z).sum(0).index_copy(0, idx, (g_active * z_active).sum(0))
+        scale = torch.ones_like(s_active) if ctx.enhanced else s_active
+        if ctx.needs_input_grad[4]:
+            grad_U_active = gy.t() @ (z_active * scale)  # (m, r): G v_i [* s_i]
+        if ctx.needs_input_grad[5]:
+            grad_Vh_active = (g_active * scale).t() @ x2  # (r, n): (G^T u_i)^T [* s_i]
+        if ctx.has_bias and ctx.needs_input_grad[7]:
+            grad_bias = gy.sum(0)
+        return grad_x, None, None, grad_s, grad_U_active, grad_Vh_active, None, grad_bias, None
+
+
+def spectral_linear(
+    x: torch.Tensor,
+    U: torch.Tensor,
+    Vh: torch.Tensor,
+    s: torch.Tensor,
+    U_active: torch.Tensor,
+    Vh_active: torch.Tensor,
+    idx: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    enhanced: bool = True,
+) -> torch.Tensor:
+    """Apply an SST layer.
+
+    Args:
+        x: input, shape ``(..., n)``.
+        U: frozen left factor, ``(m, k)``.
+        Vh: frozen right factor, ``(k, n)``.
+        s: singular values, ``(k,)``.
+        U_active: live left vectors, ``(m, r)``, standing for ``U[:, idx]``.
+        Vh_active: live right vectors, ``(r, n)``, standing for ``Vh[idx, :]``.
+        idx: active indices, ``(r,)`` int64, distinct.
+        bias: optional ``(m,)``.
+        enhanced: drop the ``s_i`` factor from the active vectors' gradients.
+
+    Returns:
+        Output of shape ``(..., m)``.
+
+    No gradient is ever produced for ``U`` or ``Vh``: they are frozen by design.
+    """
+    return SpectralLinearFunction.apply(x, U, Vh, s, U_active, Vh_active, idx, bias, enhanced)

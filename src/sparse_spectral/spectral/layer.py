@@ -1,0 +1,242 @@
+"""``SpectralLinear``: a linear layer stored as its SVD, trained r vector pairs at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .function import spectral_linear
+from .optim import reset_param_state, reset_slots
+
+
+def _check_rank(rank: int, m: int, n: int) -> None:
+    k = min(m, n)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= k:
+        raise ValueError(f"rank={rank!r} is out of range: it must be an int in [1, min(m, n) = {k}]"
+                         f" for a layer of shape (m={m}, n={n})")
+
+
+def thin_svd(weight: torch.Tensor, dtype: torch.dtype = torch.float32):
+    """Thin SVD ``W = U diag(s) Vh`` computed in ``dtype``.
+
+    Args:
+        weight: ``(m, n)``.
+        dtype: computation dtype (float32, or float64 for small, precision-critical layers).
+
+    Returns:
+        ``U (m, k)``, ``s (k,)``, ``Vh (k, n)`` in ``dtype`` with ``k = min(m, n)``.
+    """
+    U, s, Vh = torch.linalg.svd(weight.detach().to(dtype), full_matrices=False)
+    return U, s, Vh
+
+
+class SpectralLinear(nn.Module):
+    """A linear map ``y = U diag(s) Vh x + b`` trained with Sparse Spectral Training.
+
+    Parameters (trainable): ``s`` (k,), ``U_active`` (m, r), ``Vh_active`` (r, n), ``bias``.
+    Frozen parameters (``requires_grad=False``, so DDP never re-broadcasts them): ``U``
+    (m, k) and ``Vh`` (k, n), the full factors. Buffer: ``idx`` (r,), the active indices;
+    ``U_active[:, j]`` stands for column ``idx[j]`` of ``U`` (its copy in ``U`` is stale
+    until written back), and likewise for ``Vh_active``.
+
+    All state changes (:meth:`normalize_`, :meth:`swap_`, :meth:`resvd_`) copy in place
+    into tensors of fixed shape, so parameter objects, shapes and optimizer param groups
+    never change.
+
+    Args:
+        U: ``(m, k)`` left singular vectors.
+        s: ``(k,)`` singular values.
+        Vh: ``(k, n)`` right singular vectors.
+        rank: ``r``, the number of vector pairs trained at a time.
+        bias: optional ``(m,)`` bias.
+        enhanced: use the enhanced gradient for the active vectors.
+        conv1d: the layer came from GPT-2's ``Conv1D``; :meth:`to_linear` returns one.
+    """
+
+    def __init__(self, U: torch.Tensor, s: torch.Tensor, Vh: torch.Tensor, rank: int,
+                 bias: torch.Tensor | None = None, enhanced: bool = True, conv1d: bool = False):
+        super().__init__()
+        m, k = U.shape
+        n = Vh.shape[1]
+        if s.shape != (k,) or Vh.shape != (k, n):
+            raise ValueError(f"inconsistent factors: U {tuple(U.shape)}, s {tuple(s.shape)}, "
+                             f"Vh {tuple(Vh.shape)}")
+        _check_rank(rank, m, n)
+        self.out_features, self.in_features, self.k, self.rank = m, n, k, rank
+        self.enhanced = enhanced
+        self.conv1d = conv1d
+        self.U = nn.Parameter(U.detach().clone().contiguous(), requires_grad=False)
+        self.Vh = nn.Parameter(Vh.detach().clone().contiguous(), requires_grad=False)
+        self.s = nn.Parameter(s.detach().clone())
+        self.U_active = nn.Parameter(U.new_zeros(m, rank))
+        self.Vh_active = nn.Parameter(Vh.new_zeros(rank, n))
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self.register_buffer("idx", torch.arange(rank, device=U.device))
+        self._load_active(torch.arange(rank))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_linear(cls, linear: nn.Module, rank: int, enhanced: bool = True,
+                    svd_dtype: torch.dtype = torch.float32) -> "SpectralLinear":
+        """Convert an ``nn.Linear`` (or GPT-2 ``Conv1D``) keeping its function exactly.
+
+        The SVD runs in ``svd_dtype``; the factors are stored in the layer's dtype.
+        """
+        conv1d = type(linear).__name__ == "Conv1D"
+        weight = linear.weight.t() if conv1d else linear.weight  # (m, n)
+        _check_rank(rank, *weight.shape)
+        U, s, Vh = thin_svd(weight, svd_dtype)
+        dtype = linear.weight.dtype
+        return cls(U.to(dtype), s.to(dtype), Vh.to(dtype), rank,
+                   bias=linear.bias, enhanced=enhanced, conv1d=conv1d)
+
+    @classmethod
+    def from_shape(cls, in_features: int, out_features: int, rank: int, bias: bool = True,
+                   init: Callable[[torch.Tensor], object] | None = None,
+                   enhanced: bool = True, dtype: torch.dtype = torch.float32,
+                   device=None) -> "SpectralLinear":
+        """Build from shapes: initialise a dense ``(out, in)`` weight, then take its SVD.
+
+        Args:
+            init: in-place initialiser for the dense weight (e.g. ``nn.init.xavier_uniform_``);
+                default: ``nn.Linear``'s own initialisation.
+        """
+        linear = nn.Linear(in_features, out_features, bias=bias, dtype=dtype, device=device)
+        if init is not None:
+            with torch.no_grad():
+                init(linear.weight)
+        return cls.from_linear(linear, rank, enhanced=enhanced)
+
+    @classmethod
+    def from_random_orthogonal(cls, in_features: int, out_features: int, rank: int,
+                               singular_values: torch.Tensor, bias: torch.Tensor | None = None,
+                               generator: torch.Generator | None = None,
+                               enhanced: bool = True) -> "SpectralLinear":
+        """Random orthonormal factors with given singular values (the ablation's "random init")."""
+        k = min(in_features, out_features)
+        U, _ = torch.linalg.qr(torch.randn(out_features, k, generator=generator))
+        V, _ = torch.linalg.qr(torch.randn(in_features, k, generator=generator))
+        dtype = singular_values.dtype
+        return cls(U.to(dtype), singular_values, V.t().to(dtype), rank, bias=bias,
+                   enhanced=enhanced)
+
+    # ------------------------------------------------------------------ forward / views
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., in_features) -> (..., out_features)``."""
+        return spectral_linear(x, self.U, self.Vh, self.s, self.U_active, self.Vh_active,
+                               self.idx, self.bias, self.enhanced)
+
+    @torch.no_grad()
+    def effective_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Copies of ``U_eff (m, k)``, ``s (k,)``, ``Vh_eff (k, n)`` with active vectors in place."""
+        U = self.U.index_copy(1, self.idx, self.U_active)
+        Vh = self.Vh.index_copy(0, self.idx, self.Vh_active)
+        return U, self.s.detach().clone(), Vh
+
+    @torch.no_grad()
+    def dense_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``W = U_eff diag(s) Vh_eff``, shape ``(m, n)``, composed in ``dtype``."""
+        U, s, Vh = (t.to(dtype) for t in self.effective_factors())
+        return (U * s) @ Vh
+
+    @torch.no_grad()
+    def to_linear(self) -> nn.Module:
+        """The equivalent dense ``nn.Linear`` (or ``Conv1D``): merged in float32, cast once."""
+        dtype, device = self.s.dtype, self.s.device
+        weight = self.dense_weight(torch.float32).to(dtype)
+        has_bias = self.bias is not None
+        if self.conv1d:
+            from transformers.pytorch_utils import Conv1D
+
+            dense = Conv1D(self.out_features, self.in_features).to(device=device, dtype=dtype)
+            dense.weight.copy_(weight.t())
+            if has_bias:
+                dense.bias.copy_(self.bias)
+            else:  # Conv1D always has a bias; a zero one is equivalent.
+                dense.bias.zero_()
+            return dense
+        dense = nn.Linear(self.in_features, self.out_features, bias=has_bias,
+                          device=device, dtype=dtype)
+        dense.weight.copy_(weight)
+        if has_bias:
+            dense.bias.copy_(self.bias)
+        return dense
+
+    # ------------------------------------------------------------------ SST state changes
+    @torch.no_grad()
+    def _load_active(self, new_idx: torch.Tensor, slots: torch.Tensor | None = None) -> None:
+        """Check out vectors ``new_idx`` into ``slots`` (all slots by default)."""
+        slots = torch.arange(self.rank) if slots is None else slots
+        new_idx = new_idx.to(self.idx.device)
+        slots = slots.to(self.idx.device)
+        self.idx.index_copy_(0, slots, new_idx)
+        self.U_active.index_copy_(1, slots, self.U.index_select(1, new_idx))
+        self.Vh_active.index_copy_(0, slots, self.Vh.index_select(0, new_idx))
+
+    @torch.no_grad()
+    def write_back_(self) -> None:
+        """Copy the live active vectors into the frozen factors."""
+        self.U.index_copy_(1, self.idx, self.U_active)
+        self.Vh.index_copy_(0, self.idx, self.Vh_active)
+
+    @torch.no_grad()
+    def normalize_(self) -> None:
+        """After an optimizer step: ``s >= 0`` and unit-norm active vectors."""
+        self.s.clamp_(min=0)
+        # A vector driven to exactly zero keeps its direction undefined; leave it at zero
+        # rather than dividing by zero (its singular value then no longer matters).
+        self.U_active.div_(self.U_active.norm(dim=0, keepdim=True).clamp_min(1e-12))
+        self.Vh_active.div_(self.Vh_active.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def swap_(self, new_idx: torch.Tensor, optimizer=None) -> torch.Tensor:
+        """Make ``new_idx`` the active set; return the slots whose vector changed.
+
+        Indices already active stay in their slot and keep their optimizer state; the
+        other slots receive the remaining new indices (ascending) and their moments and
+        step counters restart.
+
+        Args:
+            new_idx: ``(r,)`` distinct indices in ``[0, k)``.
+            optimizer: optimizer holding the state of ``U_active``/``Vh_active``, or None.
+
+        Returns:
+            int64 tensor of the changed slot positions.
+        """
+        new_idx = new_idx.detach().to("cpu", torch.int64)
+        if new_idx.shape != (self.rank,) or new_idx.unique().numel() != self.rank:
+            raise ValueError(f"new_idx must hold {self.rank} distinct indices, got {new_idx.tolist()}")
+        if new_idx.min() < 0 or new_idx.max() >= self.k:
+            raise ValueError(f"indices must lie in [0, {self.k}), got {new_idx.tolist()}")
+        self.write_back_()
+        old = self.idx.cpu()
+        kept = torch.isin(old, new_idx)
+        incoming = new_idx[~torch.isin(new_idx, old)].sort().values
+        slots = torch.nonzero(~kept).flatten()
+        self._load_active(incoming, slots)
+        reset_slots(optimizer, self.U_active, slots, dim=1)
+        reset_slots(optimizer, self.Vh_active, slots, dim=0)
+        return slots
+
+    @torch.no_grad()
+    def resvd_(self, optimizer=None, svd_dtype: torch.dtype = torch.float32) -> None:
+        """Re-decompose ``U_eff diag(s) Vh_eff`` and restart all factor moments.
+
+        Restores orthonormal factors that vector updates erode. The active slots are then
+        reloaded from the new factors at the same indices; callers normally draw a new
+        selection right after (:meth:`swap_`).
+        """
+        W = self.dense_weight(svd_dtype)
+        U, s, Vh = thin_svd(W, svd_dtype)
+        self.U.copy_(U)
+        self.s.copy_(s)
+        self.Vh.copy_(Vh)
+        self._load_active(self.idx.cpu().clone())
+        reset_param_state(optimizer, [self.s, self.U_active, self.Vh_active])
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"k={self.k}, rank={self.rank}, bias={self.bias is not None}, "
+                f"enhanced={self.enhanced}")

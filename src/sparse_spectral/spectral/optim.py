@@ -1,0 +1,170 @@
+"""AdamW with per-slot step counters, and in-place optimizer-state resets.
+
+PyTorch's Adam keeps one step counter per tensor. SST swaps single columns of ``U_active``
+(rows of ``Vh_active``) for new vectors and must restart Adam for exactly those slots,
+including the bias correction: zeroing the moments alone makes the first updates of a
+swapped-in slot several times the learning rate (SPEC section 3). :class:`SlotAdamW` keeps
+a vector of step counts for tensors whose param group declares a slot dimension, stored
+under the state key ``"step"`` because ``Optimizer.load_state_dict`` casts every other key
+to the parameter's dtype (SPEC section 9). For ordinary tensors it is exactly AdamW.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+
+import torch
+
+NO_SLOTS = -1
+
+
+def _slot_dims(group: dict) -> list[int]:
+    dims = group.get("slot_dims")
+    return list(dims) if dims is not None else [NO_SLOTS] * len(group["params"])
+
+
+class SlotAdamW(torch.optim.Optimizer):
+    """AdamW (decoupled weight decay) whose bias correction can restart per slot.
+
+    A param group may carry ``"slot_dims"``: one int per parameter, the dimension along
+    which slots lie (``1`` for ``U_active`` (m, r), ``0`` for ``Vh_active`` (r, n)) or
+    ``-1`` for an ordinary tensor. The step counter of a slotted tensor has the
+    parameter's shape with 1 everywhere except the slot dimension, e.g. ``(1, r)``.
+
+    Args:
+        params: parameters or param groups.
+        lr: learning rate.
+        betas: Adam's ``(beta1, beta2)``.
+        eps: added to the denominator.
+        weight_decay: decoupled weight decay, as in :class:`torch.optim.AdamW`.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        if lr < 0:
+            raise ValueError(f"lr={lr} must be >= 0")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"betas={betas} must lie in [0, 1)")
+        if eps < 0 or weight_decay < 0:
+            raise ValueError(f"eps={eps} and weight_decay={weight_decay} must be >= 0")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        for group in self.param_groups:
+            dims = _slot_dims(group)
+            if len(dims) != len(group["params"]):
+                raise ValueError(
+                    f"slot_dims has {len(dims)} entries for {len(group['params'])} parameters"
+                )
+
+    def _init_state(self, p: torch.Tensor, slot_dim: int) -> dict:
+        if slot_dim == NO_SLOTS:
+            step = torch.zeros((), dtype=torch.float32)
+        else:
+            shape = [1] * p.dim()
+            shape[slot_dim] = p.shape[slot_dim]
+            step = torch.zeros(shape, dtype=torch.float32, device=p.device)
+        state = self.state[p]
+        state["step"] = step
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            for p, slot_dim in zip(group["params"], _slot_dims(group)):
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("SlotAdamW does not support sparse gradients")
+                state = self.state[p] or self._init_state(p, slot_dim)
+                step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
+                grad = p.grad
+                step += 1
+                if wd != 0:
+                    p.mul_(1 - lr * wd)
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                if step.dim() == 0:
+                    # Same arithmetic as torch.optim.AdamW's single-tensor path.
+                    t = step.item()
+                    step_size = lr / (1 - beta1**t)
+                    denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
+                    p.addcdiv_(exp_avg, denom, value=-step_size)
+                else:
+                    t = step.to(p.dtype)
+                    step_size = lr / (1 - beta1**t)
+                    denom = (exp_avg_sq.sqrt() / (1 - beta2**t).sqrt()).add_(eps)
+                    p.sub_(step_size * exp_avg / denom)
+        return loss
+
+
+def find_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor) -> dict | None:
+    """The optimizer state of ``param``, unwrapping wrappers that expose ``.optimizer``."""
+    while optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        optimizer = getattr(optimizer, "optimizer", None)
+    if optimizer is None:
+        return None
+    return optimizer.state.get(param) or None
+
+
+_warned_scalar_step = False
+
+
+def reset_slots(optimizer, param: torch.Tensor, slots: torch.Tensor, dim: int) -> None:
+    """Restart the optimizer state of some slots of ``param``, in place.
+
+    Every state tensor shaped like ``param`` is zeroed at ``slots`` along ``dim``; a
+    per-slot ``"step"`` is zeroed there too. An optimizer with one scalar step per tensor
+    (e.g. :class:`torch.optim.AdamW`) cannot restart the bias correction of a single slot;
+    a warning says so once.
+
+    Args:
+        optimizer: the optimizer (or a wrapper exposing ``.optimizer``), or None.
+        param: the parameter whose state to reset.
+        slots: int64 slot positions along ``dim``.
+        dim: slot dimension of ``param``.
+    """
+    global _warned_scalar_step
+    state = find_state(optimizer, param)
+    if state is None or slots.numel() == 0:
+        return
+    for key, value in state.items():
+        if not torch.is_tensor(value):
+            continue
+        slots_here = slots.to(value.device)
+        if key == "step":
+            if value.dim() == param.dim():
+                value.index_fill_(dim, slots_here, 0)
+            elif not _warned_scalar_step:
+                _warned_scalar_step = True
+                warnings.warn(
+                    f"{type(optimizer).__name__} keeps one step counter per tensor, so the "
+                    "bias correction of swapped-in SST slots cannot restart; use "
+                    "sparse_spectral.SlotAdamW (method.build_optimizer) for faithful resets.",
+                    stacklevel=2,
+                )
+        elif value.shape == param.shape:
+            value.index_fill_(dim, slots_here, 0)
+
+
+def reset_param_state(optimizer, params: Iterable[torch.Tensor]) -> None:
+    """Zero all optimizer state (moments and step counters) of ``params``, in place.
+
+    In place keeps the state dictionary's keys and tensor objects stable, which matters for
+    wrappers and checkpoints that hold references to them.
+    """
+    for param in params:
+        state = find_state(optimizer, param)
+        if state is None:
+            continue
+        for value in state.values():
+            if torch.is_tensor(value):
+                value.zero_()

@@ -1,0 +1,349 @@
+"""Choose which submodules of a model a training method replaces.
+
+The matching rules follow huggingface peft's ``target_modules`` /
+``exclude_modules`` semantics so that configs are portable:
+
+* a ``str`` (other than ``"all-linear"``) is a regular expression that must
+  :func:`re.fullmatch` the module's dotted name;
+* a list/tuple/set of strings matches a module whose name equals an entry or
+  ends with ``"." + entry`` (whole name components only);
+* ``"all-linear"`` selects every linear module except the output head.
+
+Only linear modules (:class:`torch.nn.Linear` and GPT-2's
+``transformers.pytorch_utils.Conv1D``) can be targets. ``transformers`` is an
+optional dependency and is never imported just to inspect a model.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import nn
+
+__all__ = [
+    "LINEAR_TYPES",
+    "is_linear",
+    "linear_shape",
+    "find_target_modules",
+    "replace_module",
+]
+
+ALL_LINEAR = "all-linear"
+
+# Name used to spot the output head when the model cannot tell us itself.
+_HEAD_NAME = "lm_head"
+
+# How many module names a "nothing matched" error lists before truncating.
+_MAX_LISTED_NAMES = 20
+
+_CONV1D_MODULE = "transformers.pytorch_utils"
+
+_Matcher = Callable[[str], bool]
+
+
+# --------------------------------------------------------------------------
+# Linear module kinds
+# --------------------------------------------------------------------------
+
+
+def _import_linear_types() -> tuple[type[nn.Module], ...]:
+    """Build ``LINEAR_TYPES``, importing transformers if it is installed."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return (nn.Linear,)
+    return (nn.Linear, Conv1D)
+
+
+def __getattr__(name: str) -> Any:
+    """Compute ``LINEAR_TYPES`` on first access (PEP 562).
+
+    Importing transformers costs seconds, so it only happens when a caller
+    actually asks for the tuple.
+    """
+    if name == "LINEAR_TYPES":
+        value = _import_linear_types()
+        globals()["LINEAR_TYPES"] = value  # cache: later lookups skip this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _loaded_conv1d() -> type[nn.Module] | None:
+    """Return transformers' ``Conv1D`` class if transformers is already loaded.
+
+    A ``Conv1D`` instance can only exist once its defining module has been
+    imported, so checking ``sys.modules`` is exact and never pays for an import.
+    """
+    module = sys.modules.get(_CONV1D_MODULE)
+    return getattr(module, "Conv1D", None)
+
+
+def _is_conv1d(module: object) -> bool:
+    conv1d = _loaded_conv1d()
+    return conv1d is not None and isinstance(module, conv1d)
+
+
+def is_linear(module: object) -> bool:
+    """Tell whether ``module`` is a linear layer a method may replace.
+
+    Args:
+        module: Any object, typically an ``nn.Module``.
+
+    Returns:
+        True for ``nn.Linear`` (and subclasses) and GPT-2's ``Conv1D``.
+    """
+    return isinstance(module, nn.Linear) or _is_conv1d(module)
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """Return the ``(out_features, in_features)`` shape of a linear module.
+
+    Args:
+        module: An ``nn.Linear`` or a transformers ``Conv1D``.
+
+    Returns:
+        ``(m, n)`` such that the layer maps ``n`` inputs to ``m`` outputs.
+
+    Raises:
+        TypeError: If ``module`` is not a linear module.
+    """
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    if _is_conv1d(module):
+        # Conv1D stores its weight transposed: (in_features, out_features).
+        n, m = module.weight.shape
+        return int(m), int(n)
+    raise TypeError(
+        f"expected nn.Linear or transformers Conv1D, got {type(module).__name__}"
+    )
+
+
+# --------------------------------------------------------------------------
+# Pattern handling
+# --------------------------------------------------------------------------
+
+
+def _describe_forms(arg_name: str, allow_none: bool) -> str:
+    forms = "a regex str, 'all-linear', or a list/tuple/set of str"
+    if arg_name == "exclude_modules":
+        forms = "a regex str or a list/tuple/set of str"
+    return forms + (", or None" if allow_none else "")
+
+
+def _regex_matcher(pattern: str, arg_name: str) -> _Matcher:
+    """Compile ``pattern`` into a full-match predicate on module names."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"{arg_name}={pattern!r} is not a valid regular expression: {err}") from err
+    return lambda name: compiled.fullmatch(name) is not None
+
+
+def _suffix_matcher(entries: Iterable[str]) -> _Matcher:
+    """Match names equal to an entry or ending in ``"." + entry``.
+
+    Requiring the dot keeps matches on whole name components, so ``"proj"``
+    does not match ``"q_proj"``.
+    """
+    entries = tuple(entries)
+    suffixes = tuple("." + entry for entry in entries)
+    return lambda name: name in entries or name.endswith(suffixes)
+
+
+def _make_matcher(spec: object, arg_name: str, allow_none: bool) -> _Matcher | None:
+    """Turn a user pattern into a name predicate, validating its type.
+
+    Args:
+        spec: The user's ``target_modules`` or ``exclude_modules`` value.
+        arg_name: Argument name, used in error messages.
+        allow_none: Whether ``None`` is accepted (meaning "no pattern").
+
+    Returns:
+        A predicate on dotted module names, or None for ``spec is None``.
+
+    Raises:
+        TypeError: If ``spec`` has an unsupported type.
+        ValueError: If ``spec`` is an invalid regular expression.
+    """
+    if spec is None and allow_none:
+        return None
+    if isinstance(spec, str):
+        return _regex_matcher(spec, arg_name)
+    if isinstance(spec, (list, tuple, set, frozenset)):
+        bad = [entry for entry in spec if not isinstance(entry, str)]
+        if not bad:
+            return _suffix_matcher(spec)
+        raise TypeError(
+            f"{arg_name}={spec!r} contains non-str entries {bad!r}; "
+            f"expected {_describe_forms(arg_name, allow_none)}"
+        )
+    raise TypeError(
+        f"{arg_name}={spec!r} has unsupported type {type(spec).__name__}; "
+        f"expected {_describe_forms(arg_name, allow_none)}"
+    )
+
+
+# --------------------------------------------------------------------------
+# Target discovery
+# --------------------------------------------------------------------------
+
+
+def _is_all_linear(spec: object) -> bool:
+    # isinstance first: `==` on arbitrary objects (e.g. arrays) need not give a bool.
+    return isinstance(spec, str) and spec == ALL_LINEAR
+
+
+def _output_head(model: nn.Module) -> nn.Module | None:
+    """Return the model's output head module as reported by the model, if any."""
+    getter = getattr(model, "get_output_embeddings", None)
+    if not callable(getter):
+        return None
+    try:
+        head = getter()
+    except NotImplementedError:  # some base models declare but do not implement it
+        return None
+    return head if isinstance(head, nn.Module) else None
+
+
+def _head_predicate(model: nn.Module) -> Callable[[str, nn.Module], bool]:
+    """Build a predicate that recognises the output head.
+
+    The model's own ``get_output_embeddings()`` is authoritative; models that
+    do not provide it fall back to the conventional ``lm_head`` name.
+    """
+    head = _output_head(model)
+    if head is not None:
+        return lambda name, module: module is head
+    return lambda name, module: name.rsplit(".", 1)[-1] == _HEAD_NAME
+
+
+def _all_linear_matcher(model: nn.Module) -> Callable[[str, nn.Module], bool]:
+    """Match every linear module except the output head."""
+    is_head = _head_predicate(model)
+    return lambda name, module: is_linear(module) and not is_head(name, module)
+
+
+def _named_submodules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """List submodules in ``named_modules()`` order, without the root.
+
+    The root has the empty name and cannot be replaced in place.
+    """
+    return [(name, module) for name, module in model.named_modules() if name]
+
+
+def _no_match_error(
+    model: nn.Module, target_modules: object, exclude_modules: object
+) -> ValueError:
+    """Build the error raised when no module is selected."""
+    linear_names = [name for name, module in _named_submodules(model) if is_linear(module)]
+    if not linear_names:
+        available = "the model has no linear modules"
+    else:
+        shown = ", ".join(linear_names[:_MAX_LISTED_NAMES])
+        more = len(linear_names) - _MAX_LISTED_NAMES
+        suffix = f", ... ({more} more)" if more > 0 else ""
+        available = f"available linear modules: {shown}{suffix}"
+    return ValueError(
+        f"no modules matched target_modules={target_modules!r} "
+        f"with exclude_modules={exclude_modules!r}; {available}"
+    )
+
+
+def _check_linear(targets: list[tuple[str, nn.Module]], target_modules: object) -> None:
+    """Reject non-linear matches: the user's pattern over-matched."""
+    for name, module in targets:
+        if not is_linear(module):
+            raise ValueError(
+                f"target_modules={target_modules!r} matched module {name!r} of type "
+                f"{type(module).__name__}, but only nn.Linear and Conv1D modules can "
+                "be targeted; make the pattern more specific or use exclude_modules"
+            )
+
+
+def find_target_modules(
+    model: nn.Module,
+    target_modules: str | list[str] | tuple[str, ...] | set[str] = ALL_LINEAR,
+    exclude_modules: str | list[str] | tuple[str, ...] | set[str] | None = None,
+) -> list[tuple[str, nn.Module]]:
+    """Select the submodules of ``model`` a training method should replace.
+
+    Args:
+        model: The model to search.
+        target_modules: ``"all-linear"`` (every linear module except the output
+            head), a regex that must fully match a dotted module name, or a
+            list/tuple/set of names matched exactly or as a dotted suffix.
+        exclude_modules: Modules to drop from the selection, in the same regex
+            or list forms as ``target_modules``; None excludes nothing.
+
+    Returns:
+        ``(name, module)`` pairs in ``model.named_modules()`` order.
+
+    Raises:
+        TypeError: If a pattern has an unsupported type.
+        ValueError: If a regex is invalid, a pattern selects a non-linear
+            module, or nothing is selected.
+    """
+    if _is_all_linear(exclude_modules):
+        # Excluding every linear module can never leave a target.
+        raise ValueError("exclude_modules='all-linear' would exclude every target")
+    is_excluded = _make_matcher(exclude_modules, "exclude_modules", allow_none=True)
+
+    if _is_all_linear(target_modules):
+        is_target = _all_linear_matcher(model)
+    else:
+        name_matches = _make_matcher(target_modules, "target_modules", allow_none=False)
+        is_target = lambda name, module: name_matches(name)  # noqa: E731
+
+    targets = [
+        (name, module)
+        for name, module in _named_submodules(model)
+        if is_target(name, module) and not (is_excluded and is_excluded(name))
+    ]
+    _check_linear(targets, target_modules)
+    if not targets:
+        raise _no_match_error(model, target_modules, exclude_modules)
+    return targets
+
+
+# --------------------------------------------------------------------------
+# Replacement
+# --------------------------------------------------------------------------
+
+
+def _child(parent: nn.Module, part: str, path: str) -> nn.Module:
+    """Return the registered child ``part`` of ``parent`` or raise KeyError."""
+    # Look in _modules rather than getattr so parameters, buffers and plain
+    # attributes are not mistaken for submodules.
+    child = parent._modules.get(part)
+    if child is None:
+        raise KeyError(f"model has no submodule at path {path!r} (missing {part!r})")
+    return child
+
+
+def replace_module(model: nn.Module, name: str, new_module: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name`` with ``new_module``.
+
+    Works through containers such as ``nn.ModuleList`` (``"layers.0.fc"``).
+
+    Args:
+        model: The model to modify in place.
+        name: Dotted path of an existing submodule, as in ``named_modules()``.
+        new_module: The module to install.
+
+    Raises:
+        KeyError: If no submodule exists at ``name``.
+        TypeError: If ``new_module`` is not an ``nn.Module``.
+    """
+    if not isinstance(new_module, nn.Module):
+        raise TypeError(f"new_module must be an nn.Module, got {type(new_module).__name__}")
+    if not name:
+        raise KeyError("cannot replace the root module (empty path '')")
+    *parents, leaf = name.split(".")
+    parent = model
+    for part in parents:
+        parent = _child(parent, part, name)
+    _child(parent, leaf, name)  # existence check only
+    setattr(parent, leaf, new_module)

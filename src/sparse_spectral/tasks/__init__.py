@@ -1,0 +1,1 @@
+"""Tasks: data + model + metric for each experiment family."""

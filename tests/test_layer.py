@@ -1,0 +1,167 @@
+"""SpectralLinear: conversion, the after-step rules, swaps, re-SVD and merging."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sparse_spectral.spectral import SlotAdamW, SpectralLinear
+
+
+def _layer(m=10, n=12, rank=3, seed=0, bias=True):
+    torch.manual_seed(seed)
+    dense = nn.Linear(n, m, bias=bias)
+    return dense, SpectralLinear.from_linear(dense, rank)
+
+
+def _optimizer(layer, lr=1e-2):
+    return SlotAdamW([{"params": [layer.U_active, layer.Vh_active, layer.s],
+                       "slot_dims": [1, 0, -1]}, {"params": [layer.bias]}], lr=lr)
+
+
+def _train_step(layer, opt, seed):
+    x = torch.randn(8, layer.in_features, generator=torch.Generator().manual_seed(seed))
+    layer(x).pow(2).mean().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("shape", [(10, 12), (12, 10), (9, 9)])
+def test_conversion_keeps_outputs(shape):
+    dense, layer = _layer(*shape)
+    x = torch.randn(4, 6, shape[1])
+    torch.testing.assert_close(layer(x), dense(x), rtol=0, atol=1e-5)
+    assert layer.U.shape == (shape[0], min(shape)) and layer.Vh.shape == (min(shape), shape[1])
+    assert layer.U_active.shape == (shape[0], 3) and layer.Vh_active.shape == (3, shape[1])
+
+
+def test_layout_frozen_parameters_not_buffers():
+    _, layer = _layer()
+    params = dict(layer.named_parameters())
+    assert not params["U"].requires_grad and not params["Vh"].requires_grad
+    assert all(params[n].requires_grad for n in ("s", "U_active", "Vh_active", "bias"))
+    assert dict(layer.named_buffers()).keys() == {"idx"}
+
+
+def test_from_shape_uses_the_initialiser():
+    torch.manual_seed(0)
+    layer = SpectralLinear.from_shape(6, 4, rank=2, init=lambda w: nn.init.constant_(w, 0.5))
+    torch.testing.assert_close(layer.dense_weight(), torch.full((4, 6), 0.5), atol=1e-6, rtol=0)
+    assert layer.bias is not None and layer.s[0] > 0 and layer.s[1:].abs().max() < 1e-5
+
+
+def test_float64_svd_is_allowed():
+    dense = nn.Linear(6, 5, dtype=torch.float64)
+    layer = SpectralLinear.from_linear(dense, 2, svd_dtype=torch.float64)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), dense(x), rtol=0, atol=1e-12)
+
+
+def test_step_changes_only_active_vectors_and_s():
+    _, layer = _layer()
+    opt = _optimizer(layer)
+    before = {n: t.detach().clone() for n, t in layer.state_dict().items()}
+    _train_step(layer, opt, seed=1)
+    layer.normalize_()
+    after = layer.state_dict()
+    for name in ("U", "Vh", "idx"):
+        assert torch.equal(after[name], before[name]), name
+    for name in ("U_active", "Vh_active", "s", "bias"):
+        assert not torch.equal(after[name], before[name]), name
+    torch.testing.assert_close(layer.U_active.norm(dim=0), torch.ones(3))
+    torch.testing.assert_close(layer.Vh_active.norm(dim=1), torch.ones(3))
+
+
+def test_normalize_clamps_singular_values():
+    _, layer = _layer()
+    with torch.no_grad():
+        layer.s[1] = -0.3
+        layer.U_active.mul_(2.0)
+    layer.normalize_()
+    assert (layer.s >= 0).all() and layer.s[1] == 0
+    torch.testing.assert_close(layer.U_active.norm(dim=0), torch.ones(3))
+
+
+def test_resvd_keeps_weight_and_restores_orthonormal_factors():
+    _, layer = _layer(rank=4)
+    opt = _optimizer(layer, lr=5e-2)
+    for step in range(5):
+        _train_step(layer, opt, seed=step)
+        layer.normalize_()
+    weight = layer.dense_weight()
+    U_eff, _, Vh_eff = layer.effective_factors()
+    eye = torch.eye(layer.k)
+    assert (U_eff.t() @ U_eff - eye).abs().max() > 1e-3  # updates eroded orthogonality
+    layer.resvd_(opt)
+    torch.testing.assert_close(layer.dense_weight(), weight, rtol=0, atol=1e-5)
+    torch.testing.assert_close(layer.U.t() @ layer.U, eye, rtol=0, atol=1e-5)
+    torch.testing.assert_close(layer.Vh @ layer.Vh.t(), eye, rtol=0, atol=1e-5)
+    assert (layer.s[:-1] >= layer.s[1:]).all()
+    # All moments and step counters of U_active, Vh_active and s restart.
+    for p in (layer.U_active, layer.Vh_active, layer.s):
+        assert all(t.abs().sum() == 0 for t in opt.state[p].values())
+    assert opt.state[layer.bias]["step"] == 5
+
+
+def test_swap_writes_back_and_checks_out():
+    _, layer = _layer(rank=3)
+    opt = _optimizer(layer)
+    _train_step(layer, opt, seed=0)
+    layer.normalize_()
+    weight = layer.dense_weight()
+    old = layer.idx.tolist()
+    live = {i: layer.U_active[:, j].clone() for j, i in enumerate(old)}
+    fresh = [i for i in range(layer.k) if i not in old][:2]
+    new = torch.tensor(sorted([old[0], *fresh]))
+    slots = layer.swap_(new, opt)
+    # The swap changes which vectors train, not the function.
+    torch.testing.assert_close(layer.dense_weight(), weight, rtol=0, atol=1e-6)
+    # Vectors that left were written back into the frozen factor.
+    for i in old:
+        if i not in new.tolist():
+            torch.testing.assert_close(layer.U[:, i], live[i])
+    assert sorted(layer.idx.tolist()) == new.tolist()
+    assert 0 not in slots.tolist() and len(slots) == 2
+    assert torch.equal(layer.U_active[:, 0], live[old[0]])
+
+
+def test_swap_rejects_bad_indices():
+    _, layer = _layer(rank=3)
+    with pytest.raises(ValueError, match="distinct"):
+        layer.swap_(torch.tensor([1, 1, 2]))
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        layer.swap_(torch.tensor([1, 2, 10]))
+
+
+@pytest.mark.parametrize("rank", [0, 11, -1])
+def test_rank_out_of_range(rank):
+    with pytest.raises(ValueError, match=rf"rank={rank}.*\[1, min\(m, n\) = 10\]"):
+        SpectralLinear.from_linear(nn.Linear(12, 10), rank)
+
+
+def test_to_linear_merges_exactly():
+    dense, layer = _layer()
+    opt = _optimizer(layer)
+    _train_step(layer, opt, seed=0)
+    layer.normalize_()
+    merged = layer.to_linear()
+    assert type(merged) is nn.Linear
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(merged(x), layer(x), rtol=0, atol=1e-5)
+    _, no_bias = _layer(bias=False)
+    assert no_bias.to_linear().bias is None
+
+
+def test_conv1d_round_trip():
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    conv = Conv1D(10, 6)  # nf=10 outputs, nx=6 inputs; weight (6, 10)
+    nn.init.normal_(conv.weight, std=0.2)
+    layer = SpectralLinear.from_linear(conv, 2)
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(layer(x), conv(x), rtol=0, atol=1e-5)
+    back = layer.to_linear()
+    assert isinstance(back, Conv1D) and back.weight.shape == (6, 10)
+    torch.testing.assert_close(back(x), conv(x), rtol=0, atol=1e-5)

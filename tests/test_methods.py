@@ -279,7 +279,7 @@ def test_exact_resume(sampler):
     _train(model, method, opt, k + 1, k + j)
 
     saved = torch.load(buffer, weights_only=True)
-    resumed_method = method_from_state({**method_state, "selections": {}})
+    resumed_method = method_from_state(method_state)
     resumed = resumed_method.prepare(_mlp(seed=5))
     resumed.load_state_dict(saved["model"])
     resumed_method.load_state_dict(method_state)
@@ -304,7 +304,7 @@ def test_resumed_selections_match_uninterrupted_draws():
         for step in range(1, 13):
             if step == interrupt_at:
                 state = method.state_dict()
-                method = method_from_state({**state, "selections": {}})
+                method = method_from_state(state)
                 method.attach(model)
                 method.load_state_dict(state)
             _train(model, method, opt, step, step)

@@ -93,7 +93,7 @@ def load_pretrained(model: nn.Module, directory: str | os.PathLike) -> tuple[nn.
         raise ValueError(f"{meta_path}: format_version {meta.get('format_version')!r} is not "
                          f"supported (expected {FORMAT_VERSION})")
     state = meta["method_state"]
-    method = method_from_state({**state, "selections": {}})
+    method = method_from_state(state)
     model = method.prepare(model)
     load_model(model, directory / MODEL_FILE, strict=True)
     method.load_state_dict(state)

@@ -1,6 +1,6 @@
 """Training methods behind one life cycle and one registry (see :mod:`.base`)."""
 
-from . import full, sst  # noqa: F401  (registers the methods)
+from . import full, lora, relora, sst  # noqa: F401  (registers the methods)
 from .base import (
     MethodConfig,
     TrainingMethod,
@@ -8,12 +8,21 @@ from .base import (
     make_method,
     method_from_state,
     register_method,
+    register_variant,
 )
 from .full import FullRank
-from .sst import SparseSpectral, SSTConfig
+from .lora import LoRA, LoRAConfig, LoRALinear
+from .relora import ReLoRA, ReLoRAConfig
+from .sst import SST_VARIANTS, SparseSpectral, SSTConfig
 
 __all__ = [
+    "SST_VARIANTS",
     "FullRank",
+    "LoRA",
+    "LoRAConfig",
+    "LoRALinear",
+    "ReLoRA",
+    "ReLoRAConfig",
     "MethodConfig",
     "SSTConfig",
     "SparseSpectral",
@@ -22,4 +31,5 @@ __all__ = [
     "make_method",
     "method_from_state",
     "register_method",
+    "register_variant",
 ]

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..spectral.optim import SlotAdamW
+from ..schedules import warmup_cosine_lambda
 
 TargetSpec = str | list[str] | None
 
@@ -84,6 +85,14 @@ class TrainingMethod:
         """Run the method's schedule after optimizer step number ``step`` (1-based)."""
         self.step = int(step)
 
+    def lr_lambda(self, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.1):
+        """The learning-rate multiplier this method trains with (for ``LambdaLR``).
+
+        Linear warm-up then cosine decay to ``min_lr_ratio``; methods that restart (ReLoRA*)
+        may re-warm the learning rate after each restart.
+        """
+        return warmup_cosine_lambda(total_steps, warmup_steps, min_lr_ratio)
+
     def merge(self, model: nn.Module) -> nn.Module:
         """A copy of ``model`` made of plain dense layers."""
         return copy.deepcopy(model)
@@ -118,33 +127,58 @@ class TrainingMethod:
 
 
 _REGISTRY: dict[str, type[TrainingMethod]] = {}
+_VARIANTS: dict[str, tuple[type[TrainingMethod], dict[str, Any]]] = {}
 
 
 def register_method(cls: type[TrainingMethod]) -> type[TrainingMethod]:
     """Class decorator adding a method to the registry under ``cls.name``."""
-    if not cls.name or cls.name in _REGISTRY:
+    if not cls.name or cls.name in _REGISTRY or cls.name in _VARIANTS:
         raise ValueError(f"method name {cls.name!r} is empty or already registered")
     _REGISTRY[cls.name] = cls
     return cls
 
 
-def available_methods() -> list[str]:
-    return sorted(_REGISTRY)
+def register_variant(name: str, cls: type[TrainingMethod], **preset) -> None:
+    """Register ``name`` as ``cls`` with some config fields preset (an ablation variant).
 
-
-def make_method(name: str, **settings) -> TrainingMethod:
-    """Build a registered method from its name and config fields.
-
-    Raises:
-        ValueError: unknown method name, or a setting the method's config does not have.
+    The variant is an ordinary instance of ``cls``: its state records ``cls.name`` and the
+    full config, so it reloads without the variant name.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
-    cls = _REGISTRY[name]
+    if name in _REGISTRY or name in _VARIANTS:
+        raise ValueError(f"method name {name!r} is already registered")
+    _check_settings(name, cls, preset)
+    _VARIANTS[name] = (cls, preset)
+
+
+def available_methods() -> list[str]:
+    return sorted([*_REGISTRY, *_VARIANTS])
+
+
+def _check_settings(name: str, cls: type[TrainingMethod], settings: dict[str, Any]) -> None:
     allowed = {f.name for f in dataclasses.fields(cls.config_class)}
     unknown = sorted(set(settings) - allowed)
     if unknown:
         raise ValueError(f"method {name!r} has no setting(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def make_method(name: str, **settings) -> TrainingMethod:
+    """Build a registered method (or variant) from its name and config fields.
+
+    Raises:
+        ValueError: unknown method name, a setting the method's config does not have, or a
+            setting that contradicts a variant's preset.
+    """
+    if name in _VARIANTS:
+        cls, preset = _VARIANTS[name]
+        clashes = {k: v for k, v in settings.items() if k in preset and preset[k] != v}
+        if clashes:
+            raise ValueError(f"variant {name!r} fixes {preset}; it cannot take {clashes}")
+        settings = {**settings, **preset}
+    elif name in _REGISTRY:
+        cls = _REGISTRY[name]
+    else:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
+    _check_settings(name, cls, settings)
     return cls(cls.config_class(**settings))
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from torch import nn
+
+from ..targeting import find_target_modules
 from .base import MethodConfig, TrainingMethod, register_method
 
 
@@ -11,3 +14,12 @@ class FullRank(TrainingMethod):
 
     name = "full"
     config_class = MethodConfig
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Return ``model`` unchanged.
+
+        The targets are still resolved, so that a run switched from another method by name
+        fails on the same bad ``target_modules`` instead of silently ignoring them.
+        """
+        find_target_modules(model, self.config.target_modules, self.config.exclude_modules)
+        return model

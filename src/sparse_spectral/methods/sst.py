@@ -10,11 +10,23 @@ import torch
 from torch import nn
 
 from ..spectral.layer import SpectralLinear
-from ..spectral.sampling import SAMPLERS, iterations_per_round, select_indices
+from ..spectral.sampling import SAMPLERS, counter_seed, iterations_per_round, select_indices
 from ..targeting import find_target_modules, linear_shape, replace_module
-from .base import MethodConfig, TrainingMethod, register_method
+from .base import MethodConfig, TrainingMethod, register_method, register_variant
 
 _SVD_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_INITS = ("svd", "random")
+
+# The paper's ablation, selectable by name: each is ``sst`` with one setting changed.
+SST_VARIANTS = {
+    "sst-uniform": {"sampler": "uniform"},
+    "sst-sequential": {"sampler": "sequential"},
+    "sst-top-r": {"sampler": "top-r"},
+    "sst-mix": {"lam": 0.5},
+    "sst-sampled-s": {"update_all_singular_values": False},
+    "sst-random-init": {"init": "random"},
+    "sst-default-grad": {"enhanced_gradient": False},
+}
 
 
 def _is_int(value) -> bool:
@@ -34,6 +46,12 @@ class SSTConfig(MethodConfig):
     lam: float = field(default=0.0, metadata={"help": "uniform mix of the weighted sampler, in [0, 1]."})
     enhanced_gradient: bool = field(
         default=True, metadata={"help": "drop the s_i factor from the active vectors' gradients."})
+    update_all_singular_values: bool = field(
+        default=True, metadata={"help": "train every singular value each step (False: only the "
+                                "sampled ones, the paper's ablation)."})
+    init: str = field(
+        default="svd", metadata={"help": "'svd' (exact conversion) or 'random' (random "
+                                 "orthonormal factors with the same singular values; ablation)."})
     seed: int = field(default=0, metadata={"help": "seed of the counter-based sampler."})
     svd_dtype: str = field(default="float32", metadata={"help": "'float32' or 'float64'."})
 
@@ -56,6 +74,8 @@ class SSTConfig(MethodConfig):
             raise ValueError(f"svd_dtype={self.svd_dtype!r}; allowed: {sorted(_SVD_DTYPES)}")
         if not _is_int(self.seed):
             raise ValueError(f"seed={self.seed!r} must be an int")
+        if self.init not in _INITS:
+            raise ValueError(f"init={self.init!r} is unknown; allowed: {', '.join(_INITS)}")
 
 
 @register_method
@@ -85,9 +105,12 @@ class SparseSpectral(TrainingMethod):
             if cfg.rank > min(m, n):
                 raise ValueError(f"rank={cfg.rank} is out of range for layer {name!r} of shape "
                                  f"(m={m}, n={n}): it must be in [1, min(m, n) = {min(m, n)}]")
-        for name, module in targets:
-            layer = SpectralLinear.from_linear(module, cfg.rank, enhanced=cfg.enhanced_gradient,
-                                               svd_dtype=_SVD_DTYPES[cfg.svd_dtype])
+        for index, (name, module) in enumerate(targets):
+            generator = torch.Generator().manual_seed(counter_seed(cfg.seed, index, -1))
+            layer = SpectralLinear.from_linear(
+                module, cfg.rank, enhanced=cfg.enhanced_gradient,
+                svd_dtype=_SVD_DTYPES[cfg.svd_dtype], init=cfg.init, generator=generator,
+                all_singular_values=cfg.update_all_singular_values)
             replace_module(model, name, layer)
         self.attach(model)
         for index, (_, layer) in enumerate(self.layers):
@@ -115,7 +138,8 @@ class SparseSpectral(TrainingMethod):
         params, slot_dims = [], []
         for _, layer in self._spectral_layers(model):
             params += [layer.U_active, layer.Vh_active, layer.s]
-            slot_dims += [1, 0, -1]
+            # s restarts per index only when just the sampled values train.
+            slot_dims += [1, 0, -1 if layer.all_singular_values else 0]
         groups.append({"name": "spectral", "params": params, "slot_dims": slot_dims,
                        "weight_decay": 0.0})
         return groups
@@ -182,3 +206,7 @@ class SparseSpectral(TrainingMethod):
         cfg = self.config
         return select_indices(cfg.sampler, layer.s, layer.rank, key=(cfg.seed, index, iteration),
                               lam=cfg.lam, iteration_in_round=iteration % self._rounds(layer))
+
+
+for _variant, _preset in SST_VARIANTS.items():
+    register_variant(_variant, SparseSpectral, **_preset)

@@ -37,7 +37,8 @@ class SpectralLinearFunction(torch.autograd.Function):
     """``y = U_eff diag(s) Vh_eff x + b`` with SST's gradients for the active vectors."""
 
     @staticmethod
-    def forward(ctx, x, U, Vh, s, U_active, Vh_active, idx, bias, enhanced: bool):
+    def forward(ctx, x, U, Vh, s, U_active, Vh_active, idx, bias, enhanced: bool,
+                all_singular_values: bool = True):
         # x: (..., n) -> x2: (T, n) with T the number of tokens.
         x2 = _flatten(x)
         s_active = s.index_select(0, idx)  # (r,)
@@ -49,6 +50,7 @@ class SpectralLinearFunction(torch.autograd.Function):
             y = y + bias
         ctx.save_for_backward(x2, U, Vh, s, U_active, Vh_active, idx, z, z_active)
         ctx.enhanced = enhanced
+        ctx.all_singular_values = all_singular_values
         ctx.has_bias = bias is not None
         ctx.x_shape = x.shape
         return y.reshape(*x.shape[:-1], U.shape[0])
@@ -69,7 +71,11 @@ class SpectralLinearFunction(torch.autograd.Function):
             grad_x = grad_x.reshape(ctx.x_shape)
         if ctx.needs_input_grad[3]:
             # dL/ds_i = u_i^T G v_i = sum_t (u_i^T dy_t)(v_i^T x_t)
-            grad_s = (g * z).sum(0).index_copy(0, idx, (g_active * z_active).sum(0))
+            grad_active_s = (g_active * z_active).sum(0)
+            if ctx.all_singular_values:
+                grad_s = (g * z).sum(0).index_copy(0, idx, grad_active_s)
+            else:  # ablation: only the sampled singular values train
+                grad_s = torch.zeros_like(s).index_copy(0, idx, grad_active_s)
         scale = torch.ones_like(s_active) if ctx.enhanced else s_active
         if ctx.needs_input_grad[4]:
             grad_U_active = gy.t() @ (z_active * scale)  # (m, r): G v_i [* s_i]
@@ -77,7 +83,8 @@ class SpectralLinearFunction(torch.autograd.Function):
             grad_Vh_active = (g_active * scale).t() @ x2  # (r, n): (G^T u_i)^T [* s_i]
         if ctx.has_bias and ctx.needs_input_grad[7]:
             grad_bias = gy.sum(0)
-        return grad_x, None, None, grad_s, grad_U_active, grad_Vh_active, None, grad_bias, None
+        return (grad_x, None, None, grad_s, grad_U_active, grad_Vh_active, None, grad_bias,
+                None, None)
 
 
 def spectral_linear(
@@ -90,6 +97,7 @@ def spectral_linear(
     idx: torch.Tensor,
     bias: torch.Tensor | None = None,
     enhanced: bool = True,
+    all_singular_values: bool = True,
 ) -> torch.Tensor:
     """Apply an SST layer.
 
@@ -103,10 +111,13 @@ def spectral_linear(
         idx: active indices, ``(r,)`` int64, distinct.
         bias: optional ``(m,)``.
         enhanced: drop the ``s_i`` factor from the active vectors' gradients.
+        all_singular_values: give every ``s_i`` its gradient (SST); ``False`` keeps the
+            gradient of the sampled ones only (the paper's ablation).
 
     Returns:
         Output of shape ``(..., m)``.
 
     No gradient is ever produced for ``U`` or ``Vh``: they are frozen by design.
     """
-    return SpectralLinearFunction.apply(x, U, Vh, s, U_active, Vh_active, idx, bias, enhanced)
+    return SpectralLinearFunction.apply(x, U, Vh, s, U_active, Vh_active, idx, bias, enhanced,
+                                        all_singular_values)

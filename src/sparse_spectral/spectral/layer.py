@@ -53,10 +53,13 @@ class SpectralLinear(nn.Module):
         bias: optional ``(m,)`` bias.
         enhanced: use the enhanced gradient for the active vectors.
         conv1d: the layer came from GPT-2's ``Conv1D``; :meth:`to_linear` returns one.
+        all_singular_values: train every singular value (SST); ``False`` trains only the
+            sampled ones (ablation), whose optimizer state then restarts per index.
     """
 
     def __init__(self, U: torch.Tensor, s: torch.Tensor, Vh: torch.Tensor, rank: int,
-                 bias: torch.Tensor | None = None, enhanced: bool = True, conv1d: bool = False):
+                 bias: torch.Tensor | None = None, enhanced: bool = True, conv1d: bool = False,
+                 all_singular_values: bool = True):
         super().__init__()
         m, k = U.shape
         n = Vh.shape[1]
@@ -67,6 +70,7 @@ class SpectralLinear(nn.Module):
         self.out_features, self.in_features, self.k, self.rank = m, n, k, rank
         self.enhanced = enhanced
         self.conv1d = conv1d
+        self.all_singular_values = all_singular_values
         self.U = nn.Parameter(U.detach().clone().contiguous(), requires_grad=False)
         self.Vh = nn.Parameter(Vh.detach().clone().contiguous(), requires_grad=False)
         self.s = nn.Parameter(s.detach().clone())
@@ -79,18 +83,31 @@ class SpectralLinear(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_linear(cls, linear: nn.Module, rank: int, enhanced: bool = True,
-                    svd_dtype: torch.dtype = torch.float32) -> "SpectralLinear":
-        """Convert an ``nn.Linear`` (or GPT-2 ``Conv1D``) keeping its function exactly.
+                    svd_dtype: torch.dtype = torch.float32, init: str = "svd",
+                    generator: torch.Generator | None = None,
+                    all_singular_values: bool = True) -> "SpectralLinear":
+        """Convert an ``nn.Linear`` (or GPT-2 ``Conv1D``).
 
-        The SVD runs in ``svd_dtype``; the factors are stored in the layer's dtype.
+        Args:
+            init: ``"svd"`` keeps the layer's function exactly (the SVD runs in
+                ``svd_dtype``; factors are stored in the layer's dtype). ``"random"`` (the
+                paper's ablation) keeps the singular values but draws random orthonormal
+                ``U`` and ``Vh`` from ``generator``.
         """
         conv1d = type(linear).__name__ == "Conv1D"
         weight = linear.weight.t() if conv1d else linear.weight  # (m, n)
         _check_rank(rank, *weight.shape)
+        if init not in ("svd", "random"):
+            raise ValueError(f"init={init!r} is unknown; allowed: svd, random")
         U, s, Vh = thin_svd(weight, svd_dtype)
-        dtype = linear.weight.dtype
-        return cls(U.to(dtype), s.to(dtype), Vh.to(dtype), rank,
-                   bias=linear.bias, enhanced=enhanced, conv1d=conv1d)
+        if init == "random":
+            U = torch.linalg.qr(torch.randn(U.shape, generator=generator, dtype=svd_dtype))[0]
+            Vh = torch.linalg.qr(torch.randn(Vh.t().shape, generator=generator,
+                                             dtype=svd_dtype))[0].t()
+        dtype, device = linear.weight.dtype, linear.weight.device
+        U, s, Vh = (t.to(device=device, dtype=dtype) for t in (U, s, Vh))
+        return cls(U, s, Vh, rank, bias=linear.bias, enhanced=enhanced, conv1d=conv1d,
+                   all_singular_values=all_singular_values)
 
     @classmethod
     def from_shape(cls, in_features: int, out_features: int, rank: int, bias: bool = True,
@@ -109,24 +126,11 @@ class SpectralLinear(nn.Module):
                 init(linear.weight)
         return cls.from_linear(linear, rank, enhanced=enhanced)
 
-    @classmethod
-    def from_random_orthogonal(cls, in_features: int, out_features: int, rank: int,
-                               singular_values: torch.Tensor, bias: torch.Tensor | None = None,
-                               generator: torch.Generator | None = None,
-                               enhanced: bool = True) -> "SpectralLinear":
-        """Random orthonormal factors with given singular values (the ablation's "random init")."""
-        k = min(in_features, out_features)
-        U, _ = torch.linalg.qr(torch.randn(out_features, k, generator=generator))
-        V, _ = torch.linalg.qr(torch.randn(in_features, k, generator=generator))
-        dtype = singular_values.dtype
-        return cls(U.to(dtype), singular_values, V.t().to(dtype), rank, bias=bias,
-                   enhanced=enhanced)
-
     # ------------------------------------------------------------------ forward / views
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``."""
         return spectral_linear(x, self.U, self.Vh, self.s, self.U_active, self.Vh_active,
-                               self.idx, self.bias, self.enhanced)
+                               self.idx, self.bias, self.enhanced, self.all_singular_values)
 
     @torch.no_grad()
     def effective_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -215,9 +219,14 @@ class SpectralLinear(nn.Module):
         kept = torch.isin(old, new_idx)
         incoming = new_idx[~torch.isin(new_idx, old)].sort().values
         slots = torch.nonzero(~kept).flatten()
+        leaving = old[~kept]
         self._load_active(incoming, slots)
         reset_slots(optimizer, self.U_active, slots, dim=1)
         reset_slots(optimizer, self.Vh_active, slots, dim=0)
+        if not self.all_singular_values:
+            # Only sampled values train: a value that leaves must not keep drifting on its
+            # momentum, and one that enters starts a fresh Adam.
+            reset_slots(optimizer, self.s, torch.cat([leaving, incoming]), dim=0)
         return slots
 
     @torch.no_grad()
@@ -239,4 +248,4 @@ class SpectralLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"k={self.k}, rank={self.rank}, bias={self.bias is not None}, "
-                f"enhanced={self.enhanced}")
+                f"enhanced={self.enhanced}, all_singular_values={self.all_singular_values}")

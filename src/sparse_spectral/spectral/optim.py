@@ -86,6 +86,10 @@ class SlotAdamW(torch.optim.Optimizer):
                     raise RuntimeError("SlotAdamW does not support sparse gradients")
                 state = self.state[p] or self._init_state(p, slot_dim)
                 step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
+                if step.dim() and step.device != p.device:
+                    # load_state_dict leaves "step" where it was loaded (e.g. a GPU checkpoint
+                    # read with map_location="cpu"); per-slot counters must sit with p.
+                    step = state["step"] = step.to(p.device)
                 grad = p.grad
                 step += 1
                 if wd != 0:
@@ -99,9 +103,10 @@ class SlotAdamW(torch.optim.Optimizer):
                     denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
                     p.addcdiv_(exp_avg, denom, value=-step_size)
                 else:
-                    t = step.to(p.dtype)
-                    step_size = lr / (1 - beta1**t)
-                    denom = (exp_avg_sq.sqrt() / (1 - beta2**t).sqrt()).add_(eps)
+                    # Bias corrections in the counters' float32, never in the parameter's
+                    # dtype: in bf16, beta2 = 0.999 rounds to 1 and 1 - beta2**t to 0.
+                    step_size = lr / (1 - beta1**step)
+                    denom = (exp_avg_sq.sqrt() / (1 - beta2**step).sqrt()).add_(eps)
                     p.sub_(step_size * exp_avg / denom)
         return loss
 

@@ -99,7 +99,7 @@ def select_indices(
         idx = (start + torch.arange(r)) % k
     elif sampler == "top-r":
         # Stable sort so ties resolve to the lower index, deterministically.
-        idx = torch.sort(s.detach().cpu().float(), descending=True, stable=True).indices[:r]
+        idx = torch.sort(s.detach().cpu(), descending=True, stable=True).indices[:r]
     else:
         raise ValueError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
     return torch.sort(idx.to(torch.int64)).values

@@ -1,0 +1,172 @@
+"""``lora``: LoRA used for pre-training (SPEC section 5).
+
+The target weight is the frozen *random initialisation* ``W``; each target layer computes
+``h = W x + b + (alpha / r) B A x`` with ``B = 0`` and ``A`` Gaussian at the start, so the
+network starts as the dense one. Only ``A``, ``B`` and every parameter outside the target
+layers train; the target's bias stays frozen (peft's ``bias="none"``), which makes the
+trainable count of a target exactly ``r (m + n)``.
+
+``A`` is drawn from ``N(0, (1 / r)^2)`` (peft's ``init_lora_weights="gaussian"``), from a
+generator seeded by ``(seed, layer index, draw index)`` so that initialisation and ReLoRA's
+re-initialisations do not depend on, or disturb, the global RNG.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..spectral.sampling import counter_seed
+from ..targeting import find_target_modules, linear_shape, replace_module
+from .base import MethodConfig, TrainingMethod, register_method
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear layer plus a trainable low-rank update.
+
+    ``y = base(x) + (alpha / r) * (x A^T) B^T``.
+
+    Args:
+        base: the ``nn.Linear`` or GPT-2 ``Conv1D`` to adapt; its parameters are frozen.
+        rank: ``r``.
+        alpha: scale numerator; the update is multiplied by ``alpha / r``.
+        generator: source of ``A``'s initial values.
+
+    Parameters: ``lora_A`` (r, n), ``lora_B`` (m, r).
+    """
+
+    def __init__(self, base: nn.Module, rank: int, alpha: float,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        m, n = linear_shape(base)
+        self.base = base
+        self.base.requires_grad_(False)
+        self.conv1d = type(base).__name__ == "Conv1D"
+        self.in_features, self.out_features, self.rank = n, m, rank
+        self.scaling = alpha / rank
+        dtype, device = base.weight.dtype, base.weight.device
+        self.lora_A = nn.Parameter(torch.empty(rank, n, dtype=dtype, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(m, rank, dtype=dtype, device=device))
+        self.reset_lora_(generator)
+
+    @property
+    def init_std(self) -> float:
+        """Standard deviation of ``A`` at (re-)initialisation: ``1 / r``."""
+        return 1.0 / self.rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., in_features) -> (..., out_features)``."""
+        return self.base(x) + (x @ self.lora_A.t()) @ self.lora_B.t() * self.scaling
+
+    @torch.no_grad()
+    def delta_weight(self) -> torch.Tensor:
+        """``(alpha / r) B A`` in float32, shape ``(m, n)``."""
+        return (self.lora_B.float() @ self.lora_A.float()) * self.scaling
+
+    @torch.no_grad()
+    def merge_(self) -> None:
+        """Fold the update into the frozen weight (in float32, cast once); zero ``B``.
+
+        The function is unchanged: ``W' x + 0 = W x + (alpha / r) B A x``.
+        """
+        weight = self.base.weight
+        delta = self.delta_weight()
+        merged = weight.float() + (delta.t() if self.conv1d else delta)
+        weight.copy_(merged.to(weight.dtype))
+        self.lora_B.zero_()
+
+    @torch.no_grad()
+    def reset_lora_(self, generator: torch.Generator | None = None) -> None:
+        """``B = 0`` and ``A ~ N(0, (1 / r)^2)``, in place."""
+        values = torch.randn(self.lora_A.shape, generator=generator) * self.init_std
+        self.lora_A.copy_(values)
+        self.lora_B.zero_()
+
+    @torch.no_grad()
+    def to_linear(self) -> nn.Module:
+        """A merged copy of the base layer."""
+        dense = copy.deepcopy(self.base)
+        delta = self.delta_weight()
+        dense.weight.copy_((dense.weight.float() + (delta.t() if self.conv1d else delta))
+                           .to(dense.weight.dtype))
+        dense.requires_grad_(True)
+        return dense
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"rank={self.rank}, scaling={self.scaling:g}")
+
+
+@dataclass
+class LoRAConfig(MethodConfig):
+    """Settings of LoRA for pre-training."""
+
+    rank: int = field(default=8, metadata={"help": "r: rank of the update B A."})
+    alpha: float | None = field(
+        default=None, metadata={"help": "update scale numerator (scaling = alpha / r); "
+                                "None means alpha = r (scaling 1)."})
+    seed: int = field(default=0, metadata={"help": "seed of A's (re-)initialisations."})
+
+    def __post_init__(self):
+        if not _is_int(self.rank) or self.rank < 1:
+            raise ValueError(f"rank={self.rank!r} must be an int >= 1")
+        if self.alpha is not None and (isinstance(self.alpha, bool) or
+                                       not isinstance(self.alpha, (int, float)) or
+                                       self.alpha <= 0):
+            raise ValueError(f"alpha={self.alpha!r} must be None or a number > 0")
+        if not _is_int(self.seed):
+            raise ValueError(f"seed={self.seed!r} must be an int")
+
+    @property
+    def effective_alpha(self) -> float:
+        return float(self.rank if self.alpha is None else self.alpha)
+
+
+@register_method
+class LoRA(TrainingMethod):
+    """Wrap every target linear layer in :class:`LoRALinear`."""
+
+    name = "lora"
+    config_class = LoRAConfig
+
+    def __init__(self, config: LoRAConfig | None = None):
+        super().__init__(config)
+        self.layers: list[tuple[str, LoRALinear]] = []
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        cfg = self.config
+        targets = find_target_modules(model, cfg.target_modules, cfg.exclude_modules)
+        for name, module in targets:
+            m, n = linear_shape(module)
+            if cfg.rank > min(m, n):
+                raise ValueError(f"rank={cfg.rank} is out of range for layer {name!r} of shape "
+                                 f"(m={m}, n={n}): it must be in [1, min(m, n) = {min(m, n)}]")
+        for index, (name, module) in enumerate(targets):
+            replace_module(model, name, LoRALinear(module, cfg.rank, cfg.effective_alpha,
+                                                   self._generator(index, draw=0)))
+        self.attach(model)
+        return model
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        """Bind this method to an already converted model (e.g. after loading)."""
+        self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+        if not self.layers:
+            raise ValueError("model has no LoRALinear layer; call prepare() first")
+        return model
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        merged = copy.deepcopy(model)
+        for name, layer in [(n, m) for n, m in merged.named_modules()
+                            if isinstance(m, LoRALinear)]:
+            replace_module(merged, name, layer.to_linear())
+        return merged
+
+    def _generator(self, index: int, draw: int) -> torch.Generator:
+        return torch.Generator().manual_seed(counter_seed(self.config.seed, index, draw))

@@ -24,7 +24,8 @@ CASES = {
     "full": {},
     "lora": {"rank": RANK},
     "relora": {"rank": RANK, "merge_interval": 2},
-    "galore": {"rank": RANK, "update_proj_gap": 2},
+    # scale 1: at rank 2 GaLore's default 0.25 moves too little in 16 steps to show progress
+    "galore": {"rank": RANK, "update_proj_gap": 2, "scale": 1.0},
     "sst": {"rank": RANK, "iteration_interval": 2},
     **{name: {"rank": RANK, "iteration_interval": 2} for name in SST_VARIANTS},
 }

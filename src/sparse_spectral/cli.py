@@ -1,7 +1,15 @@
 """The ``sst`` command.
 
-``sst --version``, ``sst info`` (torch version, threads, device) and ``sst demo`` (train
-an MLP on scikit-learn's digits with full-rank training and with SST, side by side).
+    sst --version
+    sst info                          torch version, threads, device
+    sst models                        the model presets
+    sst train lm --method sst --rank 16 --model gpt_cpu ...
+    sst compare lm --methods full,lora,relora,galore,sst --rank 16 ...
+    sst report DIR                    re-render a comparison report from DIR/results.json
+    sst demo                          MLP on scikit-learn's digits, full rank vs SST
+
+Settings come from the dataclass defaults, then a ``--config`` file (TOML or YAML), then the
+flags given on the command line, in that order of precedence.
 """
 
 from __future__ import annotations
@@ -9,12 +17,34 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from . import __version__
 
+# Method options: flag -> method config field.
+METHOD_OPTIONS = {
+    "iteration_interval": int, "iterations_per_round": int, "sampler": str, "lam": float,
+    "update_all_singular_values": "bool", "enhanced_gradient": "bool", "init": str,
+    "svd_dtype": str, "alpha": float, "merge_interval": int, "optimizer_reset": str,
+    "reset_ratio": float, "restart_warmup_steps": int, "update_proj_gap": int,
+    "galore_scale": float, "proj_type": str,
+}
+_FIELD_OF_OPTION = {"galore_scale": "scale"}
 
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+# ---------------------------------------------------------------------- info / demo
 def cmd_info(args: argparse.Namespace) -> int:
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
@@ -48,13 +78,192 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import describe_presets
+
+    print(describe_presets())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import render_report
+
+    written = render_report(args.directory)
+    for path in written.values():
+        print(path)
+    return 0
+
+
+# ---------------------------------------------------------------------- lm train / compare
+def load_config_file(path: str) -> dict[str, Any]:
+    """Settings from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--config {path}: no such file")
+    if file.suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
+        return tomllib.loads(file.read_text())
+    if file.suffix in (".yaml", ".yml"):
+        import yaml
+
+        loaded = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--config {path}: expected a mapping at the top level")
+        return loaded
+    raise ValueError(f"--config {path}: unknown format {file.suffix!r}; use .toml, .yaml or .yml")
+
+
+def lm_settings_from_args(args: argparse.Namespace):
+    """Merge defaults < config file < explicit flags into :class:`LMSettings`."""
+    from .tasks.lm import LMSettings
+
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "task")}
+    values: dict[str, Any] = {}
+    if given.get("config"):
+        values.update(load_config_file(given.pop("config")))
+    given.pop("config", None)
+    values.update(given)
+    method_options = dict(values.pop("method_options", {}) or {})
+    for option in METHOD_OPTIONS:
+        if option in values:
+            method_options[_FIELD_OF_OPTION.get(option, option)] = values.pop(option)
+    extras = {k: values.pop(k) for k in ("methods", "method_lr", "resume", "no_progress",
+                                         "threads", "no_pruning") if k in values}
+    settings = LMSettings.from_dict({**values, "method_options": method_options})
+    return settings, extras
+
+
+def _parse_method_lr(text: str | dict | None) -> dict[str, float]:
+    if not text:
+        return {}
+    if isinstance(text, dict):
+        return {k: float(v) for k, v in text.items()}
+    pairs = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--method_lr item {item!r} must look like name=lr (e.g. sst=3e-3)")
+        pairs[name.strip()] = float(value)
+    return pairs
+
+
+def _check_method_names(names: list[str]) -> None:
+    from .methods import available_methods
+
+    unknown = [n for n in names if n not in available_methods()]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; available: "
+                         f"{', '.join(available_methods())}")
+
+
+def _check_preset(name: str) -> None:
+    from .models import PRESETS
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; available: {', '.join(PRESETS)}")
+
+
+def cmd_train_lm(args: argparse.Namespace) -> int:
+    from .tasks.lm import run_train
+
+    settings, extras = lm_settings_from_args(args)
+    _check_method_names([settings.method])
+    _check_preset(settings.model)
+    if extras.get("threads"):
+        torch.set_num_threads(int(extras["threads"]))
+    summary = run_train(settings, resume=bool(extras.get("resume")),
+                        progress=not extras.get("no_progress"))
+    print(f"{settings.method}: val ppl {summary['val_ppl']:.3f}, test ppl "
+          f"{summary['test_ppl']:.3f}, trainable {summary['trainable_params']:,d} of "
+          f"{summary['total_params']:,d}; run folder {settings.output_dir}")
+    return 0
+
+
+def cmd_compare_lm(args: argparse.Namespace) -> int:
+    from .tasks.lm import run_compare
+
+    settings, extras = lm_settings_from_args(args)
+    methods = extras.get("methods") or ["full", "lora", "relora", "galore", "sst"]
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    _check_method_names(methods)
+    _check_preset(settings.model)
+    method_lr = _parse_method_lr(extras.get("method_lr"))
+    _check_method_names(list(method_lr))
+    if extras.get("threads"):
+        torch.set_num_threads(int(extras["threads"]))
+    run_compare(settings, methods, method_lr, progress=not extras.get("no_progress"),
+                pruning=not extras.get("no_pruning"))
+    print((Path(settings.output_dir) / "report.md").read_text())
+    return 0
+
+
+def _add_lm_arguments(parser: argparse.ArgumentParser, compare: bool) -> None:
+    """Flags of ``sst train lm`` / ``sst compare lm``; defaults live in LMSettings."""
+    S = argparse.SUPPRESS
+    add = parser.add_argument
+    add("--config", default=S, help="TOML or YAML file of settings (flags override it)")
+    if compare:
+        add("--methods", default=S, help="comma-separated (default full,lora,relora,galore,sst)")
+        add("--method_lr", default=S, help="per-method learning rates, e.g. sst=3e-3,lora=2e-3")
+        add("--no_pruning", action="store_true", default=S, help="skip the pruning curve")
+    else:
+        add("--method", default=S, help="full, lora, relora, galore, sst or an SST variant")
+        add("--resume", action="store_true", default=S,
+            help="continue from the latest checkpoint in --output_dir")
+    add("--rank", type=int, default=S)
+    add("--model", default=S, help="model preset (see `sst models`)")
+    add("--corpus", default=S, help="shakespeare (default), tinyshakespeare or text")
+    add("--text", default=S, help="a text file or folder to train on")
+    add("--data-dir", "--data_dir", dest="data_dir", default=S,
+        help="data directory (default $SST_DATA_DIR), e.g. for tinyshakespeare")
+    add("--tokenizer", default=S, help="char or bpe")
+    add("--vocab_size", type=int, default=S, help="BPE vocabulary size")
+    add("--block_size", type=int, default=S)
+    add("--dropout", type=float, default=S)
+    add("--lr", type=float, default=S)
+    add("--batch_size", type=int, default=S)
+    add("--total_batch_size", type=int, default=S, help="sequences per step (accumulation)")
+    add("--num_training_steps", type=int, default=S)
+    add("--warmup_steps", type=int, default=S)
+    add("--min_lr_ratio", type=float, default=S)
+    add("--weight_decay", type=float, default=S)
+    add("--grad_clip", type=float, default=S)
+    add("--eval_every", type=int, default=S)
+    add("--eval_tokens", type=int, default=S, help="validation tokens per periodic evaluation")
+    add("--save_every", type=int, default=S)
+    add("--seed", type=int, default=S)
+    add("--output_dir", default=S)
+    add("--tensorboard", action="store_true", default=S)
+    add("--threads", type=int, default=S)
+    add("--no_progress", action="store_true", default=S)
+    group = parser.add_argument_group("method options (used by the methods that have them)")
+    for option, kind in METHOD_OPTIONS.items():
+        group.add_argument(f"--{option}", type=_bool if kind == "bool" else kind, default=S)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sst", description="Sparse Spectral Training")
     parser.add_argument("--version", action="version", version=f"sparse-spectral {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    info = sub.add_parser("info", help="print versions, threads and device")
-    info.set_defaults(func=cmd_info)
+    sub.add_parser("info", help="print versions, threads and device").set_defaults(func=cmd_info)
+    sub.add_parser("models", help="list the model presets").set_defaults(func=cmd_models)
+
+    report = sub.add_parser("report", help="re-render a comparison report from results.json")
+    report.add_argument("directory")
+    report.set_defaults(func=cmd_report)
+
+    for command, compare, func, text in (("train", False, cmd_train_lm, "train one method"),
+                                         ("compare", True, cmd_compare_lm,
+                                          "train several methods side by side")):
+        tasks = sub.add_parser(command, help=text).add_subparsers(dest="task", required=True)
+        lm = tasks.add_parser("lm", help=f"language-model pre-training: {text}")
+        _add_lm_arguments(lm, compare)
+        lm.set_defaults(func=func)
 
     demo = sub.add_parser("demo", help="train an MLP on sklearn digits: full rank vs SST")
     demo.add_argument("--methods", default="full,sst", help="comma-separated method names")
@@ -72,12 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .training.loop import TrainingDiverged
+
     try:
         return args.func(args)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError, TrainingDiverged) as err:
         print(f"sst: error: {err}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
     sys.exit(main())
+

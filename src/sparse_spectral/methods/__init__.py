@@ -1,6 +1,6 @@
 """Training methods behind one life cycle and one registry (see :mod:`.base`)."""
 
-from . import full, lora, relora, sst  # noqa: F401  (registers the methods)
+from . import full, galore, lora, relora, sst  # noqa: F401  (registers the methods)
 from .base import (
     MethodConfig,
     TrainingMethod,
@@ -11,6 +11,7 @@ from .base import (
     register_variant,
 )
 from .full import FullRank
+from .galore import GaLore, GaLoreConfig
 from .lora import LoRA, LoRAConfig, LoRALinear
 from .relora import ReLoRA, ReLoRAConfig
 from .sst import SST_VARIANTS, SparseSpectral, SSTConfig
@@ -18,6 +19,8 @@ from .sst import SST_VARIANTS, SparseSpectral, SSTConfig
 __all__ = [
     "SST_VARIANTS",
     "FullRank",
+    "GaLore",
+    "GaLoreConfig",
     "LoRA",
     "LoRAConfig",
     "LoRALinear",

@@ -161,6 +161,16 @@ def _check_settings(name: str, cls: type[TrainingMethod], settings: dict[str, An
         raise ValueError(f"method {name!r} has no setting(s) {unknown}; allowed: {sorted(allowed)}")
 
 
+def method_config_fields(name: str) -> set[str]:
+    """Config fields a user may set for method (or variant) ``name``."""
+    if name in _VARIANTS:
+        cls, preset = _VARIANTS[name]
+        return {f.name for f in dataclasses.fields(cls.config_class)} - set(preset)
+    if name in _REGISTRY:
+        return {f.name for f in dataclasses.fields(_REGISTRY[name].config_class)}
+    raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
+
+
 def make_method(name: str, **settings) -> TrainingMethod:
     """Build a registered method (or variant) from its name and config fields.
 

@@ -1,0 +1,128 @@
+"""``galore``: GaLore, full-rank weights trained by Adam in a projected gradient space.
+
+The baseline of SPEC section 5 (Zhao et al. 2024, "Gradient Low-Rank Projection"). Nothing in
+the model is replaced: the target layers' weights go into one param group that
+:class:`~sparse_spectral.methods.galore_optim.GaLoreAdamW` steps in a rank-r subspace of
+their gradients, refreshed from an SVD every ``update_proj_gap`` steps; every other
+trainable parameter gets plain AdamW. Why the published ``galore-torch`` package is not
+used (its optimizer state is not ``weights_only``-loadable) is in ``galore_optim``.
+
+GPT-2's ``Conv1D`` stores its weight as (in, out); the group marks such weights
+``transposed`` so that ``proj_type`` and ``rank`` refer to the (out, in) = (m, n) layout of
+an ``nn.Linear``, the same for every architecture.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..targeting import find_target_modules, linear_shape
+from .base import MethodConfig, TrainingMethod, register_method
+from .galore_optim import PROJ_TYPES, GaLoreAdamW, check_settings
+
+
+@dataclass
+class GaLoreConfig(MethodConfig):
+    """Settings of GaLore."""
+
+    rank: int = field(default=8, metadata={"help": "r: rank of the gradient projection."})
+    update_proj_gap: int = field(
+        default=200, metadata={"help": "optimizer steps between two projection refreshes "
+                               "(the SVD of the current gradient)."})
+    scale: float = field(
+        default=0.25, metadata={"help": "alpha: factor on the projected-back update (> 0)."})
+    proj_type: str = field(
+        default="std", metadata={"help": f"projected side, one of {PROJ_TYPES}; 'std' "
+                                 "projects the smaller dimension of each (out, in) weight."})
+
+    def __post_init__(self):
+        check_settings(self.rank, self.update_proj_gap, self.scale, self.proj_type)
+
+
+@register_method
+class GaLore(TrainingMethod):
+    """Full-rank training whose target weights take GaLore's projected Adam steps.
+
+    ``prepare`` replaces nothing; it checks that the targets exist and are large enough
+    for the rank, and records their names and parameter ids. The schedule (projection
+    refresh) lives in the optimizer's per-tensor step count, so ``after_step`` has nothing
+    to do and resume needs only the optimizer's state_dict.
+    """
+
+    name = "galore"
+    config_class = GaLoreConfig
+
+    def __init__(self, config: GaLoreConfig | None = None):
+        super().__init__(config)
+        self.target_names: list[str] = []
+        self.target_ids: set[int] = set()
+
+    # --------------------------------------------------------------- life cycle
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Validate the targets and remember them; the model is returned unchanged."""
+        weights = self._target_weights(model)
+        self.target_names = [name for name, _, _ in weights]
+        self.target_ids = {id(w) for _, w, _ in weights}
+        return model
+
+    def param_groups(self, model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
+        """Dense groups without the target weights, plus one ``galore`` group.
+
+        The targets are looked up in ``model`` itself (not from ids remembered by
+        ``prepare``), so a copy of the model, or one never passed to ``prepare``, still gets
+        its projected group instead of silently training full-rank.
+        """
+        groups = super().param_groups(model, weight_decay)
+        params, transposed = [], []
+        for _, weight, is_transposed in self._trainable_targets(model):
+            params.append(weight)
+            transposed.append(is_transposed)
+        if params:
+            cfg = self.config
+            groups.append({"name": "galore", "params": params, "rank": cfg.rank,
+                           "update_proj_gap": cfg.update_proj_gap, "scale": cfg.scale,
+                           "proj_type": cfg.proj_type, "transposed": transposed,
+                           "weight_decay": weight_decay})
+        return groups
+
+    def build_optimizer(self, model: nn.Module, optimizer_cls=None, lr: float = 1e-3,
+                        weight_decay: float = 0.0, **kwargs) -> torch.optim.Optimizer:
+        """Build an optimizer over :meth:`param_groups` (default :class:`GaLoreAdamW`)."""
+        return super().build_optimizer(model, optimizer_cls or GaLoreAdamW, lr=lr,
+                                       weight_decay=weight_decay, **kwargs)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """A deep copy: GaLore's weights are dense already."""
+        return copy.deepcopy(model)
+
+    # --------------------------------------------------------------- helpers
+    def _special_parameters(self, model: nn.Module) -> set[int]:
+        return {id(w) for _, w, _ in self._trainable_targets(model)}
+
+    def _trainable_targets(self, model: nn.Module):
+        return [t for t in self._target_weights(model) if t[1].requires_grad]
+
+    def _target_weights(self, model: nn.Module) -> list[tuple[str, nn.Parameter, bool]]:
+        """``(layer name, weight, stored transposed)`` of every target, checked for the rank.
+
+        A weight shared by several targets is listed once.
+
+        Raises:
+            ValueError: no target matched, or the rank exceeds a target's ``min(m, n)``.
+        """
+        cfg = self.config
+        found, seen = [], set()
+        for name, module in find_target_modules(model, cfg.target_modules, cfg.exclude_modules):
+            m, n = linear_shape(module)
+            if cfg.rank > min(m, n):
+                raise ValueError(f"rank={cfg.rank} is out of range for layer {name!r} of shape "
+                                 f"(m={m}, n={n}): it must be in [1, min(m, n) = {min(m, n)}]")
+            if id(module.weight) not in seen:
+                seen.add(id(module.weight))
+                # Only nn.Linear and Conv1D are targets; Conv1D stores (in, out).
+                found.append((name, module.weight, not isinstance(module, nn.Linear)))
+        return found

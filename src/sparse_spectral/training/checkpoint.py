@@ -1,0 +1,101 @@
+"""Training checkpoints: one directory per step, published atomically.
+
+``<run>/checkpoints/step_000600/`` holds ``model.safetensors`` (every tensor of the converted
+model) and ``state.pt`` (optimizer, LR scheduler, method state, torch RNG, step, settings and
+an environment fingerprint; plain tensors and Python scalars only, so
+``torch.load(weights_only=True)`` reads it). The directory is written under a temporary name
+and renamed into place, then ``<run>/checkpoints/latest`` is replaced atomically: a crash
+mid-save leaves the previous checkpoint as the latest one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from ..serialization import atomic_write
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+LATEST = "latest"
+
+
+def checkpoint_root(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, optimizer,
+                    scheduler, method, settings: dict[str, Any]) -> Path:
+    """Write checkpoint ``step`` of a run and make it the latest; return its directory."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:06d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
+    try:
+        save_model(model, str(tmp / MODEL_FILE))
+        torch.save({
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "method": method.state_dict(),
+            "rng": torch.get_rng_state(),
+            "settings": settings,
+            "environment": {"torch": torch.__version__, "threads": torch.get_num_threads()},
+        }, tmp / STATE_FILE)
+        if final.exists():  # re-saving a step (e.g. after a resume): replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write(root / LATEST, lambda path: Path(path).write_text(final.name + "\n"))
+    return final
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The directory named by ``<run>/checkpoints/latest``, or None if the run has none."""
+    root = checkpoint_root(run_dir)
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    if not (path / STATE_FILE).is_file() or not (path / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"{pointer} names {path.name}, which is incomplete or missing")
+    return path
+
+
+def read_checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``state.pt`` of a checkpoint directory, loaded with ``weights_only=True``."""
+    return torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")
+
+
+def restore_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer, scheduler,
+                       method) -> int:
+    """Load a checkpoint into already-built objects; return its step.
+
+    ``model`` must already be prepared by ``method`` (same settings). Order matters: model
+    tensors first, then the method (which checks its selections against them), then the
+    optimizer and scheduler, then the RNG.
+    """
+    path = Path(path)
+    state = read_checkpoint_state(path)
+    load_model(model, str(path / MODEL_FILE), strict=True)
+    method.load_state_dict(state["method"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    saved_threads = state["environment"]["threads"]
+    if saved_threads != torch.get_num_threads():
+        warnings.warn(f"checkpoint was written with {saved_threads} threads, resuming with "
+                      f"{torch.get_num_threads()}: LAPACK's SVD differs in its last bits across "
+                      "thread counts, so the resumed run will not be bit-exact", stacklevel=2)
+    return int(state["step"])

@@ -1,0 +1,95 @@
+"""Metric loggers behind one tiny protocol: ``log_dict(metrics, step)`` and ``close()``.
+
+``JsonlLogger`` writes one JSON object per line (the file the reports read);
+``TensorBoardLogger`` is optional (needs the ``tensorboard`` package); ``MultiLogger`` fans
+out to several.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class MetricLogger(Protocol):
+    def log_dict(self, metrics: dict[str, Any], step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # JSON has no NaN/inf; keep the information as text
+    return value
+
+
+class JsonlLogger:
+    """Append ``{"step": step, **metrics}`` lines to ``path``, flushed per line.
+
+    Args:
+        path: the JSONL file.
+        resume_step: when resuming, lines of steps after this one (written by the interrupted
+            run after its last checkpoint) are dropped first, so the file tells one story.
+    """
+
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self._file = open(self.path, "a")
+
+    def log_dict(self, metrics: dict[str, Any], step: int) -> None:
+        record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class TensorBoardLogger:
+    """Scalars to TensorBoard (``pip install tensorboard``)."""
+
+    def __init__(self, log_dir: str | os.PathLike):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            raise ImportError("--tensorboard needs the tensorboard package: "
+                              "pip install tensorboard") from err
+        self._writer = SummaryWriter(str(log_dir))
+
+    def log_dict(self, metrics: dict[str, Any], step: int) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                self._writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class MultiLogger:
+    """Send every record to each of ``loggers``."""
+
+    def __init__(self, *loggers: MetricLogger):
+        self.loggers = loggers
+
+    def log_dict(self, metrics: dict[str, Any], step: int) -> None:
+        for logger in self.loggers:
+            logger.log_dict(metrics, step)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All records of a JSONL metrics file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,189 @@
+"""A task-agnostic training loop that talks to methods only through their life cycle.
+
+Every batch is a pure function of the step (``batch_fn(step, micro)``), the methods sample
+from counter-seeded generators, and checkpoints hold the optimizer, scheduler, method state
+and torch RNG, so a resumed run continues bit-exactly on CPU at the same thread count.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..accounting import memory_report
+from .checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from .loggers import MetricLogger
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; nothing was saved for that step."""
+
+
+@dataclass
+class LoopSettings:
+    """Optimisation settings (flag names follow the GaLore/ReLoRA scripts)."""
+
+    num_training_steps: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    grad_accumulation: int = 1
+    eval_every: int = 100
+    save_every: int = 0
+    log_every: int = 10
+
+    def __post_init__(self):
+        for name in ("num_training_steps", "grad_accumulation"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("warmup_steps", "eval_every", "save_every", "log_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.warmup_steps > self.num_training_steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be <= "
+                             f"num_training_steps={self.num_training_steps}")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr} must be > 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+
+
+@dataclass
+class TrainResult:
+    """What a finished run measured."""
+
+    final_step: int
+    step_times: list[float] = field(default_factory=list)
+    grad_optimizer_bytes: int = 0
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def median_step_time(self) -> float:
+        return statistics.median(self.step_times) if self.step_times else float("nan")
+
+
+def train(model: nn.Module, method, *,
+          batch_fn: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]],
+          loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+          eval_fn: Callable[[nn.Module], dict[str, float]],
+          settings: LoopSettings, run_dir: str | Path, logger: MetricLogger,
+          checkpoint_settings: dict[str, Any] | None = None, resume: bool = False,
+          tokens_per_step: int = 0, progress: bool = True) -> TrainResult:
+    """Train ``model`` (already prepared by ``method``) for ``settings.num_training_steps``.
+
+    Args:
+        batch_fn: ``(step, micro_batch) -> (inputs, targets)``; must depend only on its
+            arguments (that is what makes resume exact).
+        loss_fn: ``(model, inputs, targets) -> scalar loss`` (mean over the micro-batch).
+        eval_fn: ``model -> {"val_loss": ..., ...}``, called every ``eval_every`` steps and
+            at the end, in eval mode under ``torch.no_grad``.
+        run_dir: checkpoints go to ``run_dir/checkpoints``.
+        checkpoint_settings: JSON-able description of the run, stored in checkpoints.
+        resume: continue from ``run_dir``'s latest checkpoint (error if there is none).
+        tokens_per_step: for the tokens/s figure.
+
+    Raises:
+        TrainingDiverged: on a non-finite loss; the last good checkpoint stays the latest.
+    """
+    optimizer = method.build_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, method.lr_lambda(
+        settings.num_training_steps, settings.warmup_steps, settings.min_lr_ratio))
+    config = checkpoint_settings if checkpoint_settings is not None else asdict(settings)
+    start = 0
+    if resume:
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            raise FileNotFoundError(f"--resume: {run_dir} has no checkpoint to resume from")
+        start = restore_checkpoint(path, model, optimizer, scheduler, method)
+    result = TrainResult(final_step=start)
+    bar = _progress_bar(settings.num_training_steps, start, progress)
+    for step in range(start + 1, settings.num_training_steps + 1):
+        model.train()
+        began = time.perf_counter()
+        total_loss = 0.0
+        for micro in range(settings.grad_accumulation):
+            inputs, targets = batch_fn(step, micro)
+            loss = loss_fn(model, inputs, targets) / settings.grad_accumulation
+            loss.backward()
+            total_loss += loss.item()
+        if not math.isfinite(total_loss):
+            optimizer.zero_grad(set_to_none=True)
+            last = latest_checkpoint(run_dir)
+            raise TrainingDiverged(
+                f"non-finite loss ({total_loss}) at step {step}; stopped without saving. "
+                f"Last good checkpoint: {last if last else 'none'}")
+        grad_norm = _clip(model, settings.grad_clip)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        if step == start + 1:
+            report = memory_report(model, optimizer)
+            result.grad_optimizer_bytes = report.gradients + report.optimizer_state
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.after_step(step, optimizer)
+        elapsed = time.perf_counter() - began
+        result.step_times.append(elapsed)
+        result.final_step = step
+        tokens_per_s = tokens_per_step / elapsed if elapsed > 0 else 0.0
+        bar.update(1)
+        bar.set_postfix(loss=f"{total_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+        if settings.log_every and (step % settings.log_every == 0 or step == start + 1):
+            logger.log_dict({"train_loss": total_loss, "lr": lr, "grad_norm": grad_norm,
+                             "tokens_per_s": tokens_per_s}, step)
+        if (settings.eval_every and step % settings.eval_every == 0) \
+                or step == settings.num_training_steps:
+            metrics = _evaluate(model, eval_fn)
+            result.evaluations.append({"step": step, **metrics})
+            logger.log_dict(metrics, step)
+            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if (settings.save_every and step % settings.save_every == 0) \
+                or step == settings.num_training_steps:
+            save_checkpoint(run_dir, step, model, optimizer, scheduler, method, config)
+    bar.close()
+    return result
+
+
+def _clip(model: nn.Module, max_norm: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm and max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, eval_fn) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    try:
+        return eval_fn(model)
+    finally:
+        model.train(was_training)
+
+
+class _NullBar:
+    def update(self, n): ...
+
+    def set_postfix(self, **kw): ...
+
+    def write(self, text):
+        print(text)
+
+    def close(self): ...
+
+
+def _progress_bar(total: int, start: int, enabled: bool):
+    if not enabled:
+        return _NullBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)

@@ -65,7 +65,7 @@ def save_pretrained(model: nn.Module, method: TrainingMethod, directory: str | o
     atomic_write_json(directory / METHOD_FILE, {
         "format_version": FORMAT_VERSION,
         "sparse_spectral_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "method_state": method.state_dict(),
     })
     return directory

@@ -48,7 +48,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, opt
             "method": method.state_dict(),
             "rng": torch.get_rng_state(),
             "settings": settings,
-            "environment": {"torch": torch.__version__, "threads": torch.get_num_threads()},
+            "environment": {"torch": str(torch.__version__), "threads": torch.get_num_threads()},
         }, tmp / STATE_FILE)
         if final.exists():  # re-saving a step (e.g. after a resume): replace it whole
             shutil.rmtree(final)

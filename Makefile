@@ -22,7 +22,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/sst info
-	$(BIN)/sst demo
+	$(BIN)/sst compare lm --config examples/lm_compare_cpu.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -158,3 +158,18 @@ def test_cli_unreadable_text_and_too_small_corpus(tmp_path, capsys):
                  "64", "--no_progress", "--output_dir", str(tmp_path / "y")]) == 2
     assert "fewer than one block" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_example_config_parses():
+    """The main job's config file maps onto settings, methods and learning rates."""
+    from sparse_spectral.cli import _parse_method_lr, build_parser, lm_settings_from_args
+
+    config = Path(__file__).resolve().parents[1] / "examples" / "lm_compare_cpu.toml"
+    args = build_parser().parse_args(["compare", "lm", "--config", str(config),
+                                      "--num_training_steps", "7"])
+    settings, extras = lm_settings_from_args(args)
+    assert settings.num_training_steps == 7 and settings.model == "gpt_cpu"
+    assert settings.method_options == {"iteration_interval": 100}
+    assert extras["methods"] == "full,lora,relora,galore,sst"
+    assert set(_parse_method_lr(extras["method_lr"])) == {"full", "lora", "relora", "galore",
+                                                          "sst"}

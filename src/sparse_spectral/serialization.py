@@ -11,47 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 from . import __version__
+from .atomic import atomic_write, atomic_write_json
 from .methods.base import TrainingMethod, method_from_state
 
 MODEL_FILE = "model.safetensors"
 METHOD_FILE = "method.json"
 FORMAT_VERSION = 1
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then atomically move ``tmp_path`` onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-
-    atomic_write(path, write)
 
 
 def save_pretrained(model: nn.Module, method: TrainingMethod, directory: str | os.PathLike) -> Path:

@@ -26,7 +26,8 @@ from torch.nn import functional as F
 
 from ..spectral.sampling import counter_seed
 from .corpus import SPLITS, Corpus
-from .paths import atomic_write, cache_dir
+from ..atomic import atomic_write
+from .paths import cache_dir
 from .tokenizer import Tokenizer
 
 ENCODING_VERSION = 1

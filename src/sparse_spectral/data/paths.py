@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 CACHE_ENV = "SST_CACHE_DIR"
@@ -71,31 +69,3 @@ def check_sha256(path: Path, expected: str, *, delete_on_mismatch: bool = False)
         note = " The file was deleted; the next run fetches it again."
     raise ChecksumError(f"checksum mismatch for {path}: sha256 {actual}, expected {expected}. "
                         f"The file is corrupt or a different version.{note}")
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, then move the temp file onto ``path`` with ``os.replace``.
-
-    Readers never see a half-written file, and concurrent writers of the same content
-    (e.g. two runs filling one cache) cannot corrupt it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-
-    atomic_write(path, write)

@@ -22,10 +22,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..atomic import atomic_write
 from .paths import (
     ChecksumError,
     DataUnavailableError,
-    atomic_write,
     cache_dir,
     check_sha256,
     resolve_data_dir,

@@ -35,7 +35,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from .corpus import Corpus
-from .paths import atomic_write_text, cache_dir
+from ..atomic import atomic_write_text
+from .paths import cache_dir
 
 TOKENIZER_KINDS = ("char", "bpe")
 FORMAT_VERSION = 1

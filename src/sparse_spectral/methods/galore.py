@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..targeting import find_target_modules, linear_shape
+from ..targeting import find_target_modules
+from ..validation import check_rank_fits
 from .base import MethodConfig, TrainingMethod, register_method
 from .galore_optim import PROJ_TYPES, GaLoreAdamW, check_settings
 
@@ -117,10 +118,7 @@ class GaLore(TrainingMethod):
         cfg = self.config
         found, seen = [], set()
         for name, module in find_target_modules(model, cfg.target_modules, cfg.exclude_modules):
-            m, n = linear_shape(module)
-            if cfg.rank > min(m, n):
-                raise ValueError(f"rank={cfg.rank} is out of range for layer {name!r} of shape "
-                                 f"(m={m}, n={n}): it must be in [1, min(m, n) = {min(m, n)}]")
+            check_rank_fits(name, module, cfg.rank)
             if id(module.weight) not in seen:
                 seen.add(id(module.weight))
                 # Only nn.Linear and Conv1D are targets; Conv1D stores (in, out).

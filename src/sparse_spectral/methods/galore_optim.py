@@ -44,6 +44,9 @@ import math
 
 import torch
 
+from ..spectral.optim import adamw_update_, check_adam_hyperparameters
+from ..validation import is_int
+
 __all__ = [
     "PROJ_TYPES",
     "check_settings",
@@ -61,19 +64,15 @@ PROJ_TYPES = ("std", "reverse_std", "left", "right")
 GALORE_DEFAULTS = {"update_proj_gap": 200, "scale": 0.25, "proj_type": "std"}
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_settings(rank, update_proj_gap, scale, proj_type) -> None:
     """Validate GaLore's projection settings.
 
     Raises:
         ValueError: naming the bad value and the allowed range.
     """
-    if not _is_int(rank) or rank < 1:
+    if not is_int(rank) or rank < 1:
         raise ValueError(f"rank={rank!r} must be an int >= 1")
-    if not _is_int(update_proj_gap) or update_proj_gap < 1:
+    if not is_int(update_proj_gap) or update_proj_gap < 1:
         raise ValueError(f"update_proj_gap={update_proj_gap!r} must be an int >= 1")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
             or not math.isfinite(scale) or scale <= 0:
@@ -139,20 +138,12 @@ def project_back(low_rank: torch.Tensor, projection: torch.Tensor, side: str) ->
 
 # --------------------------------------------------------------------------- optimizer
 def _adamw_update(p, grad, state, lr, beta1, beta2, eps, wd) -> None:
-    """One AdamW step, the same arithmetic as torch.optim.AdamW's single-tensor path."""
+    """Plain AdamW for a non-target parameter (torch.optim.AdamW's arithmetic)."""
     if not state:
         state["step"] = torch.zeros((), dtype=torch.float32)
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-    step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
-    step += 1
-    if wd != 0:
-        p.mul_(1 - lr * wd)
-    exp_avg.lerp_(grad, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    t = step.item()
-    denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
-    p.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**t))
+    adamw_update_(p, grad, state, lr, beta1, beta2, eps, wd)
 
 
 def _refresh_projection(state: dict, grad: torch.Tensor, group: dict, dtype) -> None:
@@ -189,12 +180,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        if lr < 0:
-            raise ValueError(f"lr={lr} must be >= 0")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"betas={betas} must lie in [0, 1)")
-        if eps < 0 or weight_decay < 0:
-            raise ValueError(f"eps={eps} and weight_decay={weight_decay} must be >= 0")
+        check_adam_hyperparameters(lr, betas, eps, weight_decay)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
     def add_param_group(self, param_group: dict) -> None:

@@ -21,11 +21,8 @@ from torch import nn
 
 from ..spectral.sampling import counter_seed
 from ..targeting import find_target_modules, linear_shape, replace_module
+from ..validation import check_rank_fits, is_int
 from .base import MethodConfig, TrainingMethod, register_method
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class LoRALinear(nn.Module):
@@ -115,13 +112,13 @@ class LoRAConfig(MethodConfig):
     seed: int = field(default=0, metadata={"help": "seed of A's (re-)initialisations."})
 
     def __post_init__(self):
-        if not _is_int(self.rank) or self.rank < 1:
+        if not is_int(self.rank) or self.rank < 1:
             raise ValueError(f"rank={self.rank!r} must be an int >= 1")
         if self.alpha is not None and (isinstance(self.alpha, bool) or
                                        not isinstance(self.alpha, (int, float)) or
                                        self.alpha <= 0):
             raise ValueError(f"alpha={self.alpha!r} must be None or a number > 0")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise ValueError(f"seed={self.seed!r} must be an int")
 
     @property
@@ -144,10 +141,7 @@ class LoRA(TrainingMethod):
         cfg = self.config
         targets = find_target_modules(model, cfg.target_modules, cfg.exclude_modules)
         for name, module in targets:
-            m, n = linear_shape(module)
-            if cfg.rank > min(m, n):
-                raise ValueError(f"rank={cfg.rank} is out of range for layer {name!r} of shape "
-                                 f"(m={m}, n={n}): it must be in [1, min(m, n) = {min(m, n)}]")
+            check_rank_fits(name, module, cfg.rank)
         for index, (name, module) in enumerate(targets):
             replace_module(model, name, LoRALinear(module, cfg.rank, cfg.effective_alpha,
                                                    self._generator(index, draw=0)))

@@ -23,7 +23,8 @@ from ..spectral.optim import find_state, reset_param_state
 from ..spectral.sampling import counter_seed
 from ..schedules import jagged_cosine_lambda
 from .base import register_method
-from .lora import LoRA, LoRAConfig, _is_int
+from ..validation import is_int
+from .lora import LoRA, LoRAConfig
 
 RESET_MODES = ("full", "magnitude", "random")
 
@@ -44,7 +45,7 @@ class ReLoRAConfig(LoRAConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not _is_int(self.merge_interval) or self.merge_interval < 1:
+        if not is_int(self.merge_interval) or self.merge_interval < 1:
             raise ValueError(f"merge_interval={self.merge_interval!r} must be an int >= 1")
         if self.optimizer_reset not in RESET_MODES:
             raise ValueError(f"optimizer_reset={self.optimizer_reset!r} is unknown; allowed: "
@@ -52,7 +53,7 @@ class ReLoRAConfig(LoRAConfig):
         if isinstance(self.reset_ratio, bool) or not isinstance(self.reset_ratio, (int, float)) \
                 or not 0.0 <= self.reset_ratio <= 1.0:
             raise ValueError(f"reset_ratio={self.reset_ratio!r} must be a number in [0, 1]")
-        if not _is_int(self.restart_warmup_steps) or self.restart_warmup_steps < 0:
+        if not is_int(self.restart_warmup_steps) or self.restart_warmup_steps < 0:
             raise ValueError(
                 f"restart_warmup_steps={self.restart_warmup_steps!r} must be an int >= 0")
 

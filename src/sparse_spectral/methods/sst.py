@@ -11,7 +11,8 @@ from torch import nn
 
 from ..spectral.layer import SpectralLinear
 from ..spectral.sampling import SAMPLERS, counter_seed, iterations_per_round, select_indices
-from ..targeting import find_target_modules, linear_shape, replace_module
+from ..targeting import find_target_modules, replace_module
+from ..validation import check_rank_fits, is_int
 from .base import MethodConfig, TrainingMethod, register_method, register_variant
 
 _SVD_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -27,10 +28,6 @@ SST_VARIANTS = {
     "sst-random-init": {"init": "random"},
     "sst-default-grad": {"enhanced_gradient": False},
 }
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -56,13 +53,13 @@ class SSTConfig(MethodConfig):
     svd_dtype: str = field(default="float32", metadata={"help": "'float32' or 'float64'."})
 
     def __post_init__(self):
-        if not _is_int(self.rank) or self.rank < 1:
+        if not is_int(self.rank) or self.rank < 1:
             raise ValueError(f"rank={self.rank!r} must be an int >= 1")
-        if not _is_int(self.iteration_interval) or self.iteration_interval < 1:
+        if not is_int(self.iteration_interval) or self.iteration_interval < 1:
             raise ValueError(
                 f"iteration_interval (T3)={self.iteration_interval!r} must be an int >= 1")
         if self.iterations_per_round is not None and (
-                not _is_int(self.iterations_per_round) or self.iterations_per_round < 1):
+                not is_int(self.iterations_per_round) or self.iterations_per_round < 1):
             raise ValueError(f"iterations_per_round (T2)={self.iterations_per_round!r} must be "
                              "None or an int >= 1")
         if self.sampler not in SAMPLERS:
@@ -72,7 +69,7 @@ class SSTConfig(MethodConfig):
             raise ValueError(f"lam={self.lam!r} must be a number in [0, 1]")
         if self.svd_dtype not in _SVD_DTYPES:
             raise ValueError(f"svd_dtype={self.svd_dtype!r}; allowed: {sorted(_SVD_DTYPES)}")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise ValueError(f"seed={self.seed!r} must be an int")
         if self.init not in _INITS:
             raise ValueError(f"init={self.init!r} is unknown; allowed: {', '.join(_INITS)}")
@@ -101,10 +98,7 @@ class SparseSpectral(TrainingMethod):
         cfg = self.config
         targets = find_target_modules(model, cfg.target_modules, cfg.exclude_modules)
         for name, module in targets:
-            m, n = linear_shape(module)
-            if cfg.rank > min(m, n):
-                raise ValueError(f"rank={cfg.rank} is out of range for layer {name!r} of shape "
-                                 f"(m={m}, n={n}): it must be in [1, min(m, n) = {min(m, n)}]")
+            check_rank_fits(name, module, cfg.rank)
         for index, (name, module) in enumerate(targets):
             generator = torch.Generator().manual_seed(counter_seed(cfg.seed, index, -1))
             layer = SpectralLinear.from_linear(

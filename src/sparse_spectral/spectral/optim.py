@@ -25,6 +25,46 @@ def _slot_dims(group: dict) -> list[int]:
     return list(dims) if dims is not None else [NO_SLOTS] * len(group["params"])
 
 
+def check_adam_hyperparameters(lr: float, betas, eps: float, weight_decay: float) -> None:
+    """Raise ``ValueError`` naming any Adam setting outside its range."""
+    if lr < 0:
+        raise ValueError(f"lr={lr} must be >= 0")
+    if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+        raise ValueError(f"betas={betas} must lie in [0, 1)")
+    if eps < 0 or weight_decay < 0:
+        raise ValueError(f"eps={eps} and weight_decay={weight_decay} must be >= 0")
+
+
+def adamw_update_(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, beta1: float,
+                  beta2: float, eps: float, wd: float) -> None:
+    """One AdamW step of ``p`` in place, given its initialised ``state``.
+
+    A scalar ``state["step"]`` gives exactly torch.optim.AdamW's single-tensor arithmetic; a
+    per-slot step tensor (broadcastable to ``p``) gives each slot its own bias correction.
+    """
+    step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
+    if step.dim() and step.device != p.device:
+        # load_state_dict leaves "step" where it was loaded (e.g. a GPU checkpoint read with
+        # map_location="cpu"); per-slot counters must sit with p.
+        step = state["step"] = step.to(p.device)
+    step += 1
+    if wd != 0:
+        p.mul_(1 - lr * wd)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    if step.dim() == 0:
+        t = step.item()
+        step_size = lr / (1 - beta1**t)
+        denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
+        p.addcdiv_(exp_avg, denom, value=-step_size)
+    else:
+        # Bias corrections in the counters' float32, never in the parameter's dtype: in
+        # bf16, beta2 = 0.999 rounds to 1 and 1 - beta2**t to 0.
+        step_size = lr / (1 - beta1**step)
+        denom = (exp_avg_sq.sqrt() / (1 - beta2**step).sqrt()).add_(eps)
+        p.sub_(step_size * exp_avg / denom)
+
+
 class SlotAdamW(torch.optim.Optimizer):
     """AdamW (decoupled weight decay) whose bias correction can restart per slot.
 
@@ -43,12 +83,7 @@ class SlotAdamW(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        if lr < 0:
-            raise ValueError(f"lr={lr} must be >= 0")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"betas={betas} must lie in [0, 1)")
-        if eps < 0 or weight_decay < 0:
-            raise ValueError(f"eps={eps} and weight_decay={weight_decay} must be >= 0")
+        check_adam_hyperparameters(lr, betas, eps, weight_decay)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         for group in self.param_groups:
             dims = _slot_dims(group)
@@ -85,29 +120,7 @@ class SlotAdamW(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError("SlotAdamW does not support sparse gradients")
                 state = self.state[p] or self._init_state(p, slot_dim)
-                step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
-                if step.dim() and step.device != p.device:
-                    # load_state_dict leaves "step" where it was loaded (e.g. a GPU checkpoint
-                    # read with map_location="cpu"); per-slot counters must sit with p.
-                    step = state["step"] = step.to(p.device)
-                grad = p.grad
-                step += 1
-                if wd != 0:
-                    p.mul_(1 - lr * wd)
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                if step.dim() == 0:
-                    # Same arithmetic as torch.optim.AdamW's single-tensor path.
-                    t = step.item()
-                    step_size = lr / (1 - beta1**t)
-                    denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
-                    p.addcdiv_(exp_avg, denom, value=-step_size)
-                else:
-                    # Bias corrections in the counters' float32, never in the parameter's
-                    # dtype: in bf16, beta2 = 0.999 rounds to 1 and 1 - beta2**t to 0.
-                    step_size = lr / (1 - beta1**step)
-                    denom = (exp_avg_sq.sqrt() / (1 - beta2**step).sqrt()).add_(eps)
-                    p.sub_(step_size * exp_avg / denom)
+                adamw_update_(p, p.grad, state, lr, beta1, beta2, eps, wd)
         return loss
 
 

@@ -30,7 +30,7 @@ from ..accounting import count_parameters
 from ..methods import make_method
 from ..methods.base import method_config_fields
 from ..pruning import prune_spectrum
-from ..serialization import atomic_write_json
+from ..atomic import atomic_write_json
 from ..targeting import find_target_modules
 from ..training.loggers import JsonlLogger, MultiLogger, TensorBoardLogger
 from ..training.loop import LoopSettings, train

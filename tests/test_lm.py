@@ -173,3 +173,9 @@ def test_example_config_parses():
     assert extras["methods"] == "full,lora,relora,galore,sst"
     assert set(_parse_method_lr(extras["method_lr"])) == {"full", "lora", "relora", "galore",
                                                           "sst"}
+
+
+def test_bad_schedule_fails_before_writing_anything(corpus_file, tmp_path):
+    with pytest.raises(ValueError, match="warmup_steps=50 must be <= num_training_steps=6"):
+        run_train(_settings(corpus_file, tmp_path, warmup_steps=50), progress=False)
+    assert not (tmp_path / "run").exists()

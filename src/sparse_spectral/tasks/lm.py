@@ -184,8 +184,14 @@ def evaluate_split(model: nn.Module, ids: torch.Tensor, block_size: int, batch_s
 def run_train(settings: LMSettings, resume: bool = False, progress: bool = True,
               data: LMData | None = None) -> dict[str, Any]:
     """Train one method; write metrics, checkpoints and ``summary.json``; return the summary."""
+    return _train_run(settings, resume, progress, data)[0]
+
+
+def _train_run(settings: LMSettings, resume: bool, progress: bool, data: LMData | None):
+    """:func:`run_train`, also returning the trained model and its method."""
     from ..data import training_batch
 
+    loop_settings = settings.loop_settings()  # validate before touching data or files
     data = data or prepare_data(settings)
     run_dir = Path(settings.output_dir)
     model, method = build_model_and_method(settings, data.tokenizer.vocab_size)
@@ -209,7 +215,7 @@ def run_train(settings: LMSettings, resume: bool = False, progress: bool = True,
     began = time.perf_counter()
     try:
         result = train(model, method, batch_fn=batch_fn, loss_fn=lm_loss, eval_fn=eval_fn,
-                       settings=settings.loop_settings(), run_dir=run_dir, logger=logger,
+                       settings=loop_settings, run_dir=run_dir, logger=logger,
                        checkpoint_settings=asdict(settings), resume=resume,
                        tokens_per_step=settings.tokens_per_step, progress=progress)
     finally:
@@ -229,8 +235,7 @@ def run_train(settings: LMSettings, resume: bool = False, progress: bool = True,
         "curve": [{"step": e["step"], "val_loss": e["val_loss"]} for e in result.evaluations],
     }
     atomic_write_json(run_dir / "summary.json", summary)
-    summary["_model"], summary["_method"], summary["_data"] = model, method, data
-    return summary
+    return summary, model, method
 
 
 def _resume_step(run_dir: Path, resume: bool) -> int | None:
@@ -291,9 +296,7 @@ def run_compare(settings: LMSettings, methods: list[str], method_lr: dict[str, f
         run = dataclasses.replace(settings, method=name, lr=method_lr.get(name, settings.lr),
                                   output_dir=str(out / name))
         print(f"== {name} (lr {run.lr:g}) ==", flush=True)
-        summary = run_train(run, progress=progress, data=data)
-        model, method = summary.pop("_model"), summary.pop("_method")
-        summary.pop("_data")
+        summary, model, method = _train_run(run, resume=False, progress=progress, data=data)
         summary.pop("settings")
         summary["lr"] = run.lr
         summary["spectra"] = weight_spectra(model, method)

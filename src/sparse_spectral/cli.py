@@ -160,10 +160,9 @@ def _check_method_names(names: list[str]) -> None:
 
 
 def _check_preset(name: str) -> None:
-    from .models import PRESETS
+    from .models import get_preset
 
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; available: {', '.join(PRESETS)}")
+    get_preset(name)  # raises, listing the presets, for an unknown name
 
 
 def cmd_train_lm(args: argparse.Namespace) -> int:

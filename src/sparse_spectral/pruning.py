@@ -10,7 +10,7 @@ from torch import nn
 
 from .spectral.layer import SpectralLinear, thin_svd
 from .spectral.lowrank import LowRankLinear
-from .targeting import find_target_modules, is_linear, replace_module
+from .targeting import find_target_modules, is_linear, linear_weight, replace_module
 
 
 def kept_triplets(k: int, ratio: float) -> int:
@@ -24,8 +24,7 @@ def kept_triplets(k: int, ratio: float) -> int:
 def _dense_weight(module: nn.Module) -> torch.Tensor:
     if isinstance(module, SpectralLinear):
         return module.dense_weight(torch.float32)
-    weight = module.weight.detach().float()
-    return weight.t() if type(module).__name__ == "Conv1D" else weight
+    return linear_weight(module).detach().float()
 
 
 @torch.no_grad()

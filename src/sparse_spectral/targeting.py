@@ -25,7 +25,9 @@ from torch import nn
 
 __all__ = [
     "LINEAR_TYPES",
+    "is_conv1d",
     "is_linear",
+    "linear_weight",
     "linear_shape",
     "find_target_modules",
     "replace_module",
@@ -81,9 +83,15 @@ def _loaded_conv1d() -> type[nn.Module] | None:
     return getattr(module, "Conv1D", None)
 
 
-def _is_conv1d(module: object) -> bool:
+def is_conv1d(module: object) -> bool:
+    """True for GPT-2's ``Conv1D``, which stores its weight transposed as (in, out)."""
     conv1d = _loaded_conv1d()
     return conv1d is not None and isinstance(module, conv1d)
+
+
+def linear_weight(module: nn.Module):
+    """The weight of a linear module in the ``(out, in)`` = ``(m, n)`` layout (a view)."""
+    return module.weight.t() if is_conv1d(module) else module.weight
 
 
 def is_linear(module: object) -> bool:
@@ -95,7 +103,7 @@ def is_linear(module: object) -> bool:
     Returns:
         True for ``nn.Linear`` (and subclasses) and GPT-2's ``Conv1D``.
     """
-    return isinstance(module, nn.Linear) or _is_conv1d(module)
+    return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
@@ -112,7 +120,7 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
     """
     if isinstance(module, nn.Linear):
         return module.out_features, module.in_features
-    if _is_conv1d(module):
+    if is_conv1d(module):
         # Conv1D stores its weight transposed: (in_features, out_features).
         n, m = module.weight.shape
         return int(m), int(n)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..targeting import find_target_modules
+from ..targeting import find_target_modules, is_conv1d
 from ..validation import check_rank_fits
 from .base import MethodConfig, TrainingMethod, register_method
 from .galore_optim import PROJ_TYPES, GaLoreAdamW, check_settings
@@ -121,6 +121,5 @@ class GaLore(TrainingMethod):
             check_rank_fits(name, module, cfg.rank)
             if id(module.weight) not in seen:
                 seen.add(id(module.weight))
-                # Only nn.Linear and Conv1D are targets; Conv1D stores (in, out).
-                found.append((name, module.weight, not isinstance(module, nn.Linear)))
+                found.append((name, module.weight, is_conv1d(module)))
         return found

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..spectral.sampling import counter_seed
-from ..targeting import linear_shape
+from ..targeting import is_conv1d, linear_shape
 from ..validation import is_int
 from .base import MethodConfig, ReplacingMethod, register_method
 
@@ -45,7 +45,7 @@ class LoRALinear(nn.Module):
         m, n = linear_shape(base)
         self.base = base
         self.base.requires_grad_(False)
-        self.conv1d = type(base).__name__ == "Conv1D"
+        self.conv1d = is_conv1d(base)
         self.in_features, self.out_features, self.rank = n, m, rank
         self.scaling = alpha / rank
         dtype, device = base.weight.dtype, base.weight.device

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..targeting import is_conv1d, linear_weight
 from .function import spectral_linear
 from .optim import reset_param_state, reset_slots
 
@@ -94,8 +95,8 @@ class SpectralLinear(nn.Module):
                 paper's ablation) keeps the singular values but draws random orthonormal
                 ``U`` and ``Vh`` from ``generator``.
         """
-        conv1d = type(linear).__name__ == "Conv1D"
-        weight = linear.weight.t() if conv1d else linear.weight  # (m, n)
+        conv1d = is_conv1d(linear)
+        weight = linear_weight(linear)  # (m, n)
         _check_rank(rank, *weight.shape)
         if init not in ("svd", "random"):
             raise ValueError(f"init={init!r} is unknown; allowed: svd, random")

@@ -84,13 +84,3 @@ def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
         for state in optimizer.state.values():
             state_bytes += sum(_nbytes(v) for v in state.values() if torch.is_tensor(v))
     return MemoryReport(weights, gradients, state_bytes)
-
-
-def sst_trainable_per_layer(m: int, n: int, rank: int) -> int:
-    """Trainable numbers of one SST layer without bias: ``r (m + n) + min(m, n)``."""
-    return rank * (m + n) + min(m, n)
-
-
-def lora_trainable_per_layer(m: int, n: int, rank: int) -> int:
-    """Trainable numbers of one LoRA adapter: ``r (m + n)``."""
-    return rank * (m + n)

@@ -88,8 +88,3 @@ class MultiLogger:
     def close(self) -> None:
         for logger in self.loggers:
             logger.close()
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of a JSONL metrics file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

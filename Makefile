@@ -15,7 +15,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test,demo,hf,lm]"
+	$(BIN)/python -m pip install --quiet -e ".[test,demo,hf,lm,graph,mt]"
 	touch $(STAMP)
 
 install: $(STAMP)

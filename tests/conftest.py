@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -9,6 +12,24 @@ from torch import nn
 # LAPACK's SVD differs in its last bits across thread counts (SPEC section 9); exactness
 # tests compare runs made in this one process, at one thread count.
 torch.set_num_threads(1)
+
+
+def reference_data_dir(marker: str) -> Path | None:
+    """``$SST_DATA_DIR`` or ``../shared/data`` from the project root, if it holds ``marker``."""
+    project = Path(__file__).resolve().parents[1]
+    for root in (os.environ.get("SST_DATA_DIR"), project / ".." / "shared" / "data"):
+        if root and (Path(root) / marker).exists():
+            return Path(root).resolve()
+    return None
+
+
+@pytest.fixture(scope="session")
+def reference_data() -> Path:
+    """The reference data folder (CI points at ``../shared/data``); a clear failure if absent."""
+    found = reference_data_dir("README.md")
+    if found is None:
+        pytest.fail("reference data not found: set SST_DATA_DIR or provide ../shared/data")
+    return found
 
 
 class TinyMLP(nn.Module):

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..spectral.cost import FORWARD_MODES
 from ..spectral.layer import SpectralLinear
 from ..spectral.sampling import SAMPLERS, counter_seed, iterations_per_round, select_indices
 from ..validation import is_int
@@ -51,6 +52,13 @@ class SSTConfig(MethodConfig):
         default="svd", metadata={"help": "'svd' (exact conversion) or 'random' (random "
                                  "orthonormal factors with the same singular values; ablation)."})
     seed: int = field(default=0, metadata={"help": "seed of the counter-based sampler."})
+    forward_mode: str = field(
+        default="auto", metadata={"help": "'factored', 'composed' (build U diag(s) Vh once per "
+                                  "step, run as a dense layer) or 'auto' (the cheaper one per "
+                                  "call by a multiply-add count)."})
+    stagger_resvd: bool = field(
+        default=True, metadata={"help": "spread the layers' re-SVDs over the iterations of a "
+                                "round instead of re-decomposing every layer in one step."})
     svd_dtype: str = field(default="float32", metadata={"help": "'float32' or 'float64'."})
 
     def __post_init__(self):
@@ -75,6 +83,11 @@ class SSTConfig(MethodConfig):
         if not is_int(self.restart_warmup_steps) or self.restart_warmup_steps < 0:
             raise ValueError(
                 f"restart_warmup_steps={self.restart_warmup_steps!r} must be an int >= 0")
+        if self.forward_mode not in FORWARD_MODES:
+            raise ValueError(f"forward_mode={self.forward_mode!r} is unknown; allowed: "
+                             f"{', '.join(FORWARD_MODES)}")
+        if not isinstance(self.stagger_resvd, bool):
+            raise ValueError(f"stagger_resvd={self.stagger_resvd!r} must be true or false")
         if self.init not in _INITS:
             raise ValueError(f"init={self.init!r} is unknown; allowed: {', '.join(_INITS)}")
 
@@ -87,6 +100,10 @@ class SparseSpectral(ReplacingMethod):
     renormalise the active vectors; every T3 steps a new iteration starts with a new
     selection; after every T2 iterations of a layer (a round) its ``U diag(s) Vh`` is
     re-decomposed first. Draws are keyed by ``(seed, layer index, iteration index)``.
+
+    With ``stagger_resvd`` (default) layer ``i``'s rounds are shifted by ``i mod T2``
+    iterations, so a round's re-SVDs are spread over its T2 iteration boundaries instead
+    of all landing on one step; every layer still re-decomposes once per T2 iterations.
     """
 
     name = "sst"
@@ -99,7 +116,7 @@ class SparseSpectral(ReplacingMethod):
         return SpectralLinear.from_linear(
             module, cfg.rank, enhanced=cfg.enhanced_gradient,
             svd_dtype=_SVD_DTYPES[cfg.svd_dtype], init=cfg.init, generator=generator,
-            all_singular_values=cfg.update_all_singular_values)
+            all_singular_values=cfg.update_all_singular_values, forward_mode=cfg.forward_mode)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Convert every target linear layer in place; draw the first selections."""
@@ -142,7 +159,7 @@ class SparseSpectral(ReplacingMethod):
             layer.normalize_()
             if not new_iteration:
                 continue
-            if iteration % self._rounds(layer) == 0:
+            if self._iteration_in_round(layer, index, iteration) == 0:
                 layer.resvd_(optimizer, svd_dtype=_SVD_DTYPES[cfg.svd_dtype])
             layer.swap_(self._draw(layer, index, iteration), optimizer)
 
@@ -179,10 +196,17 @@ class SparseSpectral(ReplacingMethod):
     def _rounds(self, layer: SpectralLinear) -> int:
         return self.config.iterations_per_round or iterations_per_round(layer.k, layer.rank)
 
+    def _iteration_in_round(self, layer: SpectralLinear, index: int, iteration: int) -> int:
+        """Position of ``iteration`` in the layer's round (0: the round starts with a re-SVD)."""
+        rounds = self._rounds(layer)
+        phase = index % rounds if self.config.stagger_resvd else 0
+        return (iteration + phase) % rounds
+
     def _draw(self, layer: SpectralLinear, index: int, iteration: int) -> torch.Tensor:
         cfg = self.config
         return select_indices(cfg.sampler, layer.s, layer.rank, key=(cfg.seed, index, iteration),
-                              lam=cfg.lam, iteration_in_round=iteration % self._rounds(layer))
+                              lam=cfg.lam,
+                              iteration_in_round=self._iteration_in_round(layer, index, iteration))
 
 
 for _variant, _preset in SST_VARIANTS.items():

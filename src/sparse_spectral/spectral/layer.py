@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..targeting import is_conv1d, linear_weight
+from .cost import choose_mode
 from .function import spectral_linear
 from .optim import reset_param_state, reset_slots
 
@@ -56,11 +57,14 @@ class SpectralLinear(nn.Module):
         conv1d: the layer came from GPT-2's ``Conv1D``; :meth:`to_linear` returns one.
         all_singular_values: train every singular value (SST); ``False`` trains only the
             sampled ones (ablation), whose optimizer state then restarts per index.
+        forward_mode: ``"auto"`` (per call, the cheaper of the two by
+            :func:`~sparse_spectral.spectral.cost.choose_mode` for the call's token count),
+            ``"factored"`` or ``"composed"``; all give the same results up to rounding.
     """
 
     def __init__(self, U: torch.Tensor, s: torch.Tensor, Vh: torch.Tensor, rank: int,
                  bias: torch.Tensor | None = None, enhanced: bool = True, conv1d: bool = False,
-                 all_singular_values: bool = True):
+                 all_singular_values: bool = True, forward_mode: str = "auto"):
         super().__init__()
         m, k = U.shape
         n = Vh.shape[1]
@@ -72,6 +76,8 @@ class SpectralLinear(nn.Module):
         self.enhanced = enhanced
         self.conv1d = conv1d
         self.all_singular_values = all_singular_values
+        choose_mode(1, m, n, k, rank, forward_mode)  # validates the setting
+        self.forward_mode = forward_mode
         self.U = nn.Parameter(U.detach().clone().contiguous(), requires_grad=False)
         self.Vh = nn.Parameter(Vh.detach().clone().contiguous(), requires_grad=False)
         self.s = nn.Parameter(s.detach().clone())
@@ -86,7 +92,8 @@ class SpectralLinear(nn.Module):
     def from_linear(cls, linear: nn.Module, rank: int, enhanced: bool = True,
                     svd_dtype: torch.dtype = torch.float32, init: str = "svd",
                     generator: torch.Generator | None = None,
-                    all_singular_values: bool = True) -> "SpectralLinear":
+                    all_singular_values: bool = True,
+                    forward_mode: str = "auto") -> "SpectralLinear":
         """Convert an ``nn.Linear`` (or GPT-2 ``Conv1D``).
 
         Args:
@@ -108,7 +115,7 @@ class SpectralLinear(nn.Module):
         dtype, device = linear.weight.dtype, linear.weight.device
         U, s, Vh = (t.to(device=device, dtype=dtype) for t in (U, s, Vh))
         return cls(U, s, Vh, rank, bias=linear.bias, enhanced=enhanced, conv1d=conv1d,
-                   all_singular_values=all_singular_values)
+                   all_singular_values=all_singular_values, forward_mode=forward_mode)
 
     @classmethod
     def from_shape(cls, in_features: int, out_features: int, rank: int, bias: bool = True,
@@ -131,7 +138,14 @@ class SpectralLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``."""
         return spectral_linear(x, self.U, self.Vh, self.s, self.U_active, self.Vh_active,
-                               self.idx, self.bias, self.enhanced, self.all_singular_values)
+                               self.idx, self.bias, self.enhanced, self.all_singular_values,
+                               mode=self.mode_for(x))
+
+    def mode_for(self, x: torch.Tensor) -> str:
+        """The evaluation (``"factored"`` or ``"composed"``) used for input ``x (..., n)``."""
+        tokens = x.numel() // max(1, x.shape[-1])
+        return choose_mode(tokens, self.out_features, self.in_features, self.k, self.rank,
+                           self.forward_mode)
 
     @torch.no_grad()
     def effective_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -249,4 +263,5 @@ class SpectralLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"k={self.k}, rank={self.rank}, bias={self.bias is not None}, "
-                f"enhanced={self.enhanced}, all_singular_values={self.all_singular_values}")
+                f"enhanced={self.enhanced}, all_singular_values={self.all_singular_values}, "
+                f"forward_mode={self.forward_mode!r}")

@@ -27,21 +27,30 @@ def _factors(m, n, r, dtype, seed=0, zero_s=None):
     s = torch.rand(k, generator=g, dtype=dtype) + 0.5
     if zero_s is not None:
         s[zero_s] = 0.0
-    idx = torch.randperm(k, generator=g)[:r]
+    order = torch.randperm(k, generator=g)
+    idx, frozen_idx = order[:r], order[r:]
+    U, Vh = U[:, frozen_idx].contiguous(), Vh[frozen_idx].contiguous()
     # Live active vectors differ from their stale frozen copies, as after some updates;
     # unit norm, as normalize_() keeps them.
     U_active = nn.functional.normalize(torch.randn(m, r, generator=g, dtype=dtype), dim=0)
     Vh_active = nn.functional.normalize(torch.randn(r, n, generator=g, dtype=dtype), dim=1)
     bias = torch.randn(m, generator=g, dtype=dtype)
     x = torch.randn(3, 17, n, generator=g, dtype=dtype)
-    return x, U, Vh, s, U_active, Vh_active, idx, bias
+    return x, U, Vh, s, U_active, Vh_active, idx, frozen_idx, bias
+
+
+def _effective(U, Vh, U_active, Vh_active, idx, frozen_idx):
+    k = idx.numel() + frozen_idx.numel()
+    U_eff = U_active.new_zeros(U_active.shape[0], k).index_copy(1, frozen_idx, U)
+    Vh_eff = Vh_active.new_zeros(k, Vh_active.shape[1]).index_copy(0, frozen_idx, Vh)
+    return U_eff.index_copy(1, idx, U_active), Vh_eff.index_copy(0, idx, Vh_active)
 
 
 def _run(mode, args, grad_out, enhanced, all_s, with_bias=True):
-    x, U, Vh, s, U_active, Vh_active, idx, bias = args
+    x, U, Vh, s, U_active, Vh_active, idx, frozen_idx, bias = args
     leaves = [t.clone().requires_grad_(True) for t in (x, s, U_active, Vh_active, bias)]
     xl, sl, ual, vhl, bl = leaves
-    y = spectral_linear(xl, U, Vh, sl, ual, vhl, idx, bl if with_bias else None,
+    y = spectral_linear(xl, U, Vh, sl, ual, vhl, idx, frozen_idx, bl if with_bias else None,
                         enhanced=enhanced, all_singular_values=all_s, mode=mode)
     y.backward(grad_out)
     grads = [t.grad for t in leaves[:4]] + ([bl.grad] if with_bias else [])
@@ -68,15 +77,14 @@ def test_composed_equals_factored_float32(m, n, r, enhanced, all_s):
 
 @pytest.mark.parametrize("zero_s", [None, [0, 2]])
 def test_composed_true_gradients_match_dense_autograd_float64(zero_s):
-    x, U, Vh, s, U_active, Vh_active, idx, bias = args = _factors(9, 6, 3, torch.float64,
-                                                                 zero_s=zero_s)
+    x, U, Vh, s, U_active, Vh_active, idx, frozen_idx, bias = args = _factors(
+        9, 6, 3, torch.float64, zero_s=zero_s)
     grad_out = torch.randn(3, 17, 9, dtype=torch.float64)
     y, got = _run("composed", args, grad_out, enhanced=False, all_s=True)
 
     leaves = [t.clone().requires_grad_(True) for t in (x, s, U_active, Vh_active, bias)]
     xl, sl, ual, vhl, bl = leaves
-    U_eff = U.index_copy(1, idx, ual)
-    Vh_eff = Vh.index_copy(0, idx, vhl)
+    U_eff, Vh_eff = _effective(U, Vh, ual, vhl, idx, frozen_idx)
     ref = xl @ ((U_eff * sl) @ Vh_eff).t() + bl
     ref.backward(grad_out)
     torch.testing.assert_close(y, ref.detach(), rtol=0, atol=1e-12)
@@ -85,7 +93,7 @@ def test_composed_true_gradients_match_dense_autograd_float64(zero_s):
 
 
 def test_composed_enhanced_gradient_is_G_v_and_Gt_u():
-    x, U, Vh, s, U_active, Vh_active, idx, bias = args = _factors(8, 5, 2, torch.float64)
+    x, _, _, _, U_active, Vh_active, _, _, _ = args = _factors(8, 5, 2, torch.float64)
     grad_out = torch.randn(3, 17, 8, dtype=torch.float64)
     _, (_, _, gU, gVh, _) = _run("composed", args, grad_out, enhanced=True, all_s=True)
     G = grad_out.reshape(-1, 8).t() @ x.reshape(-1, 5)
@@ -94,18 +102,20 @@ def test_composed_enhanced_gradient_is_G_v_and_Gt_u():
 
 
 def test_composed_without_bias_and_gradcheck():
-    x, U, Vh, s, U_active, Vh_active, idx, _ = _factors(5, 4, 2, torch.float64)
+    x, U, Vh, s, U_active, Vh_active, idx, frozen_idx, _ = _factors(5, 4, 2, torch.float64)
     inputs = (x[:1, :3].clone().requires_grad_(), U, Vh, s.clone().requires_grad_(),
-              U_active.clone().requires_grad_(), Vh_active.clone().requires_grad_(), idx, None,
-              False, True, "composed")
+              U_active.clone().requires_grad_(), Vh_active.clone().requires_grad_(), idx,
+              frozen_idx, None, False, True, "composed")
     assert torch.autograd.gradcheck(spectral_linear, inputs)
 
 
 def test_compose_weight_equals_effective_factors():
-    _, U, Vh, s, U_active, Vh_active, idx, _ = _factors(7, 11, 3, torch.float64)
-    W = (U.index_copy(1, idx, U_active) * s) @ Vh.index_copy(0, idx, Vh_active)
-    torch.testing.assert_close(compose_weight(U, Vh, s, U_active, Vh_active, idx), W,
-                               rtol=0, atol=1e-12)
+    for m, n in ((7, 11), (11, 7)):
+        _, U, Vh, s, U_active, Vh_active, idx, frozen_idx, _ = _factors(m, n, 3, torch.float64)
+        U_eff, Vh_eff = _effective(U, Vh, U_active, Vh_active, idx, frozen_idx)
+        torch.testing.assert_close(
+            compose_weight(U, Vh, s, U_active, Vh_active, idx, frozen_idx), (U_eff * s) @ Vh_eff,
+            rtol=0, atol=1e-12)
 
 
 def test_unknown_mode_is_refused():
@@ -182,7 +192,7 @@ def test_no_full_size_gradient_or_optimizer_state_for_frozen_factors(forward_mod
     assert layers
     owned = {id(p) for p in optimizer.state}
     for layer in layers:
-        for frozen in (layer.U, layer.Vh):
+        for frozen in (layer.U_frozen, layer.Vh_frozen):
             assert frozen.grad is None and not frozen.requires_grad
             assert id(frozen) not in owned
         for p in (layer.s, layer.U_active, layer.Vh_active):

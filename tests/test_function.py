@@ -11,32 +11,37 @@ M, N, R, T = 7, 5, 3, 11
 
 
 def _setup(dtype=torch.float64, seed=0, zero_s=None):
+    """``x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias``."""
     g = torch.Generator().manual_seed(seed)
-    U = torch.randn(M, min(M, N), generator=g, dtype=dtype)
-    Vh = torch.randn(min(M, N), N, generator=g, dtype=dtype)
-    s = torch.rand(min(M, N), generator=g, dtype=dtype) + 0.5
+    k = min(M, N)
+    U_frozen = torch.randn(M, k - R, generator=g, dtype=dtype)
+    Vh_frozen = torch.randn(k - R, N, generator=g, dtype=dtype)
+    s = torch.rand(k, generator=g, dtype=dtype) + 0.5
     if zero_s is not None:
         s[zero_s] = 0.0
     idx = torch.tensor([3, 0, 2])
-    # Live active vectors differ from the (stale) frozen copies, as after some updates.
+    frozen_idx = torch.tensor([4, 1])
     U_active = torch.randn(M, R, generator=g, dtype=dtype)
     Vh_active = torch.randn(R, N, generator=g, dtype=dtype)
     x = torch.randn(2, T, N, generator=g, dtype=dtype)
     bias = torch.randn(M, generator=g, dtype=dtype)
-    return x, U, Vh, s, U_active, Vh_active, idx, bias
+    return x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias
 
 
-def _reference(x, U, Vh, s, U_active, Vh_active, idx, bias):
+def _reference(x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias):
     """Autograd through the effective factors: U_eff diag(s) Vh_eff x + b."""
-    U_eff = U.index_copy(1, idx, U_active)
-    Vh_eff = Vh.index_copy(0, idx, Vh_active)
+    k = s.shape[0]
+    U_eff = U_active.new_zeros(M, k).index_copy(1, frozen_idx, U_frozen)
+    U_eff = U_eff.index_copy(1, idx, U_active)
+    Vh_eff = Vh_active.new_zeros(k, N).index_copy(0, frozen_idx, Vh_frozen)
+    Vh_eff = Vh_eff.index_copy(0, idx, Vh_active)
     return x @ (U_eff * s @ Vh_eff).t() + bias
 
 
-def _grads(fn, x, U, Vh, s, U_active, Vh_active, idx, bias, grad_out):
+def _grads(fn, x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias, grad_out):
     leaves = [t.clone().requires_grad_(True) for t in (x, s, U_active, Vh_active, bias)]
     xl, sl, ual, vhl, bl = leaves
-    fn(xl, U, Vh, sl, ual, vhl, idx, bl).backward(grad_out)
+    fn(xl, U_frozen, Vh_frozen, sl, ual, vhl, idx, frozen_idx, bl).backward(grad_out)
     return [t.grad for t in leaves]
 
 
@@ -53,7 +58,7 @@ def test_forward_and_true_gradients_match_autograd(zero_s):
 
 @pytest.mark.parametrize("zero_s", [None, [3]])
 def test_enhanced_gradient_drops_the_singular_value_factor(zero_s):
-    x, U, Vh, s, U_active, Vh_active, idx, bias = args = _setup(zero_s=zero_s)
+    x, _, _, s, U_active, Vh_active, idx, _, bias = args = _setup(zero_s=zero_s)
     grad_out = torch.randn(2, T, M, dtype=torch.float64)
     gx, gs, gU, gVh, gb = _grads(lambda *a: spectral_linear(*a, enhanced=True), *args, grad_out)
     rx, rs, _, _, rb = _grads(_reference, *args, grad_out)
@@ -82,16 +87,16 @@ def test_float32_gradients_within_1e5():
 
 
 def test_frozen_factors_get_no_gradient():
-    x, U, Vh, s, U_active, Vh_active, idx, bias = _setup()
-    U.requires_grad_(False)
+    x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias = _setup()
     s = s.clone().requires_grad_(True)
-    spectral_linear(x, U, Vh, s, U_active, Vh_active, idx, bias).sum().backward()
-    assert U.grad is None and Vh.grad is None and s.grad is not None
+    spectral_linear(x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx,
+                    bias).sum().backward()
+    assert U_frozen.grad is None and Vh_frozen.grad is None and s.grad is not None
 
 
 def test_gradcheck_default_mode():
-    x, U, Vh, s, U_active, Vh_active, idx, bias = _setup()
-    inputs = (x[:, :3].clone().requires_grad_(), U, Vh, s.clone().requires_grad_(),
+    x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias = _setup()
+    inputs = (x[:, :3].clone().requires_grad_(), U_frozen, Vh_frozen, s.clone().requires_grad_(),
               U_active.clone().requires_grad_(), Vh_active.clone().requires_grad_(), idx,
-              bias.clone().requires_grad_(), False)
+              frozen_idx, bias.clone().requires_grad_(), False)
     assert torch.autograd.gradcheck(spectral_linear, inputs)

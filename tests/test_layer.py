@@ -32,16 +32,19 @@ def test_conversion_keeps_outputs(shape):
     dense, layer = _layer(*shape)
     x = torch.randn(4, 6, shape[1])
     torch.testing.assert_close(layer(x), dense(x), rtol=0, atol=1e-5)
-    assert layer.U.shape == (shape[0], min(shape)) and layer.Vh.shape == (min(shape), shape[1])
+    k = min(shape)
+    # Every singular vector is stored once: k - r frozen pairs plus r active ones.
+    assert layer.U_frozen.shape == (shape[0], k - 3) and layer.Vh_frozen.shape == (k - 3, shape[1])
     assert layer.U_active.shape == (shape[0], 3) and layer.Vh_active.shape == (3, shape[1])
+    assert sorted(layer.idx.tolist() + layer.frozen_idx.tolist()) == list(range(k))
 
 
 def test_layout_frozen_parameters_not_buffers():
     _, layer = _layer()
     params = dict(layer.named_parameters())
-    assert not params["U"].requires_grad and not params["Vh"].requires_grad
+    assert not params["U_frozen"].requires_grad and not params["Vh_frozen"].requires_grad
     assert all(params[n].requires_grad for n in ("s", "U_active", "Vh_active", "bias"))
-    assert dict(layer.named_buffers()).keys() == {"idx"}
+    assert dict(layer.named_buffers()).keys() == {"idx", "frozen_idx"}
 
 
 def test_from_shape_uses_the_initialiser():
@@ -65,7 +68,7 @@ def test_step_changes_only_active_vectors_and_s():
     _train_step(layer, opt, seed=1)
     layer.normalize_()
     after = layer.state_dict()
-    for name in ("U", "Vh", "idx"):
+    for name in ("U_frozen", "Vh_frozen", "idx", "frozen_idx"):
         assert torch.equal(after[name], before[name]), name
     for name in ("U_active", "Vh_active", "s", "bias"):
         assert not torch.equal(after[name], before[name]), name
@@ -95,8 +98,9 @@ def test_resvd_keeps_weight_and_restores_orthonormal_factors():
     assert (U_eff.t() @ U_eff - eye).abs().max() > 1e-3  # updates eroded orthogonality
     layer.resvd_(opt)
     torch.testing.assert_close(layer.dense_weight(), weight, rtol=0, atol=1e-5)
-    torch.testing.assert_close(layer.U.t() @ layer.U, eye, rtol=0, atol=1e-5)
-    torch.testing.assert_close(layer.Vh @ layer.Vh.t(), eye, rtol=0, atol=1e-5)
+    U_eff, _, Vh_eff = layer.effective_factors()
+    torch.testing.assert_close(U_eff.t() @ U_eff, eye, rtol=0, atol=1e-5)
+    torch.testing.assert_close(Vh_eff @ Vh_eff.t(), eye, rtol=0, atol=1e-5)
     assert (layer.s[:-1] >= layer.s[1:]).all()
     # All moments and step counters of U_active, Vh_active and s restart.
     for p in (layer.U_active, layer.Vh_active, layer.s):
@@ -117,10 +121,13 @@ def test_swap_writes_back_and_checks_out():
     slots = layer.swap_(new, opt)
     # The swap changes which vectors train, not the function.
     torch.testing.assert_close(layer.dense_weight(), weight, rtol=0, atol=1e-6)
-    # Vectors that left were written back into the frozen factor.
+    # Vectors that left went, trained, into the frozen factor (stored once, never copied).
+    U_eff = layer.effective_factors()[0]
     for i in old:
         if i not in new.tolist():
-            torch.testing.assert_close(layer.U[:, i], live[i])
+            assert torch.equal(U_eff[:, i], live[i])
+            column = layer.frozen_idx.tolist().index(i)
+            assert torch.equal(layer.U_frozen[:, column], live[i])
     assert sorted(layer.idx.tolist()) == new.tolist()
     assert 0 not in slots.tolist() and len(slots) == 2
     assert torch.equal(layer.U_active[:, 0], live[old[0]])

@@ -116,10 +116,10 @@ def test_no_full_size_gradients_or_optimizer_state():
     _train(model, method, opt, 1, 3)
     model(_x(9)).sum().backward()  # live gradients, as between backward and step
     for layer in (m for m in model.modules() if isinstance(m, SpectralLinear)):
-        assert layer.U.grad is None and layer.Vh.grad is None
+        assert layer.U_frozen.grad is None and layer.Vh_frozen.grad is None
         assert layer.U_active.grad.shape == (layer.out_features, 2)
         assert layer.Vh_active.grad.shape == (2, layer.in_features)
-        assert layer.U not in opt.state and layer.Vh not in opt.state
+        assert layer.U_frozen not in opt.state and layer.Vh_frozen not in opt.state
         for t in opt.state[layer.U_active].values():
             assert t.shape in {(layer.out_features, 2), (1, 2)}
     report = memory_report(model, opt)

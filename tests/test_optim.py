@@ -440,7 +440,7 @@ def test_swap_resets_exactly_the_changed_slots():
     states_before = {name: {k: v.clone() for k, v in opt.state[p].items()}
                      for name, p in (("U", layer.U_active), ("Vh", layer.Vh_active),
                                      ("s", layer.s))}
-    U_full, Vh_full = layer.U.detach().clone(), layer.Vh.detach().clone()
+    U_full, _, Vh_full = layer.effective_factors()
 
     new_idx = torch.tensor([1, 3, 6, 8])  # keeps 1, 3 (slots 1, 3); brings 6, 8
     slots = layer.swap_(new_idx, opt)
@@ -455,9 +455,10 @@ def test_swap_resets_exactly_the_changed_slots():
     assert torch.equal(layer.Vh_active[kept], Vh_a_before[kept])
     assert torch.equal(layer.U_active[:, changed], U_full[:, [6, 8]])
     assert torch.equal(layer.Vh_active[changed], Vh_full[[6, 8]])
-    # The outgoing trained vectors were written back to the frozen factors.
-    assert torch.equal(layer.U[:, [0, 2]], U_a_before[:, changed])
-    assert torch.equal(layer.Vh[[0, 2]], Vh_a_before[changed])
+    # The outgoing trained vectors moved into the frozen factors, at their indices.
+    U_eff, _, Vh_eff = layer.effective_factors()
+    assert torch.equal(U_eff[:, [0, 2]], U_a_before[:, changed])
+    assert torch.equal(Vh_eff[[0, 2]], Vh_a_before[changed])
 
     for name, p, dim in (("U", layer.U_active, 1), ("Vh", layer.Vh_active, 0)):
         st, old = opt.state[p], states_before[name]

@@ -80,9 +80,10 @@ def test_random_init_keeps_the_spectrum_with_random_orthonormal_factors():
     U, s, Vh = torch.linalg.svd(weight, full_matrices=False)
     torch.testing.assert_close(layer.s.detach(), s)
     eye = torch.eye(layer.k)
-    torch.testing.assert_close(layer.U.t() @ layer.U, eye, atol=1e-5, rtol=0)
-    torch.testing.assert_close(layer.Vh @ layer.Vh.t(), eye, atol=1e-5, rtol=0)
-    assert (layer.U.t() @ U).abs().max() < 0.99  # not the SVD basis
+    U_eff, _, Vh_eff = layer.effective_factors()
+    torch.testing.assert_close(U_eff.t() @ U_eff, eye, atol=1e-5, rtol=0)
+    torch.testing.assert_close(Vh_eff @ Vh_eff.t(), eye, atol=1e-5, rtol=0)
+    assert (U_eff.t() @ U).abs().max() < 0.99  # not the SVD basis
 
 
 def test_default_gradient_carries_the_singular_value_factor():

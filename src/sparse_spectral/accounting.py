@@ -84,3 +84,22 @@ def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
         for state in optimizer.state.values():
             state_bytes += sum(_nbytes(v) for v in state.values() if torch.is_tensor(v))
     return MemoryReport(weights, gradients, state_bytes)
+
+
+def planned_state_bytes(model: nn.Module, moments: int = 2) -> MemoryReport:
+    """Training-state bytes implied by the parameter shapes alone (works on the meta device).
+
+    Weights: every parameter (trainable or frozen) and buffer. Gradients: one tensor per
+    trainable parameter. Optimizer state: ``moments`` tensors per trainable parameter
+    (AdamW: 2), without Adam's step counters (a few bytes per tensor or slot). GaLore's
+    projected moments are smaller than this and are not covered.
+
+    Args:
+        model: a model, possibly built under ``torch.device("meta")``, already reshaped by
+            its training method.
+        moments: optimizer tensors per trainable parameter.
+    """
+    params = _unique_parameters(model)
+    weights = sum(_nbytes(p) for p in params) + sum(_nbytes(b) for b in model.buffers())
+    trainable = sum(_nbytes(p) for p in params if p.requires_grad)
+    return MemoryReport(weights, trainable, moments * trainable)

@@ -119,10 +119,15 @@ class SparseSpectral(ReplacingMethod):
             all_singular_values=cfg.update_all_singular_values, forward_mode=cfg.forward_mode)
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Convert every target linear layer in place; draw the first selections."""
+        """Convert every target linear layer in place; draw the first selections.
+
+        A model on the meta device (shapes only, for memory planning) keeps the first r
+        indices: there are no singular values to sample from.
+        """
         model = super().prepare(model)
         for index, (_, layer) in enumerate(self.layers):
-            layer.swap_(self._draw(layer, index, iteration=0))
+            if not layer.s.is_meta:
+                layer.swap_(self._draw(layer, index, iteration=0))
         return model
 
     def _special_parameters(self, model: nn.Module) -> set[int]:
@@ -152,7 +157,7 @@ class SparseSpectral(ReplacingMethod):
         new_iteration = self.step % cfg.iteration_interval == 0
         iteration = self.step // cfg.iteration_interval
         for index, (name, layer) in enumerate(self.layers):
-            if layer.U.requires_grad or layer.Vh.requires_grad:
+            if layer.U_frozen.requires_grad or layer.Vh_frozen.requires_grad:
                 raise RuntimeError(f"frozen factors of {name!r} were made trainable; SST would "
                                    "allocate full-size gradients (was requires_grad_(True) "
                                    "called on the model?)")

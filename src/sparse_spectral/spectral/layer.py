@@ -38,14 +38,16 @@ class SpectralLinear(nn.Module):
     """A linear map ``y = U diag(s) Vh x + b`` trained with Sparse Spectral Training.
 
     Parameters (trainable): ``s`` (k,), ``U_active`` (m, r), ``Vh_active`` (r, n), ``bias``.
-    Frozen parameters (``requires_grad=False``, so DDP never re-broadcasts them): ``U``
-    (m, k) and ``Vh`` (k, n), the full factors. Buffer: ``idx`` (r,), the active indices;
-    ``U_active[:, j]`` stands for column ``idx[j]`` of ``U`` (its copy in ``U`` is stale
-    until written back), and likewise for ``Vh_active``.
+    Frozen parameters (``requires_grad=False``, so DDP never re-broadcasts them):
+    ``U_frozen`` (m, k - r) and ``Vh_frozen`` (k - r, n). Buffers: ``idx`` (r,) and
+    ``frozen_idx`` (k - r,), the singular indices each stored vector stands for (together a
+    permutation of ``range(k)``); ``s`` is indexed by singular index.
 
-    All state changes (:meth:`normalize_`, :meth:`swap_`, :meth:`resvd_`) copy in place
-    into tensors of fixed shape, so parameter objects, shapes and optimizer param groups
-    never change.
+    Every singular vector is stored exactly once (SPEC section 4): a new selection is
+    swapped in by exchanging columns between the frozen and the active tensors, like a
+    time-sharing scheduler. All state changes (:meth:`normalize_`, :meth:`swap_`,
+    :meth:`resvd_`) copy in place into tensors of fixed shape, so parameter objects, shapes
+    and optimizer param groups never change.
 
     Args:
         U: ``(m, k)`` left singular vectors.
@@ -78,14 +80,17 @@ class SpectralLinear(nn.Module):
         self.all_singular_values = all_singular_values
         choose_mode(1, m, n, k, rank, forward_mode)  # validates the setting
         self.forward_mode = forward_mode
-        self.U = nn.Parameter(U.detach().clone().contiguous(), requires_grad=False)
-        self.Vh = nn.Parameter(Vh.detach().clone().contiguous(), requires_grad=False)
+        # The first r singular pairs start active; swap_() picks the real selection.
+        self.U_frozen = nn.Parameter(U[:, rank:].detach().clone().contiguous(),
+                                     requires_grad=False)
+        self.Vh_frozen = nn.Parameter(Vh[rank:].detach().clone().contiguous(),
+                                      requires_grad=False)
         self.s = nn.Parameter(s.detach().clone())
-        self.U_active = nn.Parameter(U.new_zeros(m, rank))
-        self.Vh_active = nn.Parameter(Vh.new_zeros(rank, n))
+        self.U_active = nn.Parameter(U[:, :rank].detach().clone().contiguous())
+        self.Vh_active = nn.Parameter(Vh[:rank].detach().clone().contiguous())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
         self.register_buffer("idx", torch.arange(rank, device=U.device))
-        self._load_active(torch.arange(rank))
+        self.register_buffer("frozen_idx", torch.arange(rank, k, device=U.device))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -137,9 +142,9 @@ class SpectralLinear(nn.Module):
     # ------------------------------------------------------------------ forward / views
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``."""
-        return spectral_linear(x, self.U, self.Vh, self.s, self.U_active, self.Vh_active,
-                               self.idx, self.bias, self.enhanced, self.all_singular_values,
-                               mode=self.mode_for(x))
+        return spectral_linear(x, self.U_frozen, self.Vh_frozen, self.s, self.U_active,
+                               self.Vh_active, self.idx, self.frozen_idx, self.bias,
+                               self.enhanced, self.all_singular_values, mode=self.mode_for(x))
 
     def mode_for(self, x: torch.Tensor) -> str:
         """The evaluation (``"factored"`` or ``"composed"``) used for input ``x (..., n)``."""
@@ -149,9 +154,12 @@ class SpectralLinear(nn.Module):
 
     @torch.no_grad()
     def effective_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Copies of ``U_eff (m, k)``, ``s (k,)``, ``Vh_eff (k, n)`` with active vectors in place."""
-        U = self.U.index_copy(1, self.idx, self.U_active)
-        Vh = self.Vh.index_copy(0, self.idx, self.Vh_active)
+        """``U_eff (m, k)``, ``s (k,)``, ``Vh_eff (k, n)``: every pair at its singular index."""
+        m, n = self.out_features, self.in_features
+        U = self.U_active.new_empty(m, self.k).index_copy_(1, self.idx, self.U_active)
+        U.index_copy_(1, self.frozen_idx, self.U_frozen)
+        Vh = self.Vh_active.new_empty(self.k, n).index_copy_(0, self.idx, self.Vh_active)
+        Vh.index_copy_(0, self.frozen_idx, self.Vh_frozen)
         return U, self.s.detach().clone(), Vh
 
     @torch.no_grad()
@@ -185,20 +193,16 @@ class SpectralLinear(nn.Module):
 
     # ------------------------------------------------------------------ SST state changes
     @torch.no_grad()
-    def _load_active(self, new_idx: torch.Tensor, slots: torch.Tensor | None = None) -> None:
-        """Check out vectors ``new_idx`` into ``slots`` (all slots by default)."""
-        slots = torch.arange(self.rank) if slots is None else slots
-        new_idx = new_idx.to(self.idx.device)
-        slots = slots.to(self.idx.device)
-        self.idx.index_copy_(0, slots, new_idx)
-        self.U_active.index_copy_(1, slots, self.U.index_select(1, new_idx))
-        self.Vh_active.index_copy_(0, slots, self.Vh.index_select(0, new_idx))
-
-    @torch.no_grad()
-    def write_back_(self) -> None:
-        """Copy the live active vectors into the frozen factors."""
-        self.U.index_copy_(1, self.idx, self.U_active)
-        self.Vh.index_copy_(0, self.idx, self.Vh_active)
+    def _exchange(self, slots: torch.Tensor, columns: torch.Tensor) -> None:
+        """Swap active ``slots`` with frozen ``columns`` (vectors and their indices)."""
+        for active, frozen, dim in ((self.U_active, self.U_frozen, 1),
+                                    (self.Vh_active, self.Vh_frozen, 0)):
+            leaving = active.index_select(dim, slots)
+            active.index_copy_(dim, slots, frozen.index_select(dim, columns))
+            frozen.index_copy_(dim, columns, leaving)
+        leaving_idx = self.idx.index_select(0, slots)
+        self.idx.index_copy_(0, slots, self.frozen_idx.index_select(0, columns))
+        self.frozen_idx.index_copy_(0, columns, leaving_idx)
 
     @torch.no_grad()
     def normalize_(self) -> None:
@@ -214,8 +218,8 @@ class SpectralLinear(nn.Module):
         """Make ``new_idx`` the active set; return the slots whose vector changed.
 
         Indices already active stay in their slot and keep their optimizer state; the
-        other slots receive the remaining new indices (ascending) and their moments and
-        step counters restart.
+        other slots exchange their (trained) vectors with the frozen columns holding the
+        remaining new indices (ascending), and their moments and step counters restart.
 
         Args:
             new_idx: ``(r,)`` distinct indices in ``[0, k)``.
@@ -229,13 +233,15 @@ class SpectralLinear(nn.Module):
             raise ValueError(f"new_idx must hold {self.rank} distinct indices, got {new_idx.tolist()}")
         if new_idx.min() < 0 or new_idx.max() >= self.k:
             raise ValueError(f"indices must lie in [0, {self.k}), got {new_idx.tolist()}")
-        self.write_back_()
         old = self.idx.cpu()
         kept = torch.isin(old, new_idx)
         incoming = new_idx[~torch.isin(new_idx, old)].sort().values
         slots = torch.nonzero(~kept).flatten()
         leaving = old[~kept]
-        self._load_active(incoming, slots)
+        column_of = torch.empty(self.k, dtype=torch.int64)
+        column_of[self.frozen_idx.cpu()] = torch.arange(self.k - self.rank)
+        device = self.idx.device
+        self._exchange(slots.to(device), column_of[incoming].to(device))
         reset_slots(optimizer, self.U_active, slots, dim=1)
         reset_slots(optimizer, self.Vh_active, slots, dim=0)
         if not self.all_singular_values:
@@ -248,16 +254,17 @@ class SpectralLinear(nn.Module):
     def resvd_(self, optimizer=None, svd_dtype: torch.dtype = torch.float32) -> None:
         """Re-decompose ``U_eff diag(s) Vh_eff`` and restart all factor moments.
 
-        Restores orthonormal factors that vector updates erode. The active slots are then
-        reloaded from the new factors at the same indices; callers normally draw a new
-        selection right after (:meth:`swap_`).
+        Restores orthonormal factors that vector updates erode. Every stored vector is
+        replaced by the new factors' vector of the same singular index; callers normally
+        draw a new selection right after (:meth:`swap_`).
         """
         W = self.dense_weight(svd_dtype)
         U, s, Vh = thin_svd(W, svd_dtype)
-        self.U.copy_(U)
         self.s.copy_(s)
-        self.Vh.copy_(Vh)
-        self._load_active(self.idx.cpu().clone())
+        for indices, left, right in ((self.idx, self.U_active, self.Vh_active),
+                                     (self.frozen_idx, self.U_frozen, self.Vh_frozen)):
+            left.copy_(U.index_select(1, indices))
+            right.copy_(Vh.index_select(0, indices))
         reset_param_state(optimizer, [self.s, self.U_active, self.Vh_active])
 
     def extra_repr(self) -> str:

@@ -1,0 +1,50 @@
+"""Planned training-state bytes (from shapes, meta device) against the allocated tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import token_batch, tiny_llama
+from sparse_spectral.accounting import memory_report, planned_state_bytes
+from sparse_spectral.methods import make_method
+
+
+def _step_counter_bytes(optimizer) -> int:
+    return sum(v.numel() * v.element_size() for state in optimizer.state.values()
+               for key, v in state.items() if key == "step" and torch.is_tensor(v))
+
+
+@pytest.mark.parametrize("name", ["full", "lora", "sst"])
+def test_planned_bytes_match_the_real_tensors_after_a_step(name):
+    method = make_method(name, **({} if name == "full" else {"rank": 4}))
+    model = method.prepare(tiny_llama())
+    optimizer = method.build_optimizer(model, lr=1e-3)
+    ids = token_batch()
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    real = memory_report(model, optimizer)
+    planned = planned_state_bytes(model)
+    assert planned.weights == real.weights
+    assert planned.gradients == real.gradients
+    # The plan leaves out Adam's step counters (one per tensor, or one per SST slot).
+    assert planned.optimizer_state == real.optimizer_state - _step_counter_bytes(optimizer)
+
+
+@pytest.mark.parametrize("name", ["full", "lora", "sst"])
+def test_meta_device_plan_equals_the_real_model_plan(name):
+    settings = {} if name == "full" else {"rank": 4}
+    real = make_method(name, **settings).prepare(tiny_llama())
+    with torch.device("meta"):
+        meta = tiny_llama()
+    meta = make_method(name, **settings).prepare(meta)
+    assert next(meta.parameters()).is_meta
+    assert planned_state_bytes(meta) == planned_state_bytes(real)
+
+
+def test_sst_weight_bytes_are_k_m_plus_n_plus_k_per_layer():
+    model = make_method("sst", rank=4, target_modules=["q_proj"]).prepare(tiny_llama())
+    layer = model.model.layers[0].self_attn.q_proj
+    m, n, k = layer.out_features, layer.in_features, layer.k
+    stored = sum(p.numel() for p in layer.parameters()) - (0 if layer.bias is None else m)
+    assert stored == k * (m + n) + k

@@ -59,7 +59,8 @@ GRID_RANK = [
 # Stage 4: SST with a learning-rate re-warm-up (10 steps) after each selection change.
 GRID_REWARM = [
     ("sst-lr1e-2-T100-rewarm10", "sst", 1e-2,
-     ["--iteration_interval", "100", "--restart_warmup_steps", "10"]),
+     ["--iteration_interval", "100", "--restart_warmup_steps", "10",
+      "--stagger_resvd", "false"]),
 ]
 GRIDS = {"lr": GRID, "long": GRID_LONG, "rank": GRID_RANK, "rewarm": GRID_REWARM}
 

@@ -15,8 +15,8 @@ What it measures (all ratios are against full rank in the same run):
   and without staggering; plus one real run of a whole round at ``--schedule_width``;
 * scaling: all of the above at every ``--widths`` value (``r = d / 8``) at a fixed number of
   tokens per step, and step time and bytes for several ranks at ``--rank_width``;
-* training-state bytes of LLaMA-1B and LLaMA-130M shapes at ``r = 128`` on the meta device,
-  against the closed-form count.
+* training-state bytes of LLaMA-1B (``r = 128``) and LLaMA-130M (``r = 64`` and 128) shapes
+  on the meta device, against the closed-form count.
 
 Models are LLaMA-style decoders built from ``LlamaConfig`` (``--layers`` blocks, heads of
 width 64, FFN ``8 d / 3`` rounded up to 32, vocabulary ``--vocab``, untied embeddings).
@@ -193,6 +193,8 @@ def _rss_bytes() -> int:
 def peak_child(args) -> None:
     """Child process: build one method, train 3 steps, print peak and baseline RSS (bytes)."""
     torch.set_num_threads(args.threads)
+    import transformers.models.llama.modeling_llama  # noqa: F401  (its import is not training)
+
     baseline = _rss_bytes()
     runner = Runner(args._peak, args._peak_width, args._peak_rank, args, batch(args))
     for _ in range(3):
@@ -224,7 +226,7 @@ def analytic_state_bytes(d: int, ffn: int, layers: int, vocab: int, rank: int | 
 
 def llama_shapes(args) -> list[dict]:
     rows = []
-    for preset_name, rank in (("llama_1b", 128), ("llama_130m", 128)):
+    for preset_name, rank in (("llama_1b", 128), ("llama_130m", 64), ("llama_130m", 128)):
         spec = get_preset(preset_name)
         entry = {"model": preset_name, "rank": rank, "d": spec.hidden_size,
                  "ffn": spec.ffn_size, "layers": spec.num_layers, "vocab": 32000}

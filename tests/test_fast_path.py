@@ -214,10 +214,10 @@ class _Stack(nn.Module):
         return self.head(self.layers(x))
 
 
-def _resvd_log(stagger, iterations=12):
+def _resvd_log(stagger, steps=24):
     torch.manual_seed(0)
-    # k = 16, r = 4: T2 = 4 iterations per round.
-    method = make_method("sst", rank=4, iteration_interval=1, stagger_resvd=stagger,
+    # k = 16, r = 4: T2 = 4 iterations of T3 = 2 steps, 8 steps per round.
+    method = make_method("sst", rank=4, iteration_interval=2, stagger_resvd=stagger,
                          target_modules=r"layers\.\d+")
     method.prepare(_Stack())
     log = []
@@ -229,23 +229,46 @@ def _resvd_log(stagger, iterations=12):
             return _original(*args, **kwargs)
 
         layer.resvd_ = recording
-    for step in range(1, iterations + 1):
+    for step in range(1, steps + 1):
         method.after_step(step)
     return log, len(method.layers)
 
 
 def test_staggered_resvd_spreads_layers_over_the_round():
     log, n_layers = _resvd_log(stagger=True)
-    per_step: dict[int, int] = {}
-    for step, _ in log:
-        per_step[step] = per_step.get(step, 0) + 1
-    assert max(per_step.values()) == -(-n_layers // 4)  # ceil(L / T2) per boundary
+    steps_taken = [s for s, _ in log]
+    # 6 layers over an 8-step round: never two SVDs on one step.
+    assert len(steps_taken) == len(set(steps_taken))
     for layer in range(n_layers):
         steps = [s for s, i in log if i == layer]
-        assert len(steps) == 3 and all(b - a == 4 for a, b in zip(steps, steps[1:]))
+        assert len(steps) == 3 and all(b - a == 8 for a, b in zip(steps, steps[1:]))
+
+
+def test_staggered_layers_still_reselect_every_T3_steps():
+    torch.manual_seed(0)
+    method = make_method("sst", rank=4, iteration_interval=3, target_modules=r"layers\.\d+")
+    method.prepare(_Stack())
+    changes = {index: [] for index in range(len(method.layers))}
+    for step in range(1, 25):
+        before = [layer.idx.clone() for _, layer in method.layers]
+        method.after_step(step)
+        for index, (_, layer) in enumerate(method.layers):
+            clock = method._clock(layer, index, step)
+            if clock % 3 == 0:
+                changes[index].append(step)
+            else:  # between its iteration boundaries a layer keeps its selection
+                assert torch.equal(layer.idx, before[index])
+    for steps in changes.values():
+        assert all(b - a == 3 for a, b in zip(steps, steps[1:])) and len(steps) == 8
 
 
 def test_unstaggered_resvd_decomposes_every_layer_together():
     log, n_layers = _resvd_log(stagger=False)
-    assert sorted({s for s, _ in log}) == [4, 8, 12]
+    assert sorted({s for s, _ in log}) == [8, 16, 24]
     assert len(log) == 3 * n_layers
+
+
+def test_restart_warmup_needs_unstaggered_selections():
+    with pytest.raises(ValueError, match="restart_warmup_steps=4.*stagger_resvd=False"):
+        make_method("sst", restart_warmup_steps=4)
+    make_method("sst", restart_warmup_steps=4, stagger_resvd=False)

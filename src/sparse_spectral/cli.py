@@ -30,7 +30,7 @@ METHOD_OPTIONS = {
     "update_all_singular_values": "bool", "enhanced_gradient": "bool", "init": str,
     "svd_dtype": str, "alpha": float, "merge_interval": int, "optimizer_reset": str,
     "reset_ratio": float, "restart_warmup_steps": int, "update_proj_gap": int,
-    "galore_scale": float, "proj_type": str,
+    "galore_scale": float, "proj_type": str, "forward_mode": str, "stagger_resvd": "bool",
 }
 _FIELD_OF_OPTION = {"galore_scale": "scale"}
 

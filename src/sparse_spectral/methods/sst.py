@@ -57,8 +57,9 @@ class SSTConfig(MethodConfig):
                                   "step, run as a dense layer) or 'auto' (the cheaper one per "
                                   "call by a multiply-add count)."})
     stagger_resvd: bool = field(
-        default=True, metadata={"help": "spread the layers' re-SVDs over the iterations of a "
-                                "round instead of re-decomposing every layer in one step."})
+        default=True, metadata={"help": "run each layer's schedule on its own clock, offset "
+                                "evenly over a round, so the layers' re-SVDs fall on different "
+                                "steps (False: every layer re-SVDs and reselects together)."})
     svd_dtype: str = field(default="float32", metadata={"help": "'float32' or 'float64'."})
 
     def __post_init__(self):
@@ -88,6 +89,11 @@ class SSTConfig(MethodConfig):
                              f"{', '.join(FORWARD_MODES)}")
         if not isinstance(self.stagger_resvd, bool):
             raise ValueError(f"stagger_resvd={self.stagger_resvd!r} must be true or false")
+        if self.stagger_resvd and self.restart_warmup_steps:
+            raise ValueError(
+                f"restart_warmup_steps={self.restart_warmup_steps} re-warms the learning rate "
+                "when the selections change, which needs every layer to change on the same "
+                "step: set stagger_resvd=False with it")
         if self.init not in _INITS:
             raise ValueError(f"init={self.init!r} is unknown; allowed: {', '.join(_INITS)}")
 
@@ -101,9 +107,11 @@ class SparseSpectral(ReplacingMethod):
     selection; after every T2 iterations of a layer (a round) its ``U diag(s) Vh`` is
     re-decomposed first. Draws are keyed by ``(seed, layer index, iteration index)``.
 
-    With ``stagger_resvd`` (default) layer ``i``'s rounds are shifted by ``i mod T2``
-    iterations, so a round's re-SVDs are spread over its T2 iteration boundaries instead
-    of all landing on one step; every layer still re-decomposes once per T2 iterations.
+    With ``stagger_resvd`` (default) each layer runs this schedule on its own clock,
+    ``step + offset``, with the offsets of the L layers spread evenly over a round
+    (``offset_l = l * T2 * T3 // L``): the layers' re-SVDs (and selection changes) then fall
+    on different steps instead of stalling one step with every SVD. Every layer still
+    changes its selection every T3 steps and re-decomposes every T2 * T3 steps.
     """
 
     name = "sst"
@@ -127,7 +135,8 @@ class SparseSpectral(ReplacingMethod):
         model = super().prepare(model)
         for index, (_, layer) in enumerate(self.layers):
             if not layer.s.is_meta:
-                layer.swap_(self._draw(layer, index, iteration=0))
+                iteration = self._clock(layer, index, 0) // self.config.iteration_interval
+                layer.swap_(self._draw(layer, index, iteration))
         return model
 
     def _special_parameters(self, model: nn.Module) -> set[int]:
@@ -154,17 +163,17 @@ class SparseSpectral(ReplacingMethod):
         """Clamp and renormalise; at iteration ends resample, at round ends re-SVD first."""
         super().after_step(step, optimizer)
         cfg = self.config
-        new_iteration = self.step % cfg.iteration_interval == 0
-        iteration = self.step // cfg.iteration_interval
         for index, (name, layer) in enumerate(self.layers):
             if layer.U_frozen.requires_grad or layer.Vh_frozen.requires_grad:
                 raise RuntimeError(f"frozen factors of {name!r} were made trainable; SST would "
                                    "allocate full-size gradients (was requires_grad_(True) "
                                    "called on the model?)")
             layer.normalize_()
-            if not new_iteration:
+            clock = self._clock(layer, index, self.step)
+            if clock % cfg.iteration_interval:
                 continue
-            if self._iteration_in_round(layer, index, iteration) == 0:
+            iteration = clock // cfg.iteration_interval
+            if iteration % self._rounds(layer) == 0:
                 layer.resvd_(optimizer, svd_dtype=_SVD_DTYPES[cfg.svd_dtype])
             layer.swap_(self._draw(layer, index, iteration), optimizer)
 
@@ -201,17 +210,18 @@ class SparseSpectral(ReplacingMethod):
     def _rounds(self, layer: SpectralLinear) -> int:
         return self.config.iterations_per_round or iterations_per_round(layer.k, layer.rank)
 
-    def _iteration_in_round(self, layer: SpectralLinear, index: int, iteration: int) -> int:
-        """Position of ``iteration`` in the layer's round (0: the round starts with a re-SVD)."""
-        rounds = self._rounds(layer)
-        phase = index % rounds if self.config.stagger_resvd else 0
-        return (iteration + phase) % rounds
+    def _clock(self, layer: SpectralLinear, index: int, step: int) -> int:
+        """The layer's own step count: ``step`` shifted by its share of a round when staggered."""
+        if not self.config.stagger_resvd:
+            return step
+        steps_per_round = self._rounds(layer) * self.config.iteration_interval
+        return step + index * steps_per_round // len(self.layers)
 
     def _draw(self, layer: SpectralLinear, index: int, iteration: int) -> torch.Tensor:
         cfg = self.config
         return select_indices(cfg.sampler, layer.s, layer.rank, key=(cfg.seed, index, iteration),
                               lam=cfg.lam,
-                              iteration_in_round=self._iteration_in_round(layer, index, iteration))
+                              iteration_in_round=iteration % self._rounds(layer))
 
 
 for _variant, _preset in SST_VARIANTS.items():

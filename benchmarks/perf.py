@@ -26,6 +26,7 @@ Writes ``perf.json``, ``perf.md`` and ``perf.png`` into ``--out``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import platform
@@ -59,6 +60,7 @@ class Runner:
 
     def __init__(self, name: str, width: int, rank: int, args, ids: torch.Tensor):
         self.model = build_lm(lm_shape(width, args.layers), args.vocab, ids.shape[1], seed=0)
+        self.model.to(ids.device)  # convert on the device: SVDs of CUDA weights run on CUDA
         self.method = make_method(name, **({} if name == "full" else {"rank": rank}))
         self.model = self.method.prepare(self.model)
         self.optimizer = self.method.build_optimizer(self.model, lr=1e-4)
@@ -68,6 +70,7 @@ class Runner:
 
     def step(self) -> float:
         """One training step; returns its wall time in seconds."""
+        synchronize(self.ids.device)
         start = time.perf_counter()
         loss = self.model(input_ids=self.ids, labels=self.ids).loss
         loss.backward()
@@ -77,12 +80,19 @@ class Runner:
         self.step_count += 1
         self.method.after_step(self.step_count, self.optimizer)
         # memory_report only sums tensor sizes (microseconds), so it stays inside the timing.
+        synchronize(self.ids.device)
         return time.perf_counter() - start
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def batch(args) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
-    return torch.randint(0, args.vocab, (args.tokens // args.seq, args.seq), generator=g)
+    ids = torch.randint(0, args.vocab, (args.tokens // args.seq, args.seq), generator=g)
+    return ids.to(args.device)
 
 
 def time_side_by_side(width: int, rank: int, methods, args) -> dict:
@@ -129,8 +139,10 @@ def resvd_cost(runner: Runner, step_seconds: float, repeats: int = 3) -> dict:
     for _, layer in method.layers:
         samples = []
         for _ in range(repeats):
+            synchronize(layer.s.device)
             start = time.perf_counter()
             layer.resvd_(runner.optimizer)
+            synchronize(layer.s.device)
             samples.append(time.perf_counter() - start)
         per_layer.append(statistics.median(samples))
     cfg = method.config
@@ -157,8 +169,10 @@ def measured_round(width: int, args) -> dict:
         original = layer.resvd_
 
         def timed(*a, _original=original, **k):
+            synchronize(layer.s.device)
             start = time.perf_counter()
             _original(*a, **k)
+            synchronize(layer.s.device)
             spent.append(time.perf_counter() - start)
 
         layer.resvd_ = timed
@@ -177,7 +191,7 @@ def peak_in_subprocess(width: int, rank: int, name: str, args) -> dict:
     command = [sys.executable, __file__, "--_peak", name, "--_peak_width", str(width),
                "--_peak_rank", str(rank), "--layers", str(args.layers), "--vocab",
                str(args.vocab), "--tokens", str(args.tokens), "--seq", str(args.seq),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--device", args.device]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -193,14 +207,18 @@ def _rss_bytes() -> int:
 def peak_child(args) -> None:
     """Child process: build one method, train 3 steps, print peak and baseline RSS (bytes)."""
     torch.set_num_threads(args.threads)
-    import transformers.models.llama.modeling_llama  # noqa: F401  (its import is not training)
+    importlib.import_module("transformers.models.llama.modeling_llama")  # not training memory
 
     baseline = _rss_bytes()
     runner = Runner(args._peak, args._peak_width, args._peak_rank, args, batch(args))
     for _ in range(3):
         runner.step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak": peak, "baseline": baseline, "training_peak": peak - baseline}))
+    result = {"peak": peak, "baseline": baseline, "training_peak": peak - baseline}
+    if runner.ids.device.type == "cuda":  # on a GPU the training state lives in device memory
+        result["cuda_peak_allocated"] = torch.cuda.max_memory_allocated(runner.ids.device)
+        result["training_peak"] = result["cuda_peak_allocated"]
+    print(json.dumps(result))
 
 
 # ---------------------------------------------------------------------- LLaMA shapes
@@ -360,6 +378,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (peak memory: CUDA allocator)")
     p.add_argument("--no_peak", action="store_true", help="skip the per-process peak memory")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: widths 64 128, 1024 tokens, ranks 8 16, no whole round")
@@ -367,6 +386,9 @@ def parse_args(argv=None):
     p.add_argument("--_peak_width", type=int, help=argparse.SUPPRESS)
     p.add_argument("--_peak_rank", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible to torch")
     if args.quick:
         args.widths, args.tokens, args.seq = [64, 128], 1024, 128
         args.rank_width, args.ranks, args.schedule_width = 128, [8, 16], 0
@@ -386,8 +408,10 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results = {"command": "python " + " ".join(["benchmarks/perf.py", *(argv or sys.argv[1:])]),
                "machine": f"{platform.machine()}, {args.threads} threads, torch "
-                          f"{torch.__version__}, {'CUDA' if torch.cuda.is_available() else 'CPU'}",
-               "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+                          f"{torch.__version__}, "
+                          f"{torch.cuda.get_device_name(args.device) if args.device.type == 'cuda' else 'CPU'}",
+               "settings": {k: str(v) if isinstance(v, torch.device) else v
+                            for k, v in vars(args).items() if not k.startswith("_")},
                "widths": [], "ranks": [], "rank_width": args.rank_width}
 
     def save():

@@ -20,8 +20,10 @@ Conventions (OpenNMT/fairseq, as in HyboNet's evaluation, reference section 3.7)
   ending in ``<eos>`` finishes only if it ranks among the top ``beam_size`` candidates.
   With ``beam_size = 1`` this is exactly greedy search.
 
-The decoder is re-run over the whole prefix at every step (no key/value cache): simpler,
-and cheap at the sentence lengths of Multi30k.
+Models that offer incremental decoding (``start_decoding(memory, src_mask) -> state``,
+``decode_step(last_tokens, state) -> (N, V)`` logits and ``state.select(rows)``) are run one
+position per step with cached keys and values; other models re-run ``decode`` over the
+whole prefix at every step. Both give the same scores up to rounding.
 """
 
 from __future__ import annotations
@@ -55,10 +57,41 @@ def _check(beam_size: int, alpha: float, a: float, b: float) -> None:
         raise ValueError(f"max_len_a={a!r} and max_len_b={b!r} must be >= 0, not both 0")
 
 
-def _next_log_probs(model, tokens, memory, src_mask, banned, eos_id, forced_eos):
+class _PrefixDecoder:
+    """Re-runs ``model.decode`` over the whole prefix (any encoder-decoder)."""
+
+    def __init__(self, model, memory, src_mask):
+        self.model, self.memory, self.src_mask = model, memory, src_mask
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:  # (N, t) -> (N, V)
+        return self.model.decode(tokens, self.memory, self.src_mask, last_only=True)[:, -1]
+
+    def select(self, rows: torch.Tensor, same_source: bool = False) -> None:
+        if not same_source:
+            self.memory, self.src_mask = self.memory[rows], self.src_mask[rows]
+
+
+class _CachedDecoder:
+    """Feeds one token per step through ``model.decode_step`` (cached keys and values)."""
+
+    def __init__(self, model, memory, src_mask):
+        self.model, self.state = model, model.start_decoding(memory, src_mask)
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:  # (N, t) -> (N, V)
+        return self.model.decode_step(tokens[:, -1:], self.state)
+
+    def select(self, rows: torch.Tensor, same_source: bool = False) -> None:
+        self.state = self.state.select(rows, same_source)
+
+
+def _decoder(model, memory, src_mask):
+    cached = hasattr(model, "start_decoding") and hasattr(model, "decode_step")
+    return (_CachedDecoder if cached else _PrefixDecoder)(model, memory, src_mask)
+
+
+def _next_log_probs(decoder, tokens, banned, eos_id, forced_eos):
     """``(N, V)`` log-probabilities of the next token, with bans and forced ``<eos>``."""
-    logits = model.decode(tokens, memory, src_mask, last_only=True)[:, -1].float()
-    logp = torch.log_softmax(logits, dim=-1)
+    logp = torch.log_softmax(decoder.logits(tokens).float(), dim=-1)
     if banned:
         logp[:, list(banned)] = -math.inf
     if forced_eos.any():
@@ -90,26 +123,25 @@ def greedy_search(model, src: torch.Tensor, *, bos_id: int, eos_id: int,
     memory, src_mask = model.encode(src)
     limits = max_lengths(src_mask, max_len_a, max_len_b,
                          None if max_positions is None else max_positions - 1)
+    decoder = _decoder(model, memory, src_mask)
+    live = torch.arange(src.shape[0])  # sentences still decoding, in decoder-row order
+    tokens = torch.full((len(live), 1), bos_id, dtype=torch.long, device=src.device)
     limit = torch.tensor(limits)
-    n = src.shape[0]
-    tokens = torch.full((n, 1), bos_id, dtype=torch.long, device=src.device)
-    done = torch.zeros(n, dtype=torch.bool)
-    outputs: list[list[int]] = [[] for _ in range(n)]
+    outputs: list[list[int]] = [[] for _ in range(src.shape[0])]
     for t in range(1, max(limits) + 1):
-        live = (~done).nonzero().flatten()
-        logp = _next_log_probs(model, tokens[live], memory[live], src_mask[live], banned,
-                               eos_id, (limit[live] <= t).to(src.device))
+        logp = _next_log_probs(decoder, tokens, banned, eos_id,
+                               (limit[live] <= t).to(src.device))
         choice = logp.argmax(dim=-1).cpu()
-        step = torch.full((n,), eos_id, dtype=torch.long)
-        step[live] = choice
-        tokens = torch.cat([tokens, step[:, None].to(src.device)], dim=1)
         for row, token in zip(live.tolist(), choice.tolist()):
-            if token == eos_id:
-                done[row] = True
-            else:
+            if token != eos_id:
                 outputs[row].append(token)
-        if done.all():
+        going = choice.ne(eos_id)
+        if not going.any():
             break
+        keep = going.nonzero().flatten()
+        live = live[keep]
+        tokens = torch.cat([tokens, choice[:, None].to(src.device)], dim=1)[keep.to(src.device)]
+        decoder.select(keep.to(src.device))
     return outputs
 
 
@@ -139,8 +171,8 @@ def beam_search(model, src: torch.Tensor, *, beam_size: int, bos_id: int, eos_id
     limits = max_lengths(src_mask, max_len_a, max_len_b,
                          None if max_positions is None else max_positions - 1)
     n = src.shape[0]
-    memory = memory.repeat_interleave(k, dim=0)
-    src_mask = src_mask.repeat_interleave(k, dim=0)
+    decoder = _decoder(model, memory.repeat_interleave(k, dim=0),
+                       src_mask.repeat_interleave(k, dim=0))
     forced = torch.tensor(limits).repeat_interleave(k)
     tokens = torch.full((n * k, 1), bos_id, dtype=torch.long, device=src.device)
     scores = torch.full((n, k), -math.inf)
@@ -148,13 +180,14 @@ def beam_search(model, src: torch.Tensor, *, beam_size: int, bos_id: int, eos_id
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n)]
     done = [False] * n
     for t in range(1, max(limits) + 1):
-        logp = _next_log_probs(model, tokens, memory, src_mask, banned, eos_id,
+        logp = _next_log_probs(decoder, tokens, banned, eos_id,
                                (forced <= t).to(src.device)).cpu()
         vocab = logp.shape[1]
         candidates = (scores[:, :, None] + logp.view(n, k, vocab)).view(n, k * vocab)
         top_scores, top_ids = candidates.topk(min(2 * k, k * vocab), dim=1)
-        parents = top_ids // vocab
-        words = top_ids % vocab
+        # Python lists: per-element tensor indexing would dominate the loop below.
+        top_list, parents, words = (top_scores.tolist(), (top_ids // vocab).tolist(),
+                                    (top_ids % vocab).tolist())
         keep_parent = torch.zeros(n, k, dtype=torch.long)
         keep_word = torch.full((n, k), eos_id, dtype=torch.long)
         new_scores = torch.full((n, k), -math.inf)
@@ -162,11 +195,10 @@ def beam_search(model, src: torch.Tensor, *, beam_size: int, bos_id: int, eos_id
             if done[b]:
                 continue
             live = 0
-            for j in range(top_ids.shape[1]):
-                score = float(top_scores[b, j])
+            for j, score in enumerate(top_list[b]):
                 if score == -math.inf:
                     break
-                parent, word = int(parents[b, j]), int(words[b, j])
+                parent, word = parents[b][j], words[b][j]
                 if word == eos_id:
                     if j < k:
                         prefix = tokens[b * k + parent, 1:].tolist()
@@ -182,6 +214,7 @@ def beam_search(model, src: torch.Tensor, *, beam_size: int, bos_id: int, eos_id
             break
         rows = (torch.arange(n)[:, None] * k + keep_parent).flatten().to(src.device)
         tokens = torch.cat([tokens[rows], keep_word.flatten()[:, None].to(src.device)], dim=1)
+        decoder.select(rows, same_source=True)  # parents come from the same sentence
         scores = new_scores
     # max() keeps the first of equal scores: the earlier-finished (shorter) hypothesis.
     return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in finished]

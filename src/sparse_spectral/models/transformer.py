@@ -30,6 +30,13 @@ Interface used by training and decoding (the hyperbolic model offers the same)::
     memory, src_mask = model.encode(src)                  # (B, S, d), (B, S) bool
     logits = model.decode(tgt_in, memory, src_mask)        # (B, T, V)
     logits = model(src, tgt_in)                            # both at once
+
+and, optionally, incremental decoding with cached keys and values (decoding uses it when a
+model has it, and re-runs ``decode`` over the prefix otherwise)::
+
+    state = model.start_decoding(memory, src_mask)
+    logits = model.decode_step(tokens[:, -1:], state)      # (N, V); state advances
+    state = state.select(rows)                             # beam reordering
 """
 
 from __future__ import annotations
@@ -143,9 +150,16 @@ class MultiHeadAttention(nn.Module):
         Returns:
             ``(B, Tq, d)``.
         """
+        return self.attend(query, *self.keys_values(key_value), mask)
+
+    def keys_values(self, key_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected keys and values ``(B, H, Tk, d_h)`` each (cached while decoding)."""
+        return self._heads(self.k_proj(key_value)), self._heads(self.v_proj(key_value))
+
+    def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of ``query`` ``(B, Tq, d)`` over projected ``k``, ``v``; ``(B, Tq, d)``."""
         q = self._heads(self.q_proj(query))
-        k = self._heads(self.k_proj(key_value))
-        v = self._heads(self.v_proj(key_value))
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         b, h, t, dh = context.shape
@@ -205,6 +219,25 @@ class DecoderLayer(nn.Module):
         y = y + self.dropout(self.cross_attn(self.cross_attn_norm(y), memory, memory_mask))
         return y + self.dropout(self.ffn(self.ffn_norm(y)))
 
+    def step(self, y: torch.Tensor, cache: dict[str, torch.Tensor],
+             memory_mask: torch.Tensor) -> torch.Tensor:
+        """One new position ``y`` ``(N, 1, d)`` given the cached keys/values; updates ``cache``.
+
+        ``cache`` holds ``k``/``v`` (self-attention, ``(N, H, t, d_h)``, grown here) and
+        ``memory_k``/``memory_v`` (cross-attention, fixed). Equals :meth:`forward` at the
+        last position (earlier positions never attend to later ones) in eval mode; no
+        dropout is applied here.
+        """
+        h = self.self_attn_norm(y)
+        k, v = self.self_attn.keys_values(h)
+        if "k" in cache:
+            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+        cache["k"], cache["v"] = k, v
+        y = y + self.self_attn.attend(h, k, v, None)
+        y = y + self.cross_attn.attend(self.cross_attn_norm(y), cache["memory_k"],
+                                       cache["memory_v"], memory_mask)
+        return y + self.ffn(self.ffn_norm(y))
+
 
 class _Stack(nn.Module):
     """Token embedding, positions, a list of layers and a final LayerNorm."""
@@ -222,11 +255,13 @@ class _Stack(nn.Module):
         self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, cfg.d_model),
                              persistent=False)
 
-    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, d)
-        if ids.shape[1] > self.positions.shape[0]:
-            raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds max_positions="
+    def embed_tokens(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """``(B, T)`` ids at positions ``start ..`` -> ``(B, T, d)``."""
+        end = start + ids.shape[1]
+        if end > self.positions.shape[0]:
+            raise ValueError(f"sequence of {end} tokens exceeds max_positions="
                              f"{self.positions.shape[0]}")
-        return self.dropout(self.embed(ids) * self.scale + self.positions[: ids.shape[1]])
+        return self.dropout(self.embed(ids) * self.scale + self.positions[start:end])
 
 
 class Encoder(_Stack):
@@ -240,6 +275,34 @@ class Encoder(_Stack):
         return self.final_norm(x)
 
 
+@dataclass
+class DecoderState:
+    """What incremental decoding keeps between steps (see :meth:`TranslationTransformer.start_decoding`).
+
+    Attributes:
+        memory_mask: ``(N, 1, 1, S)`` source padding mask.
+        caches: per decoder layer, ``memory_k``/``memory_v`` and the growing ``k``/``v``.
+        length: positions decoded so far.
+    """
+
+    memory_mask: torch.Tensor
+    caches: list[dict[str, torch.Tensor]]
+    length: int = 0
+
+    def select(self, rows: torch.Tensor, same_source: bool = False) -> DecoderState:
+        """The state of hypotheses ``rows`` (beam reordering, dropping finished ones).
+
+        ``same_source``: every ``rows[i]`` decodes the same source sentence as row ``i``
+        (beam reordering within a sentence), so the source-side caches are kept as they are.
+        """
+        def pick(key: str, value: torch.Tensor) -> torch.Tensor:
+            return value if same_source and key.startswith("memory") else value[rows]
+
+        return DecoderState(self.memory_mask if same_source else self.memory_mask[rows],
+                            [{k: pick(k, v) for k, v in c.items()} for c in self.caches],
+                            self.length)
+
+
 class Decoder(_Stack):
     def __init__(self, cfg: TransformerConfig):
         super().__init__(cfg, DecoderLayer, cfg.num_decoder_layers)
@@ -251,6 +314,14 @@ class Decoder(_Stack):
         y = self.embed_tokens(tgt)
         for layer in self.layers:
             y = layer(y, memory, causal, memory_mask)
+        return self.final_norm(y)
+
+    def step(self, token: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        """Hidden state ``(N, 1, d)`` of the next position for input ``token`` ``(N, 1)``."""
+        y = self.embed_tokens(token, start=state.length)
+        for layer, cache in zip(self.layers, state.caches):
+            y = layer.step(y, cache, state.memory_mask)
+        state.length += 1
         return self.final_norm(y)
 
 
@@ -303,6 +374,24 @@ class TranslationTransformer(nn.Module):
         """
         y = self.decoder(tgt, memory, src_mask[:, None, None, :])
         return self.generator(y[:, -1:] if last_only else y)
+
+    @torch.no_grad()
+    def start_decoding(self, memory: torch.Tensor, src_mask: torch.Tensor) -> DecoderState:
+        """Incremental decoding: cache each layer's cross-attention keys and values once."""
+        caches = []
+        for layer in self.decoder.layers:
+            k, v = layer.cross_attn.keys_values(memory)
+            caches.append({"memory_k": k, "memory_v": v})
+        return DecoderState(src_mask[:, None, None, :], caches)
+
+    @torch.no_grad()
+    def decode_step(self, token: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        """Logits ``(N, V)`` after feeding ``token`` ``(N, 1)``; ``state`` advances one position.
+
+        Feeding ``<bos>, y_1, ..., y_t`` one at a time gives the logits of :meth:`decode` at
+        each position (up to rounding) at a cost linear, not quadratic, in the length.
+        """
+        return self.generator(self.decoder.step(token, state))[:, -1]
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits ``(B, T, V)`` for source ``(B, S)`` and decoder input ``(B, T)``."""

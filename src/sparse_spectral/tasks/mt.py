@@ -390,6 +390,8 @@ def _train_run(settings: MTSettings, resume: bool, progress: bool, data: MTData 
         result = evaluate_loss(m, val_split, ids, settings.max_tokens)
         return {"val_loss": result["loss"], "val_ppl": result["ppl"]}
 
+    # Batches vary in size: the live log's tokens/s uses the mean batch; the summary's
+    # target_tokens_per_s counts the tokens actually trained.
     mean_tokens = batches.target_tokens / len(batches) * settings.grad_accumulation
     began = time.perf_counter()
     try:

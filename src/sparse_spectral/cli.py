@@ -5,6 +5,8 @@
     sst models                        the model presets
     sst train lm --method sst --rank 16 --model gpt_cpu ...
     sst compare lm --methods full,lora,relora,galore,sst --rank 16 ...
+    sst train mt --method sst --d_model 64 --rank 8 --data-dir DIR ...
+    sst compare mt --model euclidean --d_model 64 --rank 8 --data-dir DIR ...
     sst report DIR                    re-render a comparison report from DIR/results.json
     sst demo                          MLP on scikit-learn's digits, full rank vs SST
 
@@ -86,9 +88,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import render_report
+    from .report_mt import render_task_report
 
-    written = render_report(args.directory)
+    written = render_task_report(args.directory)
     for path in written.values():
         print(path)
     return 0
@@ -120,6 +122,18 @@ def lm_settings_from_args(args: argparse.Namespace):
     """Merge defaults < config file < explicit flags into :class:`LMSettings`."""
     from .tasks.lm import LMSettings
 
+    return settings_from_args(args, LMSettings)
+
+
+def mt_settings_from_args(args: argparse.Namespace):
+    """Merge defaults < config file < explicit flags into :class:`MTSettings`."""
+    from .tasks.mt import MTSettings
+
+    return settings_from_args(args, MTSettings)
+
+
+def settings_from_args(args: argparse.Namespace, settings_class):
+    """Task settings (``settings_class.from_dict``) and the run extras from parsed flags."""
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "task")}
     values: dict[str, Any] = {}
     if given.get("config"):
@@ -132,7 +146,7 @@ def lm_settings_from_args(args: argparse.Namespace):
             method_options[_FIELD_OF_OPTION.get(option, option)] = values.pop(option)
     extras = {k: values.pop(k) for k in ("methods", "method_lr", "resume", "no_progress",
                                          "threads", "no_pruning") if k in values}
-    settings = LMSettings.from_dict({**values, "method_options": method_options})
+    settings = settings_class.from_dict({**values, "method_options": method_options})
     return settings, extras
 
 
@@ -200,6 +214,102 @@ def cmd_compare_lm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _methods_list(extras: dict[str, Any], default: tuple[str, ...]) -> list[str]:
+    methods = extras.get("methods") or list(default)
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    _check_method_names(methods)
+    return methods
+
+
+# ---------------------------------------------------------------------- mt train / compare
+def cmd_train_mt(args: argparse.Namespace) -> int:
+    from .tasks.mt import run_train
+
+    settings, extras = mt_settings_from_args(args)
+    _check_method_names([settings.method])
+    if extras.get("threads"):
+        torch.set_num_threads(int(extras["threads"]))
+    summary = run_train(settings, resume=bool(extras.get("resume")),
+                        progress=not extras.get("no_progress"))
+    print(f"{settings.method}: test BLEU {summary['test_bleu']:.2f} "
+          f"({summary['bleu_signature']}), val ppl {summary['val_ppl']:.3f}, trainable "
+          f"{summary['trainable_params']:,d} of {summary['total_params']:,d}; run folder "
+          f"{settings.output_dir}")
+    return 0
+
+
+def cmd_compare_mt(args: argparse.Namespace) -> int:
+    from .tasks.mt import DEFAULT_METHODS, run_compare
+
+    settings, extras = mt_settings_from_args(args)
+    methods = _methods_list(extras, DEFAULT_METHODS)
+    method_lr = _parse_method_lr(extras.get("method_lr"))
+    _check_method_names(list(method_lr))
+    if extras.get("threads"):
+        torch.set_num_threads(int(extras["threads"]))
+    run_compare(settings, methods, method_lr, progress=not extras.get("no_progress"))
+    print((Path(settings.output_dir) / "report.md").read_text())
+    return 0
+
+
+def _add_mt_arguments(parser: argparse.ArgumentParser, compare: bool) -> None:
+    """Flags of ``sst train mt`` / ``sst compare mt``; defaults live in MTSettings."""
+    S = argparse.SUPPRESS
+    add = parser.add_argument
+    add("--config", default=S, help="TOML or YAML file of settings (flags override it)")
+    if compare:
+        add("--methods", default=S, help="comma-separated (default full,lora,relora,sst)")
+        add("--method_lr", default=S, help="per-method learning rates, e.g. sst=3e-3,lora=2e-3")
+    else:
+        add("--method", default=S, help="full, lora, relora, galore, sst or an SST variant")
+        add("--resume", action="store_true", default=S,
+            help="continue from the latest checkpoint in --output_dir")
+    add("--rank", type=int, default=S)
+    add("--model", default=S, help="euclidean (default) or hyperbolic (not implemented yet)")
+    add("--data-dir", "--data_dir", dest="data_dir", default=S,
+        help="data directory holding multi30k/ (default $SST_DATA_DIR)")
+    add("--source_lang", default=S, help="de (default) or en")
+    add("--target_lang", default=S, help="en (default) or de")
+    add("--vocab_size", type=int, default=S, help="joint BPE vocabulary size")
+    add("--train_pairs", type=int, default=S, help="use only the first N training pairs")
+    add("--eval_pairs", type=int, default=S,
+        help="use only the first N validation and test pairs")
+    add("--max_tokens", type=int, default=S, help="padded tokens per batch and side")
+    add("--d_model", type=int, default=S)
+    add("--num_heads", type=int, default=S)
+    add("--num_layers", type=int, default=S, help="encoder layers = decoder layers")
+    add("--d_ff", type=int, default=S, help="feed-forward width (default 4 * d_model)")
+    add("--dropout", type=float, default=S)
+    add("--tie_embeddings", type=_bool, default=S,
+        help="share target embedding and output projection (default true)")
+    add("--schedule", default=S, help="inverse_sqrt (lr = peak) or noam (lr = Noam factor)")
+    add("--lr", type=float, default=S)
+    add("--warmup_steps", type=int, default=S)
+    add("--num_training_steps", type=int, default=S)
+    add("--epochs", type=float, default=S, help="train this many epochs (overrides steps)")
+    add("--grad_accumulation", type=int, default=S)
+    add("--label_smoothing", type=float, default=S)
+    add("--weight_decay", type=float, default=S)
+    add("--grad_clip", type=float, default=S)
+    add("--eval_every", type=int, default=S)
+    add("--save_every", type=int, default=S)
+    add("--seed", type=int, default=S)
+    add("--beam_size", type=int, default=S, help="test decoding beam (1: greedy)")
+    add("--length_penalty", type=float, default=S, help="GNMT length-penalty alpha")
+    add("--max_len_a", type=float, default=S)
+    add("--max_len_b", type=float, default=S)
+    add("--decode_batch_size", type=int, default=S, help="sentences per decoding batch")
+    add("--num_examples", type=int, default=S, help="test translations shown in the report")
+    add("--output_dir", default=S)
+    add("--tensorboard", action="store_true", default=S)
+    add("--threads", type=int, default=S)
+    add("--no_progress", action="store_true", default=S)
+    group = parser.add_argument_group("method options (used by the methods that have them)")
+    for option, kind in METHOD_OPTIONS.items():
+        group.add_argument(f"--{option}", type=_bool if kind == "bool" else kind, default=S)
+
+
 def _add_lm_arguments(parser: argparse.ArgumentParser, compare: bool) -> None:
     """Flags of ``sst train lm`` / ``sst compare lm``; defaults live in LMSettings."""
     S = argparse.SUPPRESS
@@ -256,13 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("directory")
     report.set_defaults(func=cmd_report)
 
-    for command, compare, func, text in (("train", False, cmd_train_lm, "train one method"),
-                                         ("compare", True, cmd_compare_lm,
-                                          "train several methods side by side")):
+    for command, compare, func, mt_func, text in (
+            ("train", False, cmd_train_lm, cmd_train_mt, "train one method"),
+            ("compare", True, cmd_compare_lm, cmd_compare_mt,
+             "train several methods side by side")):
         tasks = sub.add_parser(command, help=text).add_subparsers(dest="task", required=True)
         lm = tasks.add_parser("lm", help=f"language-model pre-training: {text}")
         _add_lm_arguments(lm, compare)
         lm.set_defaults(func=func)
+        mt = tasks.add_parser("mt", help=f"Multi30k translation: {text}")
+        _add_mt_arguments(mt, compare)
+        mt.set_defaults(func=mt_func)
 
     demo = sub.add_parser("demo", help="train an MLP on sklearn digits: full rank vs SST")
     demo.add_argument("--methods", default="full,sst", help="comma-separated method names")
@@ -280,11 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .data.paths import DataUnavailableError
     from .training.loop import TrainingDiverged
 
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TrainingDiverged) as err:
+    except (ValueError, FileNotFoundError, DataUnavailableError, TrainingDiverged) as err:
         print(f"sst: error: {err}", file=sys.stderr)
         return 2
 

@@ -78,7 +78,8 @@ def train(model: nn.Module, method, *,
           eval_fn: Callable[[nn.Module], dict[str, float]],
           settings: LoopSettings, run_dir: str | Path, logger: MetricLogger,
           checkpoint_settings: dict[str, Any] | None = None, resume: bool = False,
-          tokens_per_step: int = 0, progress: bool = True) -> TrainResult:
+          tokens_per_step: int = 0, progress: bool = True,
+          lr_lambda: Callable[[int], float] | None = None) -> TrainResult:
     """Train ``model`` (already prepared by ``method``) for ``settings.num_training_steps``.
 
     Args:
@@ -91,13 +92,17 @@ def train(model: nn.Module, method, *,
         checkpoint_settings: JSON-able description of the run, stored in checkpoints.
         resume: continue from ``run_dir``'s latest checkpoint (error if there is none).
         tokens_per_step: for the tokens/s figure.
+        lr_lambda: the ``LambdaLR`` multiplier; default ``method.lr_lambda(num_training_steps,
+            warmup_steps, min_lr_ratio)`` (a task with its own schedule passes one).
 
     Raises:
         TrainingDiverged: on a non-finite loss; the last good checkpoint stays the latest.
     """
     optimizer = method.build_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, method.lr_lambda(
-        settings.num_training_steps, settings.warmup_steps, settings.min_lr_ratio))
+    if lr_lambda is None:
+        lr_lambda = method.lr_lambda(settings.num_training_steps, settings.warmup_steps,
+                                     settings.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     config = checkpoint_settings if checkpoint_settings is not None else asdict(settings)
     start = 0
     if resume:

@@ -146,6 +146,22 @@ def test_lorentz_linear_mt_init_residual_and_heads_follow_hybonet():
     assert torch.isfinite(floored(zero)).all()
 
 
+def test_iwslt_shape_has_hybonets_98_inner_matrices_and_init_ranks():
+    """reference/hybonet.md section 5.2: d 64, H 4, d_ff 256, 6 + 6 layers."""
+    model = build(d_model=64, num_encoder_layers=6, num_decoder_layers=6, d_ff=256)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert len(linears) == 98
+    assert sum(m.weight.numel() for m in linears.values()) == 696_320
+    ranks = {}
+    for name, m in linears.items():
+        role = name.split(".")[-2]
+        ranks.setdefault(role, set()).add(torch.linalg.matrix_rank(m.weight).item())
+    assert ranks == {"q_proj": {60}, "k_proj": {60}, "v_proj": {60}, "out_proj": {60},
+                     "fc1": {63}, "point": {63}, "fc2": {64}}
+    assert all(linears[n].bias is None for n in linears if ".out_proj." in n)
+    assert sum(linears[n].bias is not None for n in linears) == 98 - 6 - 12
+
+
 # --------------------------------------------------------------------------- attention
 def test_attention_scores_are_negative_squared_distances_and_weights_sum_to_one():
     model = build().eval()

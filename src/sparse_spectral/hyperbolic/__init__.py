@@ -2,12 +2,14 @@
 
 ``lorentz``: pure functions (Minkowski inner products, squared Lorentzian distance, capped
 exponential maps, projection, Lorentz centroid) and the thin :class:`Lorentz` manifold;
-``layers``: :class:`LorentzLinear` (inner ``nn.Linear`` named ``linear``, the part training
-methods replace) and centroid aggregation; ``optim``: HyboNet's Riemannian Adam and the
-optimizer pair (method's own + Riemannian) a hyperbolic model trains with.
+``layers``: :class:`LorentzLinear` (graph version) and :class:`LorentzLinearMT` (translation
+version), each with an inner ``nn.Linear`` named ``linear`` (the part training methods
+replace), and centroid aggregation; ``optim``: HyboNet's Riemannian Adam and the
+optimizer pair (method's own + Riemannian) a hyperbolic model trains with, also as one
+``torch.optim.Optimizer`` (:class:`CombinedOptimizer`).
 """
 
-from .layers import LorentzAgg, LorentzGraphConvolution, LorentzLinear
+from .layers import LorentzAgg, LorentzGraphConvolution, LorentzLinear, LorentzLinearMT
 from .lorentz import (
     EXP_MAX_NORM,
     Lorentz,
@@ -26,9 +28,11 @@ from .lorentz import (
 )
 from .optim import (
     RIEMANNIAN_KINDS,
+    CombinedOptimizer,
     GraphOptimizers,
     HyboNetRiemannianAdam,
     build_graph_optimizers,
+    build_hyperbolic_optimizer,
     build_riemannian_optimizer,
     manifold_parameters,
 )
@@ -36,13 +40,16 @@ from .optim import (
 __all__ = [
     "EXP_MAX_NORM",
     "RIEMANNIAN_KINDS",
+    "CombinedOptimizer",
     "GraphOptimizers",
     "HyboNetRiemannianAdam",
     "Lorentz",
     "LorentzAgg",
     "LorentzGraphConvolution",
     "LorentzLinear",
+    "LorentzLinearMT",
     "build_graph_optimizers",
+    "build_hyperbolic_optimizer",
     "build_riemannian_optimizer",
     "centroid",
     "check_point",

@@ -146,3 +146,130 @@ class LorentzGraphConvolution(nn.Module):
     def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
         """``x`` (N, in_features) points, ``adj`` (N, N) -> (N, out_features) points."""
         return self.agg(self.transform(x), adj)
+
+
+# --------------------------------------------------------------------------- translation
+# HyboNet's MT LorentzLinear initialises its log-scale to 2.3 directly (exp(2.3) ~ 9.97).
+MT_INIT_LOG_SCALE = 2.3
+# HyboNet's MT weight init: U(-0.02, 0.02).
+MT_INIT_BOUND = 0.02
+RESIDUAL_MODES = ("code", "paper")
+
+
+class LorentzLinearMT(nn.Module):
+    """HyboNet's Lorentz linear layer, translation version (``mt/onmt/modules/hyper_nets.py``).
+
+    Forward, for ``x`` on the hyperboloid and an optional ``residual`` point::
+
+        y = linear(dropout(x))                      # x flattened over heads first if merge
+        y = y + residual                            # "code": the whole vector, time included
+        y = y.view(..., heads, d_out / heads)       # Q/K/V: one point per head
+        t = sigmoid(y_0) * exp(scale) + 1.1 sqrt(k)
+        out = (t, y_s * sqrt((t^2 - k) / max(|y_s|^2, space_eps)))
+
+    ``residual="paper"`` follows the paper's Eq. 7 instead (issue #7): the time comes from
+    ``linear(x)`` alone and only the residual's space part is added, ``y_s + residual_s``.
+    The official code (kept by its maintainer "for reproducibility") is ``"code"``.
+
+    Differences from the graph :class:`LorentzLinear` (reference/hybonet.md section 3.1):
+    the second argument is a residual, not a bias; the output (``heads > 0``, not ``merge``)
+    or the input (``merge``) is split into ``heads`` points of ``d / heads`` coordinates; no
+    floor on ``|y_s|^2`` by default (``space_eps = 0``: an all-zero space part gives inf/NaN,
+    as in the official code); ``W ~ U(-0.02, 0.02)`` with input columns ``0, s, 2s, ...``
+    zeroed for ``s = in / heads`` (``heads > 0``) or ``s = in``; ``scale`` starts at 2.3.
+
+    Args:
+        in_features: ambient input size (all heads together when ``merge``).
+        out_features: ambient output size (all heads together when split).
+        bias: give ``linear`` a bias.
+        dropout: input dropout probability.
+        heads: HyboNet's ``head_num``: 0 for one point; else the number of heads.
+        merge: the input is ``(..., heads, in / heads)`` and is flattened first (the layer
+            that merges attention heads); otherwise ``heads > 0`` splits the output.
+        k: curvature parameter (HyboNet: 1).
+        residual: ``"code"`` (official) or ``"paper"`` (Eq. 7), see above.
+        space_eps: floor of ``|y_s|^2`` (official MT code: 0, i.e. none; graph version 1e-8).
+
+    Parameters: ``linear.weight`` (out, in), ``linear.bias`` (out), ``scale`` (scalar).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 dropout: float = 0.0, heads: int = 0, merge: bool = False, k: float = 1.0,
+                 residual: str = "code", space_eps: float = 0.0):
+        super().__init__()
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 0:
+            raise ValueError(f"heads={heads!r} must be an int >= 0")
+        if merge and heads < 1:
+            raise ValueError(f"merge=True needs heads >= 1, got heads={heads}")
+        split = out_features if heads and not merge else in_features
+        if heads and (split % heads or split // heads < 2):
+            raise ValueError(f"heads={heads} must divide {'in' if merge else 'out'}_features="
+                             f"{split} into points of >= 2 coordinates")
+        if in_features < 1 or (out_features < 2):
+            raise ValueError(f"in_features={in_features} must be >= 1 and out_features="
+                             f"{out_features} >= 2 (time plus at least one space coordinate)")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
+        if residual not in RESIDUAL_MODES:
+            raise ValueError(f"residual={residual!r} is unknown; allowed: "
+                             f"{', '.join(RESIDUAL_MODES)}")
+        if not space_eps >= 0:
+            raise ValueError(f"space_eps={space_eps!r} must be >= 0")
+        self.in_features, self.out_features = in_features, out_features
+        self.heads, self.merge = heads, bool(merge)
+        self.k = _check_curvature(k)
+        self.residual_mode, self.space_eps = residual, float(space_eps)
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = nn.Parameter(torch.tensor(MT_INIT_LOG_SCALE))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """HyboNet's MT init: U(-0.02, 0.02), input columns 0, s, 2s, ... zeroed, bias 0.
+
+        For Q/K/V (``heads > 0``, split output) the zeroed columns 16, 32, 48 (at d = 64,
+        H = 4) are space coordinates of the input point, not times: the official quirk.
+        """
+        nn.init.uniform_(self.linear.weight, -MT_INIT_BOUND, MT_INIT_BOUND)
+        step = self.in_features // self.heads if self.heads else self.in_features
+        self.linear.weight[:, ::step] = 0
+        if self.linear.bias is not None:
+            self.linear.bias.zero_()
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Map points, optionally adding a residual point before the renormalisation.
+
+        Args:
+            x: ``(..., in_features)``, or ``(..., heads, in_features / heads)`` when merging.
+            residual: ``(..., out_features)`` or None. Not allowed with split heads.
+
+        Returns:
+            ``(..., out_features)`` points, or ``(..., heads, out_features / heads)`` points
+            (one per head) when the output is split.
+        """
+        if self.merge:
+            x = x.flatten(-2)
+        y = self.linear(self.dropout(x))
+        if self.heads and not self.merge:
+            if residual is not None:
+                raise ValueError("a residual cannot be added to a head-split output")
+            y = y.unflatten(-1, (self.heads, self.out_features // self.heads))
+        time_logit = y[..., 0:1]
+        if residual is not None:
+            if self.residual_mode == "code":
+                y = y + residual
+                time_logit = y[..., 0:1]
+            else:  # paper: time from the map alone, residual only in space
+                y = torch.cat([y[..., 0:1], y[..., 1:] + residual[..., 1:]], dim=-1)
+        space = y[..., 1:]
+        time = time_logit.sigmoid() * self.scale.exp() + TIME_FLOOR * math.sqrt(self.k)
+        norm_sq = (space * space).sum(-1, keepdim=True)
+        if self.space_eps > 0:
+            norm_sq = norm_sq.clamp_min(self.space_eps)
+        return torch.cat([time, space * ((time * time - self.k) / norm_sq).sqrt()], dim=-1)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"heads={self.heads}, merge={self.merge}, residual={self.residual_mode!r}, "
+                f"k={self.k:g}")

@@ -15,11 +15,15 @@ SlotAdamW with per-slot resets for SST, GaLoreAdamW for GaLore), so
 trainable non-manifold parameters, and a Riemannian Adam over the manifold parameters
 (which no method replaces). For ``full`` the pair computes exactly what HyboNet's single
 RiemannianAdam computes (checked in tests/test_hybonet_model.py).
+
+The generic training loop wants one ``torch.optim.Optimizer`` (for ``LambdaLR``, checkpoints,
+memory accounting and ``method.after_step``): :func:`build_hyperbolic_optimizer` returns the
+same pair as a :class:`CombinedOptimizer`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -248,3 +252,92 @@ def build_graph_optimizers(model: nn.Module, method, lr: float, weight_decay: fl
         raise ValueError(f"riemannian optimizer kind={riemannian!r} is unknown; allowed: "
                          f"{', '.join(RIEMANNIAN_KINDS)}")
     return GraphOptimizers(euclidean, rie)
+
+
+class _StateView(Mapping):
+    """Read-only union of several optimizers' ``state`` mappings (disjoint parameters).
+
+    Looking a parameter up never inserts into the members' ``defaultdict`` s.
+    """
+
+    def __init__(self, states: list):
+        self._states = states
+
+    def __getitem__(self, param):
+        for state in self._states:
+            if param in state:
+                return state[param]
+        raise KeyError(param)
+
+    def __iter__(self):
+        for state in self._states:
+            yield from state
+
+    def __len__(self) -> int:
+        return sum(len(state) for state in self._states)
+
+
+class CombinedOptimizer(torch.optim.Optimizer):
+    """Optimizers over disjoint parameters, driven as one ``torch.optim.Optimizer``.
+
+    ``param_groups`` are the members' own group dicts, so an LR scheduler scales every
+    member; ``state`` is a read-only view of all members' states (what
+    :func:`~sparse_spectral.spectral.optim.find_state` and memory accounting read);
+    ``step``, ``zero_grad``, ``state_dict`` and ``load_state_dict`` go to each member.
+
+    Attributes:
+        optimizers: the members, in order (for hyperbolic models: the method's, then the
+            Riemannian Adam).
+    """
+
+    def __init__(self, optimizers: Iterable[torch.optim.Optimizer | None]):
+        self.optimizers = [o for o in optimizers if o is not None]
+        if not self.optimizers:
+            raise ValueError("CombinedOptimizer needs at least one optimizer")
+        super().__init__([g for o in self.optimizers for g in o.param_groups], {})
+        self._sync()
+
+    def _sync(self) -> None:
+        # load_state_dict gives members new group dicts and state mappings: re-point to them.
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
+        self.state = _StateView([o.state for o in self.optimizers])
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for optimizer in self.optimizers:
+            optimizer.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("optimizers")
+        if not isinstance(saved, list) or len(saved) != len(self.optimizers):
+            count = len(saved) if isinstance(saved, list) else "no"
+            raise ValueError(f"state holds {count} optimizers, this CombinedOptimizer has "
+                             f"{len(self.optimizers)}")
+        for optimizer, state in zip(self.optimizers, saved):
+            optimizer.load_state_dict(state)
+        self._sync()
+
+
+def build_hyperbolic_optimizer(model: nn.Module, method, lr: float, weight_decay: float = 0.0,
+                               riemannian: str = "hybonet",
+                               stabilize: int | None = DEFAULT_STABILIZE) -> CombinedOptimizer:
+    """:func:`build_graph_optimizers` as one :class:`CombinedOptimizer` (method's, Riemannian).
+
+    Works for any model whose manifold parameters are :class:`geoopt.ManifoldParameter` s
+    (HyboNet's graph model, the Lorentz Transformer). Pass the result to
+    ``method.after_step(step, optimizer)`` directly: SST and ReLoRA find their parameters'
+    state through it.
+    """
+    pair = build_graph_optimizers(model, method, lr, weight_decay, riemannian, stabilize)
+    return CombinedOptimizer(pair.optimizers)

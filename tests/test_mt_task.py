@@ -111,7 +111,8 @@ def test_noam_schedule_and_the_methods_restart_factor():
     for s in (1, 10, 40, 41, 150):  # LambdaLR index t = s - 1
         noam = factor * d ** -0.5 * min(s ** -0.5, s * w ** -1.5)
         assert settings.peak_lr * multiplier(s - 1) == pytest.approx(noam)
-    sst = make_method("sst", rank=4, iteration_interval=20, restart_warmup_steps=5)
+    sst = make_method("sst", rank=4, iteration_interval=20, restart_warmup_steps=5,
+                      stagger_resvd=False)
     rewarm, plain = mt_lr_lambda(sst, 200, w), mt_lr_lambda(make_method("sst", rank=4), 200, w)
     assert [rewarm(t) for t in range(20)] == [plain(t) for t in range(20)]
     assert [rewarm(t) / plain(t) for t in range(20, 26)] == pytest.approx(

@@ -191,7 +191,7 @@ def peak_in_subprocess(width: int, rank: int, name: str, args) -> dict:
     command = [sys.executable, __file__, "--_peak", name, "--_peak_width", str(width),
                "--_peak_rank", str(rank), "--layers", str(args.layers), "--vocab",
                str(args.vocab), "--tokens", str(args.tokens), "--seq", str(args.seq),
-               "--threads", str(args.threads), "--device", args.device]
+               "--threads", str(args.threads), "--device", str(args.device)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

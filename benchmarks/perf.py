@@ -30,7 +30,6 @@ import importlib
 import json
 import math
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -196,24 +195,31 @@ def peak_in_subprocess(width: int, rank: int, name: str, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _rss_bytes() -> int:
+def _status_bytes(field: str) -> int:
+    """A ``/proc/self/status`` memory figure (``VmRSS``, ``VmHWM``) in bytes."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    return 0
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def peak_child(args) -> None:
-    """Child process: build one method, train 3 steps, print peak and baseline RSS (bytes)."""
+    """Child process: build one method, train 3 steps, print peak and baseline RSS (bytes).
+
+    The peak includes building the dense model and converting it (each method starts from
+    the same dense model, as a user's script would).
+    """
     torch.set_num_threads(args.threads)
     importlib.import_module("transformers.models.llama.modeling_llama")  # not training memory
 
-    baseline = _rss_bytes()
+    baseline = _status_bytes("VmRSS")
     runner = Runner(args._peak, args._peak_width, args._peak_rank, args, batch(args))
     for _ in range(3):
         runner.step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM belongs to this process image; getrusage's ru_maxrss would also count the
+    # parent's resident set at fork time, which Linux carries across exec.
+    peak = _status_bytes("VmHWM")
     result = {"peak": peak, "baseline": baseline, "training_peak": peak - baseline}
     if runner.ids.device.type == "cuda":  # on a GPU the training state lives in device memory
         result["cuda_peak_allocated"] = torch.cuda.max_memory_allocated(runner.ids.device)
@@ -269,6 +275,8 @@ def markdown(results: dict) -> str:
     a = results["settings"]
     lines = [f"# SST speed and memory benchmark ({results['machine']})", "",
              f"Command: `{results['command']}`", "",
+             *([f"Peak memory re-measured with `{results['peak_command']}`.", ""]
+               if results.get("peak_command") else []),
              f"LLaMA-style decoder, {a['layers']} blocks, vocabulary {a['vocab']}, "
              f"{a['tokens']} tokens per step (batch {a['tokens'] // a['seq']} x {a['seq']}), "
              f"{a['threads']} threads, median of {a['repeats']} steps after {a['warmup']}.", "",
@@ -362,6 +370,22 @@ def plot(results: dict, path: Path) -> None:
     tmp.replace(path)
 
 
+def remeasure_peaks(out: Path, args) -> None:
+    """Replace the peak-memory figures of an earlier run (same model settings)."""
+    results = json.loads((out / "perf.json").read_text())
+    saved = results["settings"]
+    for key in ("layers", "vocab", "tokens", "seq"):
+        setattr(args, key, saved[key])
+    for row in results["widths"]:
+        print(f"peak memory at width {row['width']} ...", flush=True)
+        for name, entry in row["methods"].items():
+            entry["peak"] = peak_in_subprocess(row["width"], row["rank"], name, args)
+    results["peak_command"] = "python " + " ".join(["benchmarks/perf.py", *sys.argv[1:]])
+    atomic_write_json(out / "perf.json", results)
+    atomic_write_text(out / "perf.md", markdown(results))
+    print((out / "perf.md").read_text())
+
+
 # ---------------------------------------------------------------------- main
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -380,6 +404,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda (peak memory: CUDA allocator)")
     p.add_argument("--no_peak", action="store_true", help="skip the per-process peak memory")
+    p.add_argument("--peak_only", action="store_true",
+                   help="re-measure only the peak memory of the widths in <out>/perf.json")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: widths 64 128, 1024 tokens, ranks 8 16, no whole round")
     p.add_argument("--_peak", help=argparse.SUPPRESS)
@@ -406,6 +432,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.peak_only:
+        remeasure_peaks(out, args)
+        return
     results = {"command": "python " + " ".join(["benchmarks/perf.py", *(argv or sys.argv[1:])]),
                "machine": f"{platform.machine()}, {args.threads} threads, torch "
                           f"{torch.__version__}, "

@@ -9,7 +9,8 @@ Schema (written by :func:`sparse_spectral.tasks.ablate.run_ablation`)::
          "step_time_s": float, "trainable_params": int,
          "curve": [{"step": int, "val_loss": float, ...}, ...],
          "grad_norm": [{"step": int, "grad_norm": float}, ...],
-         "grad_norm_corr_full": float | null}, ...}}
+         "grad_norm_corr_full": float | null}, ...},
+     "order": [labels in run order]}
 
 Writes ``ablation.md`` (one table: group, variant, options, metric, difference from the
 default SST, step time, grad-norm correlation with full rank), ``ablation.png`` (the metric
@@ -28,7 +29,7 @@ from typing import Any
 from .report import _colors, _is_number, _new_figure, _no_data, _save_figure, _write_atomically
 
 __all__ = ["ablation_markdown", "ablation_table", "load_ablation", "plot_ablation",
-           "plot_grad_norms", "render_ablation_report"]
+           "plot_grad_norms", "render_ablation_report", "variant_labels"]
 
 ABLATION_FILE = "ablation.json"
 REPORT_FILE = "ablation.md"
@@ -66,6 +67,12 @@ def load_ablation(directory: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def variant_labels(data: Mapping[str, Any]) -> list[str]:
+    """Labels in run order (``"order"``), then any others in file order."""
+    order = [label for label in data.get("order") or [] if label in data["variants"]]
+    return order + [label for label in data["variants"] if label not in order]
+
+
 def _fmt(value: Any, digits: int = 4, signed: bool = False) -> str:
     if not _is_number(value):
         return "-"
@@ -86,7 +93,8 @@ def ablation_table(data: Mapping[str, Any]) -> str:
     lines = [f"| group | variant | method and options | {data['metric']} | better than SST by "
              "| step time (ms) | grad-norm corr. with full |",
              "|---|---|---|---:|---:|---:|---:|"]
-    for label, e in variants.items():
+    for label in variant_labels(data):
+        e = variants[label]
         options = ", ".join(f"{k}={v}" for k, v in (e.get("options") or {}).items())
         method = e["method"] + (f" ({options})" if options else "")
         diff = (sign * (e["metric"] - sst)
@@ -129,7 +137,8 @@ def ablation_markdown(data: Mapping[str, Any]) -> str:
 def plot_ablation(data: Mapping[str, Any]):
     """Horizontal bars: the metric of each variant, the default SST's as a dashed line."""
     variants = data["variants"]
-    labels = [label for label, e in variants.items() if math.isfinite(e["metric"])]
+    labels = [label for label in variant_labels(data)
+              if math.isfinite(variants[label]["metric"])]
     fig = _new_figure(width=6.4, height=max(3.0, 0.35 * len(labels) + 1.2))
     ax = fig.add_subplot()
     if not labels:

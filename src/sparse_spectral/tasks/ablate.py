@@ -250,7 +250,7 @@ def run_ablation(task: str, settings: dict[str, Any], variants: list[AblationVar
     results: dict[str, Any] = {
         "task": task, "metric": metric.name, "higher_is_better": metric.higher_is_better,
         "settings": {**base, "threads": torch.get_num_threads()},
-        "variants": {},
+        "variants": {}, "order": [],  # the JSON is key-sorted; "order" keeps run order
     }
     cache: dict[str, Any] = {}
     for variant in variants:
@@ -262,6 +262,7 @@ def run_ablation(task: str, settings: dict[str, Any], variants: list[AblationVar
             "trainable_params": run.trainable_params, "curve": run.curve,
             "grad_norm": run.grad_norm, **run.extra,
         }
+        results["order"].append(variant.label)
         _add_correlations(results)
         atomic_write_json(out / ABLATION_FILE, results)
     from ..report_ablate import render_ablation_report

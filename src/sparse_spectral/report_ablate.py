@@ -114,7 +114,7 @@ def _correlation_sentence(data: Mapping[str, Any]) -> str:
              if _is_number((variants.get(name) or {}).get("grad_norm_corr_full"))]
     if not parts:
         return ("Gradient-norm correlation with full rank: not computed (it needs the `full` "
-                "variant and SST or ReLoRA*).")
+                "variant, SST or ReLoRA*, and at least 3 steps that both logged).")
     return ("Pearson correlation of the total gradient norm (before clipping, at the logged "
             f"steps) with full rank's: {', '.join(parts)} (paper: SST 0.85, ReLoRA* 0.58).")
 

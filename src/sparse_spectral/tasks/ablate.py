@@ -201,11 +201,11 @@ def _run_mt(base, variant, run_dir, cache, progress) -> VariantRun:
 
 
 def _run_graph(base, variant, run_dir, cache, progress) -> VariantRun:
-    try:
-        from . import graph  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__package__}.graph") is None:
         raise ValueError("graph ablation: pending tasks/graph.py (the graph task is not in "
-                         "this build yet); use lm, mt or images") from None
+                         "this build yet); use lm, mt or images")
     raise ValueError("graph ablation: tasks/graph.py exists but its ablation runner is not "
                      "wired up yet; use lm, mt or images")
 

@@ -77,13 +77,19 @@ def test_unknown_and_pending_tasks_are_refused(tmp_path):
         run_ablation("cv", TINY, default_variants(), tmp_path)
     with pytest.raises(ValueError, match="graph ablation"):
         run_ablation("graph", {}, [AblationVariant("sst", "sst", "g")], tmp_path)
+    with pytest.raises(ValueError, match=r"variant_lr names \['lora'\] match no variant"):
+        run_ablation("images", TINY, [AblationVariant("sst", "sst", "g")], tmp_path,
+                     variant_lr={"lora": 1e-3})
 
 
 def test_tiny_images_ablation_writes_table_and_plots(tmp_path):
     variants = select_variants(default_variants([2]),
                                ["sst", "sst-uniform", "sst-random-init", "sst T3=2", "full",
                                 "relora"])
-    results = run_ablation("images", TINY, variants, tmp_path / "abl", progress=False)
+    results = run_ablation("images", TINY, variants, tmp_path / "abl", progress=False,
+                           variant_lr={"full": 1e-3})
+    assert results["variants"]["full"]["lr"] == 1e-3
+    assert results["variants"]["sst"]["lr"] == TINY["lr"]
     saved = json.loads((tmp_path / "abl" / "ablation.json").read_text())
     assert saved["order"] == [v.label for v in variants]
     assert saved["metric"] == "test accuracy" and saved["higher_is_better"] is True
@@ -96,6 +102,7 @@ def test_tiny_images_ablation_writes_table_and_plots(tmp_path):
         assert corr is not None and -1.0 <= corr <= 1.0
     assert results["variants"]["sst T3=2"]["options"] == {"iteration_interval": 2}
     table = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "| reference | full | full | 0.001 |" in table
     assert "| sampler | sst-uniform |" in table and "| iteration interval T3 | sst T3=2 |" in table
     assert "paper: SST 0.85, ReLoRA* 0.58" in table
     for name in ("ablation.png", "grad_norm.png"):

@@ -156,11 +156,11 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     config = load_config_file(args.config) if args.config else {}
     settings = dict(config.get("settings") or {})
     unknown = sorted(set(config) - {"settings", "variants", "iteration_intervals",
-                                    "iterations_per_round", "output_dir"})
+                                    "iterations_per_round", "output_dir", "variant_lr"})
     if unknown:
         raise ValueError(f"--config {args.config}: unknown top-level key(s) {unknown}; allowed: "
                          "settings, variants, iteration_intervals, iterations_per_round, "
-                         "output_dir")
+                         "output_dir, variant_lr")
     if args.data_dir:
         settings["data_dir"] = args.data_dir
     settings = settings_with_overrides(settings, args.set or [])
@@ -175,7 +175,16 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     output_dir = args.output_dir or config.get("output_dir") or f"runs/ablate_{args.task}"
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_ablation(args.task, settings, variants, output_dir, progress=not args.no_progress)
+    variant_lr = {k: float(v) for k, v in (config.get("variant_lr") or {}).items()}
+    for item in (args.variant_lr or "").split(","):
+        if item.strip():
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--variant_lr item {item!r} must look like label=lr "
+                                 "(e.g. full=1e-3)")
+            variant_lr[name.strip()] = float(value)
+    run_ablation(args.task, settings, variants, output_dir, progress=not args.no_progress,
+                 variant_lr=variant_lr)
     print((Path(output_dir) / "ablation.md").read_text())
     return 0
 
@@ -187,7 +196,8 @@ def add_ablate_parser(sub) -> None:
     ablate = sub.add_parser("ablate", help="the paper's SST ablation on one task")
     ablate.add_argument("task", choices=sorted(TASK_RUNNERS))
     ablate.add_argument("--config", help="TOML/YAML: [settings] (the task's settings), "
-                        "variants, iteration_intervals, iterations_per_round, output_dir")
+                        "variants, iteration_intervals, iterations_per_round, output_dir, "
+                        "[variant_lr]")
     ablate.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override one task setting (repeatable), e.g. --set epochs=1 or "
                              "--set method_options.iteration_interval=20")
@@ -199,6 +209,9 @@ def add_ablate_parser(sub) -> None:
                         help="extra T3 values, comma-separated (variants 'sst T3=N')")
     ablate.add_argument("--iterations_per_round", default=None,
                         help="extra T2 values, comma-separated (variants 'sst T2=N')")
+    ablate.add_argument("--variant_lr", default=None,
+                        help="learning rates by variant label or method, e.g. "
+                             "full=1e-3,relora=1e-2 (others use the settings' lr)")
     ablate.add_argument("--output_dir", default=None)
     ablate.add_argument("--threads", type=int, default=None)
     ablate.add_argument("--no_progress", action="store_true")

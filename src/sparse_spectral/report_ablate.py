@@ -5,6 +5,7 @@ Schema (written by :func:`sparse_spectral.tasks.ablate.run_ablation`)::
     {"task": str, "metric": str, "higher_is_better": bool, "settings": {...},
      "variants": {"<label>": {
          "method": str, "group": str, "options": {...},
+         "lr": float | null,                   # the variant's learning rate
          "metric": float,                      # the task's final figure
          "step_time_s": float, "trainable_params": int,
          "curve": [{"step": int, "val_loss": float, ...}, ...],
@@ -84,15 +85,15 @@ def _fmt(value: Any, digits: int = 4, signed: bool = False) -> str:
 def ablation_table(data: Mapping[str, Any]) -> str:
     """Markdown table, one row per variant in run order.
 
-    Columns: group | variant | method and options | metric | difference from ``sst`` (sign:
+    Columns: group | variant | method and options | learning rate | metric | difference from ``sst`` (sign:
     positive = better) | step time (ms) | grad-norm correlation with full rank.
     """
     variants = data["variants"]
     sst = variants.get("sst", {}).get("metric")
     sign = 1.0 if data["higher_is_better"] else -1.0
-    lines = [f"| group | variant | method and options | {data['metric']} | better than SST by "
-             "| step time (ms) | grad-norm corr. with full |",
-             "|---|---|---|---:|---:|---:|---:|"]
+    lines = [f"| group | variant | method and options | lr | {data['metric']} | better than "
+             "SST by | step time (ms) | grad-norm corr. with full |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for label in variant_labels(data):
         e = variants[label]
         options = ", ".join(f"{k}={v}" for k, v in (e.get("options") or {}).items())
@@ -100,7 +101,9 @@ def ablation_table(data: Mapping[str, Any]) -> str:
         diff = (sign * (e["metric"] - sst)
                 if _is_number(sst) and label != "sst" and math.isfinite(sst) else None)
         step = e.get("step_time_s")
-        cells = [e["group"], label, method, _fmt(e["metric"]), _fmt(diff, signed=True),
+        lr = e.get("lr")
+        cells = [e["group"], label, method, f"{lr:g}" if _is_number(lr) else "-",
+                 _fmt(e["metric"]), _fmt(diff, signed=True),
                  f"{1000 * step:.1f}" if _is_number(step) else "-",
                  _fmt(e.get("grad_norm_corr_full"), 3)]
         lines.append("| " + " | ".join(cells) + " |")

@@ -225,7 +225,8 @@ def _folder_name(label: str) -> str:
 
 
 def run_ablation(task: str, settings: dict[str, Any], variants: list[AblationVariant],
-                 output_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+                 output_dir: str | Path, progress: bool = True,
+                 variant_lr: dict[str, float] | None = None) -> dict[str, Any]:
     """Train every variant of ``task`` under ``settings``; write ``ablation.json`` + report.
 
     Args:
@@ -235,6 +236,9 @@ def run_ablation(task: str, settings: dict[str, Any], variants: list[AblationVar
             variant and ``method_options`` is merged with the variant's options.
         variants: from :func:`default_variants` / :func:`select_variants`.
         output_dir: one sub-folder per variant plus the ablation files.
+        variant_lr: learning rate by variant label or, failing that, method name (e.g. the
+            references ``full`` and ``relora`` at their own tuned rates); others use
+            ``settings["lr"]``.
 
     Raises:
         ValueError: unknown task (listing the tasks), empty variant list, or a bad setting
@@ -245,19 +249,27 @@ def run_ablation(task: str, settings: dict[str, Any], variants: list[AblationVar
     if not variants:
         raise ValueError("the ablation needs at least one variant")
     run_fn, metric = TASK_RUNNERS[task]
+    variant_lr = dict(variant_lr or {})
+    known = {v.label for v in variants} | {v.method for v in variants}
+    if set(variant_lr) - known:
+        raise ValueError(f"variant_lr names {sorted(set(variant_lr) - known)} match no variant "
+                         f"label or method; allowed: {sorted(known)}")
     base = {k: v for k, v in settings.items() if k not in ("method", "output_dir")}
     out = Path(output_dir)
     results: dict[str, Any] = {
         "task": task, "metric": metric.name, "higher_is_better": metric.higher_is_better,
-        "settings": {**base, "threads": torch.get_num_threads()},
+        "settings": {**base, "variant_lr": variant_lr, "threads": torch.get_num_threads()},
         "variants": {}, "order": [],  # the JSON is key-sorted; "order" keeps run order
     }
     cache: dict[str, Any] = {}
     for variant in variants:
         print(f"== ablation {task}: {variant.label} ==", flush=True)
-        run = run_fn(base, variant, out / _folder_name(variant.label), cache, progress)
+        lr = variant_lr.get(variant.label, variant_lr.get(variant.method))
+        run_base = base if lr is None else {**base, "lr": lr}
+        run = run_fn(run_base, variant, out / _folder_name(variant.label), cache, progress)
         results["variants"][variant.label] = {
             "method": variant.method, "group": variant.group, "options": variant.options,
+            "lr": run_base.get("lr"),
             "metric": run.metric, "step_time_s": run.step_time_s,
             "trainable_params": run.trainable_params, "curve": run.curve,
             "grad_norm": run.grad_norm, **run.extra,

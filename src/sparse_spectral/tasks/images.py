@@ -333,6 +333,9 @@ def run_compare(settings: ImagesSettings, methods: list[str], method_lr: dict[st
             runs.append(summary)
         entry = runs[0]
         entry.pop("settings")
+        # Show the steps actually trained (epochs decide them) and no per-run method name.
+        results["settings"]["num_training_steps"] = entry["num_training_steps"]
+        results["settings"].pop("method", None)
         entry["lr"] = method_lr.get(name, settings.lr)
         entry["seeds"] = [{"seed": s, **{k: r[k] for k in ("val_loss", "val_accuracy",
                                                            "test_loss", "test_accuracy")}}

@@ -74,7 +74,7 @@ def test_fashion_mnist_short_run_learns(tmp_path, reference_data):
 
 
 def test_compare_writes_results_and_report(tmp_path):
-    settings = digits(tmp_path, epochs=2, output_dir=str(tmp_path / "cmp"))
+    settings = digits(tmp_path, epochs=1, hidden=[16], output_dir=str(tmp_path / "cmp"))
     results = run_compare(settings, ["full", "lora", "sst"], {"sst": 3e-3}, seeds=[0, 1],
                           progress=False)
     saved = json.loads((tmp_path / "cmp" / "results.json").read_text())

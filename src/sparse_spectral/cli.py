@@ -8,6 +8,7 @@
     sst train mt --method sst --d_model 64 --rank 8 --data-dir DIR ...
     sst compare mt --model euclidean --d_model 64 --rank 8 --data-dir DIR ...
     sst report DIR                    re-render a comparison report from DIR/results.json
+    sst train images / sst compare images / sst ablate TASK   (see cli_images.py)
     sst demo                          MLP on scikit-learn's digits, full rank vs SST
 
 Settings come from the dataclass defaults, then a ``--config`` file (TOML or YAML), then the
@@ -355,6 +356,8 @@ def _add_lm_arguments(parser: argparse.ArgumentParser, compare: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli_images import add_ablate_parser, add_images_task
+
     parser = argparse.ArgumentParser(prog="sst", description="Sparse Spectral Training")
     parser.add_argument("--version", action="version", version=f"sparse-spectral {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -371,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("compare", True, cmd_compare_lm, cmd_compare_mt,
              "train several methods side by side")):
         tasks = sub.add_parser(command, help=text).add_subparsers(dest="task", required=True)
+        add_images_task(tasks, compare)  # sst {train,compare} images (cli_images.py)
         lm = tasks.add_parser("lm", help=f"language-model pre-training: {text}")
         _add_lm_arguments(lm, compare)
         lm.set_defaults(func=func)
@@ -389,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()))
     demo.set_defaults(func=cmd_demo)
+    add_ablate_parser(sub)  # sst ablate {lm,mt,graph,images} (cli_images.py)
     return parser
 
 

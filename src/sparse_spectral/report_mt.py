@@ -196,4 +196,8 @@ def render_task_report(directory: str | os.PathLike) -> dict[str, Path]:
     """Render the report of whichever task wrote ``<directory>/results.json``."""
     if load_results(directory)["task"] == "mt":
         return render_mt_report(directory)
+    if load_results(directory)["task"] == "images":
+        from .report_images import render_images_report
+
+        return render_images_report(directory)
     return render_report(directory)

@@ -63,6 +63,9 @@ HYBONET_DEFAULTS[("citeseer", "nc")] = dict(HYBONET_DEFAULTS[("cora", "nc")])
 HYBONET_DEFAULTS[("citeseer", "lp")] = dict(HYBONET_DEFAULTS[("cora", "lp")])
 _TUNED = ("lr", "num_layers", "act", "dropout", "weight_decay", "margin", "grad_clip")
 
+#: Steps between subspace refreshes of SST, ReLoRA* and GaLore (SST's default T3).
+DEFAULT_T3 = 50
+
 #: The validation score that selects the epoch, and the metrics reported, per task.
 SELECTION = {"nc": "f1", "lp": "roc+ap"}
 REPORTED = {"nc": ("acc", "f1"), "lp": ("roc", "ap")}
@@ -155,12 +158,19 @@ def load_data(settings: GraphSettings):
 
 
 def method_settings(settings: GraphSettings) -> dict[str, Any]:
-    """The method's config: rank, seed, its options, and HyboNet's target layers."""
+    """The method's config: rank, seed, its options, and HyboNet's target layers.
+
+    Every method refreshes its subspace every ``iteration_interval`` steps (SST's T3,
+    default :data:`DEFAULT_T3`): ReLoRA*'s merge interval and GaLore's projection gap follow
+    it unless set themselves.
+    """
     from ..models.hybonet import HYBONET_TARGETS
     from .lm import method_settings as lm_method_settings
 
+    options = {"iteration_interval": DEFAULT_T3, **settings.method_options}
     # The LM helper reads only method, method_options, rank and seed.
-    return {**lm_method_settings(settings), "target_modules": HYBONET_TARGETS}
+    chosen = lm_method_settings(dataclasses.replace(settings, method_options=options))
+    return {**chosen, "target_modules": HYBONET_TARGETS}
 
 
 def _check_rank(model: torch.nn.Module, settings: GraphSettings) -> None:

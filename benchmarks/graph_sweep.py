@@ -60,8 +60,8 @@ def _cells(stage: str, seeds) -> list[tuple[str, str, str, int, int]]:
                 ("cora", "lp")]
     if stage == "faithful":
         return [(d, t, "full", 0, s) for d, t in faithful for s in seeds]
-    if stage == "r2-priority":
-        return [(d, t, m, 2, s) for d, t in PRIORITY for m in METHODS for s in seeds]
+    if stage == "r2-priority":  # seed-major: a time-boxed sweep has every method at 1 seed
+        return [(d, t, m, 2, s) for d, t in PRIORITY for s in seeds for m in METHODS]
     if stage == "r2-rest":
         return [(d, t, m, 2, s) for d, t in REST for m in METHODS for s in seeds]
     if stage == "ranks":
@@ -203,6 +203,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--only", default=None,
+                        help="comma-separated data-task pairs to keep, e.g. airport-nc")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -210,6 +212,9 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     if not args.report_only:
         cells = list(dict.fromkeys(c for stage in args.stage for c in stage_cells(stage, seeds)))
+        if args.only:
+            keep = set(args.only.split(","))
+            cells = [c for c in cells if f"{c[0]}-{c[1]}" in keep]
         todo = [c for c in cells if not (cell_dir(out, *c) / "summary.json").exists()]
         print(f"{len(todo)} cell(s) to run, {len(cells) - len(todo)} already done", flush=True)
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn"),

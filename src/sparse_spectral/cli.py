@@ -7,6 +7,8 @@
     sst compare lm --methods full,lora,relora,galore,sst --rank 16 ...
     sst train mt --method sst --d_model 64 --rank 8 --data-dir DIR ...
     sst compare mt --model euclidean --d_model 64 --rank 8 --data-dir DIR ...
+    sst train graph --dataset cora --task nc --method sst --rank 2 ...
+    sst compare graph --dataset disease --task lp --rank 2 --seeds 1234,1235,1236 ...
     sst report DIR                    re-render a comparison report from DIR/results.json
     sst train images / sst compare images / sst ablate TASK   (see cli_images.py)
     sst demo                          MLP on scikit-learn's digits, full rank vs SST
@@ -355,6 +357,107 @@ def _add_lm_arguments(parser: argparse.ArgumentParser, compare: bool) -> None:
         group.add_argument(f"--{option}", type=_bool if kind == "bool" else kind, default=S)
 
 
+# ---------------------------------------------------------------------- graph train / compare
+def graph_settings_from_args(args: argparse.Namespace):
+    """Merge defaults < config file < explicit flags into :class:`GraphSettings`."""
+    from .tasks.graph import GraphSettings
+
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "task")}
+    values: dict[str, Any] = {}
+    config = given.pop("config", None)
+    if config:
+        values.update(load_config_file(config))
+    values.update(given)
+    if "graph_task" in values:
+        values["task"] = values.pop("graph_task")
+    method_options = dict(values.pop("method_options", {}) or {})
+    for option in METHOD_OPTIONS:
+        if option in values:
+            method_options[_FIELD_OF_OPTION.get(option, option)] = values.pop(option)
+    extras = {k: values.pop(k) for k in ("methods", "method_lr", "seeds", "no_progress",
+                                         "threads") if k in values}
+    settings = GraphSettings.from_dict({**values, "method_options": method_options})
+    return settings, extras
+
+
+def _int_list(text: str | list, name: str) -> list[int]:
+    if isinstance(text, list):
+        return [int(x) for x in text]
+    try:
+        return [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} {text!r} must be comma-separated integers") from None
+
+
+def cmd_train_graph(args: argparse.Namespace) -> int:
+    from .tasks.graph import REPORTED, run_train
+
+    settings, extras = graph_settings_from_args(args)
+    _check_method_names([settings.method])
+    if extras.get("threads"):
+        torch.set_num_threads(int(extras["threads"]))
+    summary = run_train(settings, progress=not extras.get("no_progress"))
+    shown = ", ".join(f"{k} {summary['test'][k]:.4f}" for k in REPORTED[settings.task])
+    print(f"{settings.method}: best val epoch {summary['best_epoch']} of "
+          f"{summary['epochs_run']}; test {shown}; trainable {summary['trainable_params']:,d} "
+          f"of {summary['total_params']:,d}; run folder {settings.output_dir}")
+    return 0
+
+
+def cmd_compare_graph(args: argparse.Namespace) -> int:
+    from .tasks.graph import run_compare
+
+    settings, extras = graph_settings_from_args(args)
+    methods = extras.get("methods") or ["full", "lora", "relora", "galore", "sst"]
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    _check_method_names(methods)
+    method_lr = _parse_method_lr(extras.get("method_lr"))
+    _check_method_names(list(method_lr))
+    seeds = _int_list(extras.get("seeds", "1234,1235,1236"), "seeds")
+    if extras.get("threads"):
+        torch.set_num_threads(int(extras["threads"]))
+    run_compare(settings, methods, seeds, method_lr, progress=not extras.get("no_progress"))
+    print((Path(settings.output_dir) / "report.md").read_text())
+    return 0
+
+
+def _add_graph_arguments(parser: argparse.ArgumentParser, compare: bool) -> None:
+    """Flags of ``sst train graph`` / ``sst compare graph``; defaults live in GraphSettings."""
+    S = argparse.SUPPRESS
+    add = parser.add_argument
+    add("--config", default=S, help="TOML or YAML file of settings (flags override it)")
+    if compare:
+        add("--methods", default=S, help="comma-separated (default full,lora,relora,galore,sst)")
+        add("--method_lr", default=S, help="per-method learning rates, e.g. sst=0.01")
+        add("--seeds", default=S, help="comma-separated seeds (default 1234,1235,1236)")
+    else:
+        add("--method", default=S, help="full, lora, relora, galore, sst or an SST variant")
+        add("--seed", type=int, default=S)
+    add("--dataset", default=S, help="cora, citeseer, airport or disease")
+    add("--task", dest="graph_task", default=S, help="nc (node classification) or lp (links)")
+    add("--data-dir", "--data_dir", dest="data_dir", default=S,
+        help="data directory (default $SST_DATA_DIR)")
+    add("--split", default=S, help="corrected (default) or hgcn (HGCN/HyboNet's, quirks kept)")
+    add("--split_seed", type=int, default=S)
+    add("--rank", type=int, default=S)
+    add("--dim", type=int, default=S)
+    add("--riemannian", default=S, help="hybonet (default) or geoopt Riemannian Adam")
+    help_default = "(default: HyboNet's value for the data set)"
+    for name, kind in (("lr", float), ("num_layers", int), ("act", str), ("dropout", float),
+                       ("weight_decay", float), ("margin", float), ("grad_clip", float)):
+        add(f"--{name}", type=kind, default=S, help=help_default)
+    for name, kind in (("epochs", int), ("min_epochs", int), ("patience", int),
+                       ("eval_freq", int), ("lr_reduce_freq", int), ("gamma", float)):
+        add(f"--{name}", type=kind, default=S)
+    add("--output_dir", default=S)
+    add("--threads", type=int, default=S)
+    add("--no_progress", action="store_true", default=S)
+    group = parser.add_argument_group("method options (used by the methods that have them)")
+    for option, kind in METHOD_OPTIONS.items():
+        group.add_argument(f"--{option}", type=_bool if kind == "bool" else kind, default=S)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .cli_images import add_ablate_parser, add_images_task
 
@@ -381,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
         mt = tasks.add_parser("mt", help=f"Multi30k translation: {text}")
         _add_mt_arguments(mt, compare)
         mt.set_defaults(func=mt_func)
+        graph = tasks.add_parser("graph", help=f"hyperbolic graph models (HyboNet): {text}")
+        _add_graph_arguments(graph, compare)
+        graph.set_defaults(func=cmd_train_graph if not compare else cmd_compare_graph)
 
     demo = sub.add_parser("demo", help="train an MLP on sklearn digits: full rank vs SST")
     demo.add_argument("--methods", default="full,sst", help="comma-separated method names")

@@ -45,10 +45,12 @@ from typing import Any
 __all__ = [
     "LOW_RANK_BASELINES",
     "RESULTS_FILE",
+    "best_baseline",
     "gap_closed",
     "load_results",
     "render_report",
     "results_table",
+    "share_of_gap",
 ]
 
 RESULTS_FILE = "results.json"
@@ -165,13 +167,35 @@ def _ppl(methods: Mapping[str, Any], name: str) -> float | None:
     return float(value) if _is_number(value) and math.isfinite(value) else None
 
 
-def _best_baseline(methods: Mapping[str, Any]) -> tuple[str, float] | None:
-    present = [(ppl, name) for name in LOW_RANK_BASELINES
-               if (ppl := _ppl(methods, name)) is not None]
+def best_baseline(values: Mapping[str, float | None],
+                  higher_is_better: bool = False) -> tuple[str, float] | None:
+    """The best finite value among the low-rank baselines present: ``(name, value)``.
+
+    Args:
+        values: method name -> metric (None or non-finite when missing or diverged).
+        higher_is_better: True for accuracies/AUCs, False for perplexities.
+    """
+    present = [(value, name) for name in LOW_RANK_BASELINES
+               if _is_number(value := values.get(name)) and math.isfinite(value)]
     if not present:
         return None
-    ppl, name = min(present)
-    return name, ppl
+    value, name = max(present) if higher_is_better else min(present)
+    return name, value
+
+
+def share_of_gap(full: float, sst: float, best_other: float,
+                 higher_is_better: bool = False) -> float | None:
+    """``(best_other - sst) / (best_other - full)``, or None when there is no gap.
+
+    The formula is the same for either direction of the metric; "no gap" means the best
+    other low-rank method is not worse than full rank.
+    """
+    no_gap = best_other >= full if higher_is_better else best_other <= full
+    return None if no_gap else (best_other - sst) / (best_other - full)
+
+
+def _best_baseline(methods: Mapping[str, Any]) -> tuple[str, float] | None:
+    return best_baseline({name: _ppl(methods, name) for name in LOW_RANK_BASELINES})
 
 
 def _gap(results: Mapping[str, Any]) -> tuple[float | None, str]:
@@ -185,11 +209,11 @@ def _gap(results: Mapping[str, Any]) -> tuple[float | None, str]:
         return None, ("Share of the gap closed by SST: not computed; no finite validation "
                       f"perplexity for {' or '.join(missing)}.")
     name, other = best
-    if other <= full:
+    share = share_of_gap(full, sst, other)
+    if share is None:
         return None, (f"Share of the gap closed by SST: not computed; the best other low-rank "
                       f"method ({_display(name)}, {other:.2f}) is not worse than full rank "
                       f"({full:.2f}), so there is no gap to close.")
-    share = (other - sst) / (other - full)
     return share, (f"SST closes {100 * share:.1f}% of the validation-perplexity gap between "
                    f"the best other low-rank method ({_display(name)}, {other:.2f}) and full "
                    f"rank ({full:.2f}): (best other - SST) / (best other - full) with SST at "

@@ -37,6 +37,7 @@ from .report import (
     plot_val_loss,
     render_report,
 )
+from .report_graph import is_graph_results, render_graph_report
 
 __all__ = ["bleu_gap_closed", "bleu_table", "mt_report_markdown", "render_mt_report",
            "render_task_report"]
@@ -194,9 +195,12 @@ def render_mt_report(directory: str | os.PathLike) -> dict[str, Path]:
 
 def render_task_report(directory: str | os.PathLike) -> dict[str, Path]:
     """Render the report of whichever task wrote ``<directory>/results.json``."""
-    if load_results(directory)["task"] == "mt":
+    if is_graph_results(directory):  # graph results have their own schema
+        return render_graph_report(directory)
+    task = load_results(directory).get("task")
+    if task == "mt":
         return render_mt_report(directory)
-    if load_results(directory)["task"] == "images":
+    if task == "images":
         from .report_images import render_images_report
 
         return render_images_report(directory)

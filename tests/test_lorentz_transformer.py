@@ -6,6 +6,7 @@ tol * max(k, x_0^2)`` with tol 1e-5 (float32) or 1e-10 (float64).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import geoopt
@@ -15,6 +16,7 @@ from geoopt.manifolds.lorentz import math as gmath
 from torch.nn import functional as F
 
 from sparse_spectral import make_method
+from sparse_spectral.decoding import beam_search, greedy_search, length_penalty
 from sparse_spectral.hyperbolic import (
     CombinedOptimizer,
     HyboNetRiemannianAdam,
@@ -364,3 +366,32 @@ def test_tiny_copy_task_training_lowers_validation_loss(name):
     memory, mask = model.encode(val[0])
     assert on_hyperboloid(memory) and on_hyperboloid(model.decoder(val[1], memory,
                                                                    mask[:, None, None, :]))
+
+
+# --------------------------------------------------------------------------- decoding
+@torch.no_grad()
+def _best_by_brute_force(model, src_row: torch.Tensor, max_len: int, alpha: float) -> list[int]:
+    """Best ``score / lp(L)`` over every word sequence closed by <eos>, ``L <= max_len``."""
+    words = [i for i in range(model.config.vocab_size) if i not in (PAD, BOS, EOS)]
+    best, best_score = None, -math.inf
+    for length in range(1, max_len + 1):
+        for seq in itertools.product(words, repeat=length - 1):
+            logp = torch.log_softmax(model(src_row[None], torch.tensor([[BOS, *seq]]))[0], -1)
+            score = float(sum(logp[i, t] for i, t in enumerate([*seq, EOS])))
+            if score / length_penalty(length, alpha) > best_score:
+                best, best_score = list(seq), score / length_penalty(length, alpha)
+    return best
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_greedy_and_beam_search_decode_the_lorentz_model(alpha):
+    """Greedy equals beam 1; a beam of 9 over 3 words and <= 3 tokens is exhaustive."""
+    model = build(seed=5, vocab_size=6).eval()
+    src = torch.tensor([[3, 4, EOS], [5, EOS, PAD]])
+    common = dict(bos_id=BOS, eos_id=EOS, banned=(PAD, BOS), max_len_a=0.0, max_len_b=3)
+    greedy = greedy_search(model, src, **common)
+    assert greedy == beam_search(model, src, beam_size=1, alpha=alpha, **common)
+    found = beam_search(model, src, beam_size=9, alpha=alpha, **common)
+    for b in range(2):
+        assert found[b] == _best_by_brute_force(model, src[b, :int(src[b].ne(PAD).sum())], 3,
+                                                alpha)

@@ -19,6 +19,7 @@ from sparse_spectral.tasks.mt import (
     evaluate_loss,
     mt_lr_lambda,
     prepare_data,
+    _train_run,
     run_train,
 )
 from sparse_spectral.training.checkpoint import latest_checkpoint
@@ -60,32 +61,81 @@ def test_tiny_training_improves_validation_loss(method, reference_data, tmp_path
     assert latest_checkpoint(run).name == "step_000030"
 
 
-def test_hyperbolic_is_not_implemented_yet(reference_data, tmp_path, capsys):
-    settings = _settings(reference_data, tmp_path, model="hyperbolic")
-    with pytest.raises(ValueError, match="model='hyperbolic'.*not implemented yet"):
-        run_train(settings, progress=False)
-    assert not (tmp_path / "run").exists()  # failed before touching data or files
-    assert main(["compare", "mt", "--model", "hyperbolic", "--data-dir",
-                 str(reference_data)]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+# Smaller hyperbolic model and test set: its prefix-recomputing decoding costs more than the
+# Euclidean model's cached one (beam search itself is checked in test_lorentz_transformer.py).
+HYPER = dict(model="hyperbolic", d_model=16, num_heads=2, num_training_steps=20, eval_pairs=8)
 
 
-def test_resume_is_bit_exact(reference_data, tmp_path):
-    """Dropout on: the step-keyed batches and the saved RNG make a resumed run identical."""
-    common = dict(num_training_steps=8, eval_every=4, dropout=0.1, beam_size=1, eval_pairs=5)
+def test_hyperbolic_training_improves_validation_loss_on_the_manifold(reference_data,
+                                                                       tmp_path):
+    """HyboNet's model: untied output table, Riemannian Adam on the three manifold tables."""
+    from sparse_spectral.hyperbolic import (CombinedOptimizer, HyboNetRiemannianAdam,
+                                            check_point, manifold_parameters)
+    from sparse_spectral.spectral import SlotAdamW
+    from sparse_spectral.tasks.mt import optimizer_builder
+
+    settings = _settings(reference_data, tmp_path, **HYPER)
+    data = prepare_data(settings)
+    untrained, _ = build_model_and_method(settings, data.vocab.vocab_size, data.ids.pad)
+    before = evaluate_loss(untrained.eval(), data.splits["validation"], data.ids, 1024)["loss"]
+    summary, model, method = _train_run(settings, False, False, data)
+    curve = [p["val_loss"] for p in summary["curve"]]
+    assert curve[-1] < curve[0] < before
+    assert summary["model"] == "hyperbolic" and 0 <= summary["test_bleu"] <= 100
+    assert model.generator.weight is not model.decoder.embed.weight  # untied, as HyboNet
+    tables = manifold_parameters(model)
+    assert len(tables) == 3
+    for table in tables:  # Riemannian steps keep every point on the hyperboloid
+        assert float((check_point(table.detach()) / table.detach()[:, 0] ** 2).max()) < 1e-5
+    optimizer = optimizer_builder(settings)(model, method, lr=1e-3, weight_decay=0.0)
+    assert isinstance(optimizer, CombinedOptimizer)
+    assert [type(o) for o in optimizer.optimizers] == [SlotAdamW, HyboNetRiemannianAdam]
+    held = {id(p) for p in optimizer.optimizers[1].param_groups[0]["params"]}
+    assert held == {id(p) for p in tables}
+    assert optimizer_builder(_settings(reference_data, tmp_path)) is None  # Euclidean
+
+
+def test_model_family_defaults_and_a_bad_model_value(reference_data, tmp_path, capsys):
+    euclid, hyper = MTSettings(), MTSettings(model="hyperbolic")
+    assert (euclid.model_dropout, euclid.tied) == (0.1, True)
+    assert (hyper.model_dropout, hyper.tied) == (0.0, False)  # HyboNet's IWSLT run
+    assert MTSettings(model="hyperbolic", dropout=0.2, tie_embeddings=True).tied
+    with pytest.raises(ValueError, match=r"attention_dropout=0.2 is a setting of "
+                                         r"model='hyperbolic' only"):
+        MTSettings(attention_dropout=0.2)
+    with pytest.raises(ValueError, match=r"riemannian='sgd' is unknown.*hybonet"):
+        MTSettings(model="hyperbolic", riemannian="sgd")
+    out = tmp_path / "bad"
+    assert main(["train", "mt", "--model", "poincare", "--data-dir", str(reference_data),
+                 "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "model='poincare' is unknown" in err and "'euclidean', 'hyperbolic'" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("family", ["euclidean", "hyperbolic"])
+def test_resume_is_bit_exact(family, reference_data, tmp_path):
+    """Dropout on: the step-keyed batches and the saved RNG make a resumed run identical.
+
+    Hyperbolic: SST's SlotAdamW and the Riemannian Adam are restored through the
+    CombinedOptimizer; the resumed part crosses the Riemannian Adam's re-projection (step 10)
+    and an SST round (T3 = 5)."""
+    common = dict(num_training_steps=12, eval_every=6, dropout=0.1, beam_size=1, eval_pairs=5)
+    if family == "hyperbolic":
+        common |= {k: v for k, v in HYPER.items() if k != "num_training_steps"}
     run_train(_settings(reference_data, tmp_path, output_dir=str(tmp_path / "a"), **common),
               progress=False)
     interrupted = _settings(reference_data, tmp_path, output_dir=str(tmp_path / "b"),
-                            save_every=4, **common)
+                            save_every=6, **common)
     run_train(interrupted, progress=False)
     root = tmp_path / "b" / "checkpoints"
-    for f in (root / "step_000008").iterdir():
+    for f in (root / "step_000012").iterdir():
         f.unlink()
-    (root / "step_000008").rmdir()
-    (root / "latest").write_text("step_000004\n")
+    (root / "step_000012").rmdir()
+    (root / "latest").write_text("step_000006\n")
     run_train(interrupted, resume=True, progress=False)
-    a = load_file(tmp_path / "a" / "checkpoints" / "step_000008" / "model.safetensors")
-    b = load_file(root / "step_000008" / "model.safetensors")
+    a = load_file(tmp_path / "a" / "checkpoints" / "step_000012" / "model.safetensors")
+    b = load_file(root / "step_000012" / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key

@@ -269,7 +269,8 @@ def _add_mt_arguments(parser: argparse.ArgumentParser, compare: bool) -> None:
         add("--resume", action="store_true", default=S,
             help="continue from the latest checkpoint in --output_dir")
     add("--rank", type=int, default=S)
-    add("--model", default=S, help="euclidean (default) or hyperbolic (not implemented yet)")
+    add("--model", default=S,
+        help="euclidean (default) or hyperbolic (HyboNet's Lorentz Transformer)")
     add("--data-dir", "--data_dir", dest="data_dir", default=S,
         help="data directory holding multi30k/ (default $SST_DATA_DIR)")
     add("--source_lang", default=S, help="de (default) or en")
@@ -283,9 +284,16 @@ def _add_mt_arguments(parser: argparse.ArgumentParser, compare: bool) -> None:
     add("--num_heads", type=int, default=S)
     add("--num_layers", type=int, default=S, help="encoder layers = decoder layers")
     add("--d_ff", type=int, default=S, help="feed-forward width (default 4 * d_model)")
-    add("--dropout", type=float, default=S)
+    add("--dropout", type=float, default=S,
+        help="default: 0.1 (euclidean), 0.0 (hyperbolic, HyboNet's IWSLT run)")
+    add("--attention_dropout", type=float, default=S,
+        help="hyperbolic only: dropout on the Q/K/V inputs (default 0.1, HyboNet's)")
+    add("--riemannian", default=S,
+        help="hyperbolic only: Riemannian Adam of the manifold tables, hybonet (default) "
+             "or geoopt")
     add("--tie_embeddings", type=_bool, default=S,
-        help="share target embedding and output projection (default true)")
+        help="share target embedding and output table (default: true for euclidean, false "
+             "for hyperbolic as HyboNet)")
     add("--schedule", default=S, help="inverse_sqrt (lr = peak) or noam (lr = Noam factor)")
     add("--lr", type=float, default=S)
     add("--warmup_steps", type=int, default=S)

@@ -13,13 +13,23 @@ and writes ``results.json`` plus the report (:mod:`sparse_spectral.report_mt`).
 Pipeline: the raw Multi30k splits (:mod:`..data.multi30k`), one joint byte-level BPE trained
 on both training sides and cached (:mod:`..data.bpe`), token-based batches
 (:mod:`..data.mt_batching`), a translation model (``model="euclidean"``: the pre-norm
-Transformer of :mod:`..models.transformer`; ``"hyperbolic"`` is reserved for HyboNet's
-Lorentz Transformer and not implemented yet), and the method life cycle:
-``method.prepare`` replaces the targets (``target_modules="all-linear"``: every inner linear
-map of encoder and decoder, i.e. attention q/k/v/out projections and both feed-forward
-layers; the embeddings and the output projection stay dense and train normally, as do
-LayerNorms and biases), then ``training.loop.train`` runs ``build_optimizer`` /
-``after_step``.
+Transformer of :mod:`..models.transformer`; ``"hyperbolic"``: HyboNet's Lorentz Transformer
+of :mod:`..models.lorentz_transformer`), and the method life cycle: ``method.prepare``
+replaces the targets (``target_modules="all-linear"``: every inner linear map of encoder and
+decoder, i.e. attention q/k/v/out projections and both feed-forward layers, plus for the
+Lorentz model the positional LorentzLinear; the embeddings and the output projection stay
+dense and train normally, as do LayerNorms and biases), then ``training.loop.train`` runs the
+optimizer and ``after_step``.
+
+Hyperbolic model, HyboNet's choices (docs/hyperbolic_transformer.md): an untied output
+manifold table (``tie_embeddings=None`` means False for it, True for the Euclidean model),
+``dropout=None`` means HyboNet's IWSLT ``-dropout 0`` (Euclidean: 0.1) and
+``attention_dropout=None`` its 0.1 on the Q/K/V inputs (positional dropout is 0.1, fixed as in
+its code); the manifold tables are trained by HyboNet's Riemannian Adam beside the method's
+optimizer (:func:`..hyperbolic.optim.build_hyperbolic_optimizer`, one optimizer for the loop,
+its checkpoints and ``after_step``). Label smoothing stays the task's setting for both
+families: 0.1 by default as the paper says; HyboNet's code silently trains with none
+(``label_smoothing=0`` reproduces that).
 
 Learning rate: the inverse-square-root schedule with linear warm-up,
 ``lr(s) = peak * min(s / w, sqrt(w / s))`` at optimizer step ``s`` (1-based). With
@@ -54,6 +64,7 @@ from torch.nn import functional as F
 
 from ..accounting import count_parameters
 from ..atomic import atomic_write_json
+from ..hyperbolic.optim import RIEMANNIAN_KINDS
 from ..methods import make_method
 from ..training.loggers import JsonlLogger, MultiLogger, TensorBoardLogger
 from ..training.loop import LoopSettings, train
@@ -62,6 +73,10 @@ from .lm import _resume_step, method_settings, weight_spectra
 MODEL_FAMILIES = ("euclidean", "hyperbolic")
 SCHEDULES = ("inverse_sqrt", "noam")
 DEFAULT_METHODS = ("full", "lora", "relora", "sst")
+# dropout=None: the Euclidean default, and HyboNet's IWSLT `-dropout 0` (run.iwslt.64.sh).
+DEFAULT_DROPOUT = {"euclidean": 0.1, "hyperbolic": 0.0}
+# attention_dropout=None on the hyperbolic model: HyboNet's `-attention_dropout 0.1`.
+HYBONET_ATTENTION_DROPOUT = 0.1
 
 
 @dataclass
@@ -82,8 +97,10 @@ class MTSettings:
     num_heads: int = 4
     num_layers: int = 3
     d_ff: int | None = None
-    dropout: float = 0.1
-    tie_embeddings: bool = True
+    dropout: float | None = None  # None: the family's default (DEFAULT_DROPOUT)
+    attention_dropout: float | None = None  # hyperbolic only; None: HyboNet's 0.1
+    tie_embeddings: bool | None = None  # None: euclidean True, hyperbolic False (HyboNet)
+    riemannian: str = "hybonet"  # hyperbolic only: kind of the Riemannian Adam
     # method
     method: str = "sst"
     rank: int = 8
@@ -130,10 +147,30 @@ class MTSettings:
         if self.epochs is not None and not self.epochs > 0:
             raise ValueError(f"epochs={self.epochs!r} must be > 0 (or None to use "
                              f"num_training_steps)")
+        for name in ("dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}={value!r} must be None or in [0, 1)")
+        if self.model == "euclidean" and self.attention_dropout is not None:
+            raise ValueError(f"attention_dropout={self.attention_dropout!r} is a setting of "
+                             f"model='hyperbolic' only (the Euclidean model uses dropout)")
+        if self.riemannian not in RIEMANNIAN_KINDS:
+            raise ValueError(f"riemannian={self.riemannian!r} is unknown; allowed: "
+                             f"{list(RIEMANNIAN_KINDS)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
         if self.num_examples < 0:
             raise ValueError(f"num_examples={self.num_examples} must be >= 0")
+
+    @property
+    def model_dropout(self) -> float:
+        """``dropout``, or the family's default when it is None."""
+        return DEFAULT_DROPOUT[self.model] if self.dropout is None else self.dropout
+
+    @property
+    def tied(self) -> bool:
+        """``tie_embeddings``, or the family's default when it is None."""
+        return self.model == "euclidean" if self.tie_embeddings is None else self.tie_embeddings
 
     @property
     def peak_lr(self) -> float:
@@ -237,22 +274,51 @@ def _build_euclidean(settings: MTSettings, vocab_size: int, pad_id: int) -> nn.M
     return TranslationTransformer(TransformerConfig(
         vocab_size=vocab_size, pad_id=pad_id, d_model=settings.d_model,
         num_heads=settings.num_heads, num_encoder_layers=settings.num_layers,
-        num_decoder_layers=settings.num_layers, d_ff=settings.d_ff, dropout=settings.dropout,
-        tie_embeddings=settings.tie_embeddings))
+        num_decoder_layers=settings.num_layers, d_ff=settings.d_ff,
+        dropout=settings.model_dropout, tie_embeddings=settings.tied))
+
+
+def _build_hyperbolic(settings: MTSettings, vocab_size: int, pad_id: int) -> nn.Module:
+    """HyboNet's Lorentz Transformer; config defaults (residual, sigma, ...) are its code's."""
+    from ..models.lorentz_transformer import LorentzTransformerConfig, LorentzTranslationTransformer
+
+    attention_dropout = (HYBONET_ATTENTION_DROPOUT if settings.attention_dropout is None
+                         else settings.attention_dropout)
+    torch.manual_seed(settings.seed)
+    return LorentzTranslationTransformer(LorentzTransformerConfig(
+        vocab_size=vocab_size, pad_id=pad_id, d_model=settings.d_model,
+        num_heads=settings.num_heads, num_encoder_layers=settings.num_layers,
+        num_decoder_layers=settings.num_layers, d_ff=settings.d_ff,
+        dropout=settings.model_dropout, attention_dropout=attention_dropout,
+        tie_embeddings=settings.tied))
 
 
 def model_builder(family: str) -> Callable[[MTSettings, int, int], nn.Module]:
     """The builder ``(settings, vocab_size, pad_id) -> model`` of a model family.
 
     Raises:
-        ValueError: an unknown family, or ``"hyperbolic"`` (not implemented yet).
+        ValueError: an unknown family (the message lists the allowed ones).
     """
     if family == "euclidean":
         return _build_euclidean
     if family == "hyperbolic":
-        raise ValueError("model='hyperbolic' (HyboNet's Lorentz Transformer) is not "
-                         "implemented yet; use model='euclidean'")
+        return _build_hyperbolic
     raise ValueError(f"model={family!r} is unknown; allowed: {list(MODEL_FAMILIES)}")
+
+
+def optimizer_builder(settings: MTSettings) -> Callable[..., torch.optim.Optimizer] | None:
+    """The loop's ``build_optimizer`` hook: None (the method's own optimizer) for the
+    Euclidean model; for the hyperbolic one the method's optimizer over the Euclidean
+    parameters plus a Riemannian Adam over the manifold tables, as one optimizer."""
+    if settings.model != "hyperbolic":
+        return None
+    from ..hyperbolic.optim import build_hyperbolic_optimizer
+
+    def build(model: nn.Module, method, lr: float, weight_decay: float):
+        return build_hyperbolic_optimizer(model, method, lr=lr, weight_decay=weight_decay,
+                                          riemannian=settings.riemannian)
+
+    return build
 
 
 def build_model_and_method(settings: MTSettings, vocab_size: int, pad_id: int):
@@ -399,7 +465,8 @@ def _train_run(settings: MTSettings, resume: bool, progress: bool, data: MTData 
                        settings=loop_settings, run_dir=run_dir, logger=logger,
                        checkpoint_settings=asdict(settings), resume=resume,
                        tokens_per_step=round(mean_tokens), progress=progress,
-                       lr_lambda=mt_lr_lambda(method, total_steps, settings.warmup_steps))
+                       lr_lambda=mt_lr_lambda(method, total_steps, settings.warmup_steps),
+                       build_optimizer=optimizer_builder(settings))
     finally:
         logger.close()
     train_seconds = sum(result.step_times)

@@ -79,7 +79,8 @@ def train(model: nn.Module, method, *,
           settings: LoopSettings, run_dir: str | Path, logger: MetricLogger,
           checkpoint_settings: dict[str, Any] | None = None, resume: bool = False,
           tokens_per_step: int = 0, progress: bool = True,
-          lr_lambda: Callable[[int], float] | None = None) -> TrainResult:
+          lr_lambda: Callable[[int], float] | None = None,
+          build_optimizer: Callable[..., torch.optim.Optimizer] | None = None) -> TrainResult:
     """Train ``model`` (already prepared by ``method``) for ``settings.num_training_steps``.
 
     Args:
@@ -94,11 +95,21 @@ def train(model: nn.Module, method, *,
         tokens_per_step: for the tokens/s figure.
         lr_lambda: the ``LambdaLR`` multiplier; default ``method.lr_lambda(num_training_steps,
             warmup_steps, min_lr_ratio)`` (a task with its own schedule passes one).
+        build_optimizer: ``(model, method, lr=..., weight_decay=...) -> Optimizer``; default
+            ``method.build_optimizer(model, lr=..., weight_decay=...)``. A model with manifold
+            parameters passes :func:`~..hyperbolic.optim.build_hyperbolic_optimizer` (the
+            method's optimizer plus a Riemannian Adam, as one optimizer). The result is what
+            checkpoints save and ``method.after_step`` receives.
 
     Raises:
         TrainingDiverged: on a non-finite loss; the last good checkpoint stays the latest.
     """
-    optimizer = method.build_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay)
+    if build_optimizer is None:
+        optimizer = method.build_optimizer(model, lr=settings.lr,
+                                           weight_decay=settings.weight_decay)
+    else:
+        optimizer = build_optimizer(model, method, lr=settings.lr,
+                                    weight_decay=settings.weight_decay)
     if lr_lambda is None:
         lr_lambda = method.lr_lambda(settings.num_training_steps, settings.warmup_steps,
                                      settings.min_lr_ratio)

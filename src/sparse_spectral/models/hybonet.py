@@ -25,6 +25,8 @@ Every ordinary linear map is a LorentzLinear's inner ``nn.Linear``, named
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import geoopt
@@ -269,7 +271,8 @@ class HyboNetGraphModel(nn.Module):
 
 
 def train_graph_step(model: HyboNetGraphModel, data: Any, optimizers, method, step: int,
-                     grad_clip: float | None = None, rng=None) -> float:
+                     grad_clip: float | None = None, rng=None,
+                     stats: dict[str, float] | None = None) -> float:
     """One full-batch HyboNet training step; returns the training loss before the update.
 
     Order as ``gcn/train.py``: train mode, encode every node, loss on the train split,
@@ -284,13 +287,18 @@ def train_graph_step(model: HyboNetGraphModel, data: Any, optimizers, method, st
         step: 1-based index of this optimizer step.
         grad_clip: max global gradient norm, or None.
         rng: negative-sampling RNG (LP).
+        stats: if given, receives ``"grad_norm"``, the global gradient norm before clipping
+            (the ablation's gradient-norm trace).
     """
     model.train()
     optimizers.zero_grad()
     loss = model.loss(model(data.features, data.adj_norm), data, "train", rng)
     loss.backward()
-    if grad_clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    # max_norm = inf only measures the norm.
+    norm = nn.utils.clip_grad_norm_(model.parameters(),
+                                    grad_clip if grad_clip is not None else math.inf)
+    if stats is not None:
+        stats["grad_norm"] = float(norm)
     optimizers.step()
     method.after_step(step, optimizers.method)
     return loss.item()

@@ -201,13 +201,22 @@ def _run_mt(base, variant, run_dir, cache, progress) -> VariantRun:
 
 
 def _run_graph(base, variant, run_dir, cache, progress) -> VariantRun:
-    import importlib.util
+    from . import graph
 
-    if importlib.util.find_spec(f"{__package__}.graph") is None:
-        raise ValueError("graph ablation: pending tasks/graph.py (the graph task is not in "
-                         "this build yet); use lm, mt or images")
-    raise ValueError("graph ablation: tasks/graph.py exists but its ablation runner is not "
-                     "wired up yet; use lm, mt or images")
+    settings = _settings(graph.GraphSettings, {"save_embeddings": False, **base}, variant,
+                         run_dir)
+    if "graph" not in cache:
+        cache["graph"] = graph.load_data(settings.resolved())
+    summary = graph.run_train(settings, data=cache["graph"], progress=progress)
+    headline = graph.HEADLINE_METRIC[settings.task]
+    # One point per evaluated epoch; "step" is the epoch (full-batch: one step per epoch).
+    curve = [{"step": p["epoch"], "val_loss": p["val_loss"], "val_score": p["val_score"]}
+             for p in summary["curve"]]
+    trace = [{"step": p["epoch"], "grad_norm": p["grad_norm"]} for p in summary["curve"]]
+    return VariantRun(summary["test"][headline], curve, trace, summary["step_time_s"],
+                      summary["trainable_params"],
+                      {"best_epoch": summary["best_epoch"], "val": summary["val"],
+                       "test": summary["test"]})
 
 
 RunFn = Callable[[dict, AblationVariant, Path, dict, bool], VariantRun]
@@ -215,7 +224,7 @@ TASK_RUNNERS: dict[str, tuple[RunFn, TaskMetric]] = {
     "images": (_run_images, TaskMetric("test accuracy", True)),
     "lm": (_run_lm, TaskMetric("validation perplexity", False)),
     "mt": (_run_mt, TaskMetric("test BLEU", True)),
-    "graph": (_run_graph, TaskMetric("test metric", True)),
+    "graph": (_run_graph, TaskMetric("test F1 (NC) or ROC-AUC (LP)", True)),
 }
 
 

@@ -69,6 +69,8 @@ DEFAULT_T3 = 50
 #: The validation score that selects the epoch, and the metrics reported, per task.
 SELECTION = {"nc": "f1", "lp": "roc+ap"}
 REPORTED = {"nc": ("acc", "f1"), "lp": ("roc", "ap")}
+#: The single test figure of a run where one number is needed (the ablation table).
+HEADLINE_METRIC = {"nc": "f1", "lp": "roc"}
 
 
 @dataclass
@@ -253,7 +255,9 @@ def train_once(settings: GraphSettings, data=None, progress: bool = True) -> Gra
     try:
         for epoch in range(1, s.epochs + 1):
             tick = time.perf_counter()
-            loss = train_graph_step(model, data, optimizers, method, epoch, grad_clip, rng)
+            stats: dict[str, float] = {}
+            loss = train_graph_step(model, data, optimizers, method, epoch, grad_clip, rng,
+                                    stats)
             for scheduler in schedulers:
                 scheduler.step()
             step_times.append(time.perf_counter() - tick)
@@ -267,7 +271,7 @@ def train_once(settings: GraphSettings, data=None, progress: bool = True) -> Gra
                 h = model(data.features, data.adj_norm)
             val = model.metrics(h, data, "val")
             score = selection_score(s.task, val)
-            point = {"epoch": epoch, "train_loss": loss,
+            point = {"epoch": epoch, "train_loss": loss, "grad_norm": stats["grad_norm"],
                      **{f"val_{k}": v for k, v in val.items()}, "val_score": score}
             curve.append(point)
             logger.log_dict(point, epoch)

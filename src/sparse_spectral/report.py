@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -456,14 +456,36 @@ def render_report(directory: str | os.PathLike) -> dict[str, Path]:
         FileNotFoundError: If ``results.json`` does not exist.
         ValueError: If it is invalid; the message names the path and the key.
     """
-    directory = Path(directory)
     results = load_results(directory)
+    return write_report_files(directory, results, _PLOTTERS, PLOT_FILES, report_markdown)
+
+
+def write_report_files(directory: str | os.PathLike, results: Any,
+                       plotters: Mapping[str, Callable[[Any], Any]],
+                       plot_files: Mapping[str, str], markdown: Callable[[Any], str],
+                       report_file: str = REPORT_FILE) -> dict[str, Path]:
+    """Write every plot, then the Markdown report, each atomically; return their paths.
+
+    The report goes last so that an existing report always comes with its figures.
+
+    Args:
+        directory: the output folder.
+        results: whatever the plotters and ``markdown`` read.
+        plotters: key -> function returning a matplotlib figure of ``results``.
+        plot_files: key -> file name of that figure.
+        markdown: function returning the report's text.
+        report_file: the report's file name.
+
+    Returns:
+        ``{"report": path, **{key: plot path}}``.
+    """
+    directory = Path(directory)
     written: dict[str, Path] = {}
-    for key, plot in _PLOTTERS.items():
-        path = directory / PLOT_FILES[key]
+    for key, plot in plotters.items():
+        path = directory / plot_files[key]
         _save_figure(plot(results), path)
         written[key] = path
-    report = directory / REPORT_FILE
-    text = report_markdown(results)
+    report = directory / report_file
+    text = markdown(results)
     _write_atomically(report, lambda tmp: Path(tmp).write_text(text))
     return {"report": report, **written}

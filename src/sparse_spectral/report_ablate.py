@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .report import _colors, _is_number, _new_figure, _no_data, _save_figure, _write_atomically
+from .report import _colors, _is_number, _new_figure, _no_data, write_report_files
 
 __all__ = ["ablation_markdown", "ablation_table", "load_ablation", "plot_ablation",
            "plot_grad_norms", "render_ablation_report", "variant_labels"]
@@ -85,8 +85,9 @@ def _fmt(value: Any, digits: int = 4, signed: bool = False) -> str:
 def ablation_table(data: Mapping[str, Any]) -> str:
     """Markdown table, one row per variant in run order.
 
-    Columns: group | variant | method and options | learning rate | metric | difference from ``sst`` (sign:
-    positive = better) | step time (ms) | grad-norm correlation with full rank.
+    Columns: group | variant | method and options | learning rate | metric | difference
+    from ``sst`` (sign: positive = better) | step time (ms) | grad-norm correlation with
+    full rank.
     """
     variants = data["variants"]
     sst = variants.get("sst", {}).get("metric")
@@ -190,14 +191,6 @@ _PLOTTERS = {"metric": plot_ablation, "grad_norm": plot_grad_norms}
 
 def render_ablation_report(directory: str | os.PathLike) -> dict[str, Path]:
     """Write ``ablation.md``, ``ablation.png`` and ``grad_norm.png`` (plots first, atomically)."""
-    directory = Path(directory)
     data = load_ablation(directory)
-    written: dict[str, Path] = {}
-    for key, plot in _PLOTTERS.items():
-        path = directory / PLOT_FILES[key]
-        _save_figure(plot(data), path)
-        written[key] = path
-    report = directory / REPORT_FILE
-    text = ablation_markdown(data)
-    _write_atomically(report, lambda tmp: Path(tmp).write_text(text))
-    return {"report": report, **written}
+    return write_report_files(directory, data, _PLOTTERS, PLOT_FILES, ablation_markdown,
+                              REPORT_FILE)

@@ -31,8 +31,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .report import (_colors, _display, _new_figure, _no_data, _save_figure, _settings_lines,
-                     _write_atomically, best_baseline, ordered_methods, share_of_gap)
+from .report import (_colors, _display, _new_figure, _no_data, _settings_lines,
+                     best_baseline, ordered_methods, share_of_gap,
+                     write_report_files)
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
@@ -219,14 +220,5 @@ _PLOTTERS = {"val_curves": plot_val_curves, "embeddings": plot_embeddings}
 
 def render_graph_report(directory: str | os.PathLike) -> dict[str, Path]:
     """Write the plots, then ``report.md`` (each atomically); return their paths."""
-    directory = Path(directory)
     results = load_graph_results(directory)
-    written: dict[str, Path] = {}
-    for key, plot in _PLOTTERS.items():
-        path = directory / PLOT_FILES[key]
-        _save_figure(plot(results), path)
-        written[key] = path
-    report = directory / REPORT_FILE
-    text = report_markdown(results)
-    _write_atomically(report, lambda tmp: Path(tmp).write_text(text))
-    return {"report": report, **written}
+    return write_report_files(directory, results, _PLOTTERS, PLOT_FILES, report_markdown)

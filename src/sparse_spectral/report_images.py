@@ -29,14 +29,13 @@ from .report import (
     _is_number,
     _new_figure,
     _no_data,
-    _save_figure,
     _settings_lines,
-    _write_atomically,
     gap_closed,
     load_results,
     ordered_methods,
     plot_spectra,
     plot_val_loss,
+    write_report_files,
 )
 
 __all__ = ["accuracy_gap_closed", "accuracy_table", "images_report_markdown",
@@ -168,15 +167,6 @@ def render_images_report(directory: str | os.PathLike) -> dict[str, Path]:
         FileNotFoundError: ``results.json`` does not exist.
         ValueError: it is invalid (the message names the path and the key).
     """
-    directory = Path(directory)
     results = load_results(directory)
-    _check_images(results, directory / "results.json")
-    written: dict[str, Path] = {}
-    for key, plot in _PLOTTERS.items():
-        path = directory / PLOT_FILES[key]
-        _save_figure(plot(results), path)
-        written[key] = path
-    report = directory / REPORT_FILE
-    text = images_report_markdown(results)
-    _write_atomically(report, lambda tmp: Path(tmp).write_text(text))
-    return {"report": report, **written}
+    _check_images(results, Path(directory) / "results.json")
+    return write_report_files(directory, results, _PLOTTERS, PLOT_FILES, images_report_markdown)

@@ -27,15 +27,14 @@ from .report import (
     LOW_RANK_BASELINES,
     _display,
     _is_number,
-    _save_figure,
     _settings_lines,
-    _write_atomically,
     gap_closed,
     load_results,
     ordered_methods,
     plot_spectra,
     plot_val_loss,
     render_report,
+    write_report_files,
 )
 from .report_graph import is_graph_results, render_graph_report
 
@@ -179,18 +178,9 @@ def render_mt_report(directory: str | os.PathLike) -> dict[str, Path]:
         FileNotFoundError: ``results.json`` does not exist.
         ValueError: it is invalid (the message names the path and the key).
     """
-    directory = Path(directory)
     results = load_results(directory)
-    _check_mt(results, directory / "results.json")
-    written: dict[str, Path] = {}
-    for key, plot in _PLOTTERS.items():
-        path = directory / PLOT_FILES[key]
-        _save_figure(plot(results), path)
-        written[key] = path
-    report = directory / REPORT_FILE
-    text = mt_report_markdown(results)
-    _write_atomically(report, lambda tmp: Path(tmp).write_text(text))
-    return {"report": report, **written}
+    _check_mt(results, Path(directory) / "results.json")
+    return write_report_files(directory, results, _PLOTTERS, PLOT_FILES, mt_report_markdown)
 
 
 def render_task_report(directory: str | os.PathLike) -> dict[str, Path]:

@@ -135,22 +135,51 @@ def mt_settings_from_args(args: argparse.Namespace):
     return settings_from_args(args, MTSettings)
 
 
-def settings_from_args(args: argparse.Namespace, settings_class):
-    """Task settings (``settings_class.from_dict``) and the run extras from parsed flags."""
+#: Flags that steer a run rather than define it (returned apart from the settings).
+RUN_EXTRAS = ("methods", "method_lr", "resume", "no_progress", "threads", "no_pruning")
+
+
+def settings_from_args(args: argparse.Namespace, settings_class,
+                       renames: dict[str, str] | None = None, more_extras: tuple[str, ...] = ()):
+    """``(settings_class.from_dict(...), extras)``: defaults < config file < explicit flags.
+
+    Args:
+        args: parsed flags; absent flags are absent (``default=SUPPRESS``).
+        settings_class: the task's settings dataclass.
+        renames: flag destination -> settings field (e.g. ``graph_task`` -> ``task``).
+        more_extras: keys returned in ``extras`` besides :data:`RUN_EXTRAS` (``seeds``).
+
+    Method options given as flags go into ``method_options``; the extras come back apart.
+    ``extras["threads"]``, when given, is applied here.
+    """
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "task")}
     values: dict[str, Any] = {}
-    if given.get("config"):
-        values.update(load_config_file(given.pop("config")))
-    given.pop("config", None)
+    config = given.pop("config", None)
+    if config:
+        values.update(load_config_file(config))
     values.update(given)
+    for flag, name in (renames or {}).items():
+        if flag in values:
+            values[name] = values.pop(flag)
     method_options = dict(values.pop("method_options", {}) or {})
     for option in METHOD_OPTIONS:
         if option in values:
             method_options[_FIELD_OF_OPTION.get(option, option)] = values.pop(option)
-    extras = {k: values.pop(k) for k in ("methods", "method_lr", "resume", "no_progress",
-                                         "threads", "no_pruning") if k in values}
+    extras = {k: values.pop(k) for k in RUN_EXTRAS + tuple(more_extras) if k in values}
     settings = settings_class.from_dict({**values, "method_options": method_options})
     return settings, extras
+
+
+def int_list(text: str | list | None, name: str) -> list[int]:
+    """``"1,2,3"`` (or a list from a config file) -> ``[1, 2, 3]``; empty -> ``[]``."""
+    if text is None or text == "":
+        return []
+    if isinstance(text, list):
+        return [int(x) for x in text]
+    try:
+        return [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} {text!r} must be comma-separated integers") from None
 
 
 def _parse_method_lr(text: str | dict | None) -> dict[str, float]:
@@ -188,8 +217,6 @@ def cmd_train_lm(args: argparse.Namespace) -> int:
     settings, extras = lm_settings_from_args(args)
     _check_method_names([settings.method])
     _check_preset(settings.model)
-    if extras.get("threads"):
-        torch.set_num_threads(int(extras["threads"]))
     summary = run_train(settings, resume=bool(extras.get("resume")),
                         progress=not extras.get("no_progress"))
     print(f"{settings.method}: val ppl {summary['val_ppl']:.3f}, test ppl "
@@ -202,15 +229,10 @@ def cmd_compare_lm(args: argparse.Namespace) -> int:
     from .tasks.lm import run_compare
 
     settings, extras = lm_settings_from_args(args)
-    methods = extras.get("methods") or ["full", "lora", "relora", "galore", "sst"]
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    _check_method_names(methods)
+    methods = _methods_list(extras, ("full", "lora", "relora", "galore", "sst"))
     _check_preset(settings.model)
     method_lr = _parse_method_lr(extras.get("method_lr"))
     _check_method_names(list(method_lr))
-    if extras.get("threads"):
-        torch.set_num_threads(int(extras["threads"]))
     run_compare(settings, methods, method_lr, progress=not extras.get("no_progress"),
                 pruning=not extras.get("no_pruning"))
     print((Path(settings.output_dir) / "report.md").read_text())
@@ -231,8 +253,6 @@ def cmd_train_mt(args: argparse.Namespace) -> int:
 
     settings, extras = mt_settings_from_args(args)
     _check_method_names([settings.method])
-    if extras.get("threads"):
-        torch.set_num_threads(int(extras["threads"]))
     summary = run_train(settings, resume=bool(extras.get("resume")),
                         progress=not extras.get("no_progress"))
     print(f"{settings.method}: test BLEU {summary['test_bleu']:.2f} "
@@ -249,8 +269,6 @@ def cmd_compare_mt(args: argparse.Namespace) -> int:
     methods = _methods_list(extras, DEFAULT_METHODS)
     method_lr = _parse_method_lr(extras.get("method_lr"))
     _check_method_names(list(method_lr))
-    if extras.get("threads"):
-        torch.set_num_threads(int(extras["threads"]))
     run_compare(settings, methods, method_lr, progress=not extras.get("no_progress"))
     print((Path(settings.output_dir) / "report.md").read_text())
     return 0
@@ -370,31 +388,9 @@ def graph_settings_from_args(args: argparse.Namespace):
     """Merge defaults < config file < explicit flags into :class:`GraphSettings`."""
     from .tasks.graph import GraphSettings
 
-    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "task")}
-    values: dict[str, Any] = {}
-    config = given.pop("config", None)
-    if config:
-        values.update(load_config_file(config))
-    values.update(given)
-    if "graph_task" in values:
-        values["task"] = values.pop("graph_task")
-    method_options = dict(values.pop("method_options", {}) or {})
-    for option in METHOD_OPTIONS:
-        if option in values:
-            method_options[_FIELD_OF_OPTION.get(option, option)] = values.pop(option)
-    extras = {k: values.pop(k) for k in ("methods", "method_lr", "seeds", "no_progress",
-                                         "threads") if k in values}
-    settings = GraphSettings.from_dict({**values, "method_options": method_options})
-    return settings, extras
-
-
-def _int_list(text: str | list, name: str) -> list[int]:
-    if isinstance(text, list):
-        return [int(x) for x in text]
-    try:
-        return [int(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--{name} {text!r} must be comma-separated integers") from None
+    # ``--task`` is stored as ``graph_task``: ``task`` is the sub-command's name.
+    return settings_from_args(args, GraphSettings, renames={"graph_task": "task"},
+                              more_extras=("seeds",))
 
 
 def cmd_train_graph(args: argparse.Namespace) -> int:
@@ -402,8 +398,6 @@ def cmd_train_graph(args: argparse.Namespace) -> int:
 
     settings, extras = graph_settings_from_args(args)
     _check_method_names([settings.method])
-    if extras.get("threads"):
-        torch.set_num_threads(int(extras["threads"]))
     summary = run_train(settings, progress=not extras.get("no_progress"))
     shown = ", ".join(f"{k} {summary['test'][k]:.4f}" for k in REPORTED[settings.task])
     print(f"{settings.method}: best val epoch {summary['best_epoch']} of "
@@ -416,15 +410,10 @@ def cmd_compare_graph(args: argparse.Namespace) -> int:
     from .tasks.graph import run_compare
 
     settings, extras = graph_settings_from_args(args)
-    methods = extras.get("methods") or ["full", "lora", "relora", "galore", "sst"]
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    _check_method_names(methods)
+    methods = _methods_list(extras, ("full", "lora", "relora", "galore", "sst"))
     method_lr = _parse_method_lr(extras.get("method_lr"))
     _check_method_names(list(method_lr))
-    seeds = _int_list(extras.get("seeds", "1234,1235,1236"), "seeds")
-    if extras.get("threads"):
-        torch.set_num_threads(int(extras["threads"]))
+    seeds = int_list(extras.get("seeds", "1234,1235,1236"), "seeds")
     run_compare(settings, methods, seeds, method_lr, progress=not extras.get("no_progress"))
     print((Path(settings.output_dir) / "report.md").read_text())
     return 0

@@ -14,49 +14,25 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from .cli import (
     METHOD_OPTIONS,
-    _FIELD_OF_OPTION,
     _bool,
     _check_method_names,
+    _methods_list,
     _parse_method_lr,
+    int_list,
     load_config_file,
+    settings_from_args,
 )
-
-_EXTRAS = ("methods", "method_lr", "seeds", "resume", "no_progress", "threads")
-
-
-def _int_list(text: str | list | None) -> list[int]:
-    if text is None or text == "":
-        return []
-    if isinstance(text, list):
-        return [int(v) for v in text]
-    try:
-        return [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
-
 
 def images_settings_from_args(args: argparse.Namespace):
     """``(ImagesSettings, extras)`` from defaults < config file < flags."""
     from .tasks.images import ImagesSettings
 
-    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "task")}
-    values: dict[str, Any] = {}
-    if given.get("config"):
-        values.update(load_config_file(given["config"]))
-    given.pop("config", None)
-    values.update(given)
-    options = dict(values.pop("method_options", {}) or {})
-    for option in METHOD_OPTIONS:
-        if option in values:
-            options[_FIELD_OF_OPTION.get(option, option)] = values.pop(option)
-    extras = {k: values.pop(k) for k in _EXTRAS if k in values}
-    return ImagesSettings.from_dict({**values, "method_options": options}), extras
+    return settings_from_args(args, ImagesSettings, more_extras=("seeds",))
 
 
 def cmd_train_images(args: argparse.Namespace) -> int:
@@ -64,8 +40,6 @@ def cmd_train_images(args: argparse.Namespace) -> int:
 
     settings, extras = images_settings_from_args(args)
     _check_method_names([settings.method])
-    if extras.get("threads"):
-        torch.set_num_threads(int(extras["threads"]))
     summary = run_train(settings, resume=bool(extras.get("resume")),
                         progress=not extras.get("no_progress"))
     print(f"{settings.method}: test accuracy {100 * summary['test_accuracy']:.2f}%, val "
@@ -79,15 +53,10 @@ def cmd_compare_images(args: argparse.Namespace) -> int:
     from .tasks.images import DEFAULT_METHODS, run_compare
 
     settings, extras = images_settings_from_args(args)
-    methods = extras.get("methods") or list(DEFAULT_METHODS)
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    _check_method_names(methods)
+    methods = _methods_list(extras, DEFAULT_METHODS)
     method_lr = _parse_method_lr(extras.get("method_lr"))
     _check_method_names(list(method_lr))
-    if extras.get("threads"):
-        torch.set_num_threads(int(extras["threads"]))
-    run_compare(settings, methods, method_lr, seeds=_int_list(extras.get("seeds")),
+    run_compare(settings, methods, method_lr, seeds=int_list(extras.get("seeds"), "seeds"),
                 progress=not extras.get("no_progress"))
     print((Path(settings.output_dir) / "report.md").read_text())
     return 0
@@ -164,10 +133,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if args.data_dir:
         settings["data_dir"] = args.data_dir
     settings = settings_with_overrides(settings, args.set or [])
-    t3 = _int_list(args.iteration_intervals if args.iteration_intervals is not None
-                   else config.get("iteration_intervals"))
-    t2 = _int_list(args.iterations_per_round if args.iterations_per_round is not None
-                   else config.get("iterations_per_round"))
+    t3 = int_list(args.iteration_intervals if args.iteration_intervals is not None
+                  else config.get("iteration_intervals"), "iteration_intervals")
+    t2 = int_list(args.iterations_per_round if args.iterations_per_round is not None
+                  else config.get("iterations_per_round"), "iterations_per_round")
     names = args.variants if args.variants is not None else config.get("variants")
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]

@@ -123,6 +123,21 @@ def test_encoder_depth_and_shapes_follow_hybonet(task, layers, convs):
     assert h.shape == (48, DIM) and hyperboloid_ok(h)
 
 
+def test_feature_lift_is_reused_only_for_the_same_unchanged_tensor():
+    model = build("nc", num_layers=3)
+    features = GRAPH.features.clone()
+    lifted = model.encoder.lift(features)
+    assert torch.equal(lifted, expmap0(torch.cat([torch.zeros(len(features), 1), features], 1)))
+    assert model.encoder.lift(features) is lifted  # cached
+    assert model.encoder.lift(features.clone()) is not lifted  # another tensor: recomputed
+    features.mul_(2.0)  # an in-place change bumps the version: recomputed
+    again = model.encoder.lift(features)
+    assert again is not lifted and not torch.equal(again, lifted)
+    grad_features = GRAPH.features.clone().requires_grad_(True)
+    model(grad_features, GRAPH.adj_norm).sum().backward()  # not cached: the gradient flows
+    assert grad_features.grad is not None and grad_features.grad.abs().sum() > 0
+
+
 def test_relu_is_applied_from_the_second_layer_on_and_parameter_roles():
     model = build("nc", num_layers=4, act="relu")
     assert [layer.transform.nonlin is not None for layer in model.encoder.layers] == [False, True,

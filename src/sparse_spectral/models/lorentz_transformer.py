@@ -65,6 +65,7 @@ from torch.nn import functional as F
 
 from ..hyperbolic.layers import RESIDUAL_MODES, LorentzLinearMT
 from ..hyperbolic.lorentz import Lorentz, centroid, pairwise_sqdist, random_normal
+from .transformer import EncoderDecoder
 
 # Target spec for training methods: every LorentzLinearMT's inner nn.Linear (name suffix).
 LORENTZ_TRANSFORMER_TARGETS = ["linear"]
@@ -336,7 +337,7 @@ class LorentzDistanceGenerator(nn.Module):
         return -pairwise_sqdist(y, self.weight, self.k) + self.bias
 
 
-class LorentzTranslationTransformer(nn.Module):
+class LorentzTranslationTransformer(EncoderDecoder):
     """HyboNet's Lorentz encoder-decoder Transformer over one joint vocabulary.
 
     Args:
@@ -358,40 +359,6 @@ class LorentzTranslationTransformer(nn.Module):
             table = geoopt.ManifoldParameter(self.decoder.embed.weight.detach().clone(),
                                              manifold=self.manifold)
         self.generator = LorentzDistanceGenerator(table, config.k)
-
-    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode source ids.
-
-        Args:
-            src: ``(B, S)`` int64, right-padded with ``pad_id``.
-
-        Returns:
-            ``memory`` ``(B, S, d)`` points and ``src_mask`` ``(B, S)`` bool (True at real
-            tokens).
-        """
-        src_mask = src.ne(self.config.pad_id)
-        return self.encoder(src, src_mask[:, None, None, :]), src_mask
-
-    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
-               last_only: bool = False) -> torch.Tensor:
-        """Next-token logits.
-
-        Args:
-            tgt: ``(B, T)`` decoder input ids (``<bos>`` first).
-            memory: ``(B, S, d)`` from :meth:`encode`.
-            src_mask: ``(B, S)`` bool from :meth:`encode`.
-            last_only: score only the last position (decoding).
-
-        Returns:
-            ``(B, T, V)`` logits, or ``(B, 1, V)`` with ``last_only``.
-        """
-        y = self.decoder(tgt, memory, src_mask[:, None, None, :])
-        return self.generator(y[:, -1:] if last_only else y)
-
-    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits ``(B, T, V)``: source ``(B, S)``, decoder input ``(B, T)``."""
-        memory, src_mask = self.encode(src)
-        return self.decode(tgt, memory, src_mask)
 
 
 def inner_linear_names(model: nn.Module) -> list[str]:

@@ -325,7 +325,49 @@ class Decoder(_Stack):
         return self.final_norm(y)
 
 
-class TranslationTransformer(nn.Module):
+class EncoderDecoder(nn.Module):
+    """The translation interface both Transformers share: ``encode``, ``decode``, ``forward``.
+
+    Subclasses set ``config`` (with ``pad_id``), ``encoder(src, mask)``,
+    ``decoder(tgt, memory, mask)`` and ``generator(y)``; ``mask`` is ``(B, 1, 1, S)`` bool.
+    """
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode source ids.
+
+        Args:
+            src: ``(B, S)`` int64, right-padded with ``pad_id``.
+
+        Returns:
+            ``memory`` ``(B, S, d)`` (vectors, or points on the hyperboloid) and
+            ``src_mask`` ``(B, S)`` bool (True at real tokens).
+        """
+        src_mask = src.ne(self.config.pad_id)
+        return self.encoder(src, src_mask[:, None, None, :]), src_mask
+
+    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
+               last_only: bool = False) -> torch.Tensor:
+        """Next-token logits.
+
+        Args:
+            tgt: ``(B, T)`` decoder input ids (``<bos>`` first).
+            memory: ``(B, S, d)`` from :meth:`encode`.
+            src_mask: ``(B, S)`` bool from :meth:`encode`.
+            last_only: project only the last position (decoding).
+
+        Returns:
+            ``(B, T, V)`` logits, or ``(B, 1, V)`` with ``last_only``.
+        """
+        y = self.decoder(tgt, memory, src_mask[:, None, None, :])
+        return self.generator(y[:, -1:] if last_only else y)
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits ``(B, T, V)``: source ``(B, S)``, decoder input ``(B, T)``."""
+        memory, src_mask = self.encode(src)
+        return self.decode(tgt, memory, src_mask)
+
+
+class TranslationTransformer(EncoderDecoder):
     """Encoder-decoder Transformer for translation over one joint vocabulary.
 
     Args:
@@ -347,34 +389,6 @@ class TranslationTransformer(nn.Module):
         """The output head (kept dense by ``target_modules="all-linear"``)."""
         return self.generator
 
-    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode source ids.
-
-        Args:
-            src: ``(B, S)`` int64, right-padded with ``pad_id``.
-
-        Returns:
-            ``memory`` ``(B, S, d)`` and ``src_mask`` ``(B, S)`` bool (True at real tokens).
-        """
-        src_mask = src.ne(self.config.pad_id)
-        return self.encoder(src, src_mask[:, None, None, :]), src_mask
-
-    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
-               last_only: bool = False) -> torch.Tensor:
-        """Next-token logits.
-
-        Args:
-            tgt: ``(B, T)`` decoder input ids (``<bos>`` first).
-            memory: ``(B, S, d)`` from :meth:`encode`.
-            src_mask: ``(B, S)`` bool from :meth:`encode`.
-            last_only: project only the last position (decoding).
-
-        Returns:
-            ``(B, T, V)`` logits, or ``(B, 1, V)`` with ``last_only``.
-        """
-        y = self.decoder(tgt, memory, src_mask[:, None, None, :])
-        return self.generator(y[:, -1:] if last_only else y)
-
     @torch.no_grad()
     def start_decoding(self, memory: torch.Tensor, src_mask: torch.Tensor) -> DecoderState:
         """Incremental decoding: cache each layer's cross-attention keys and values once."""
@@ -392,12 +406,6 @@ class TranslationTransformer(nn.Module):
         each position (up to rounding) at a cost linear, not quadratic, in the length.
         """
         return self.generator(self.decoder.step(token, state))[:, -1]
-
-    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits ``(B, T, V)`` for source ``(B, S)`` and decoder input ``(B, T)``."""
-        memory, src_mask = self.encode(src)
-        return self.decode(tgt, memory, src_mask)
-
 
 def inner_linear_names(model: TranslationTransformer) -> list[str]:
     """Dotted names of every ``nn.Linear`` inside the encoder and decoder (not the head)."""

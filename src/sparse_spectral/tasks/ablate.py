@@ -164,40 +164,35 @@ def _settings(settings_class, base: dict[str, Any], variant: AblationVariant, ru
     return settings_class.from_dict(values)
 
 
-def _run_images(base, variant, run_dir, cache, progress) -> VariantRun:
-    from . import images
+def _train_variant(task: str, settings_class: str, metric: str, extras: tuple[str, ...]):
+    """A runner for a task whose ``run_train`` logs ``grad_norm`` through the training loop.
 
-    settings = _settings(images.ImagesSettings, base, variant, run_dir)
-    if "images" not in cache:
-        cache["images"] = images.prepare_data(settings)
-    summary = images.run_train(settings, progress=progress, data=cache["images"])
-    return VariantRun(summary["test_accuracy"], summary["curve"], grad_norm_trace(run_dir),
-                      summary["step_time_s"], summary["trainable_params"],
-                      {"val_accuracy": summary["val_accuracy"], "val_loss": summary["val_loss"]})
+    Args:
+        task: module under ``tasks`` with ``prepare_data`` and ``run_train(settings,
+            progress=..., data=...)``.
+        settings_class: name of its settings dataclass.
+        metric: the summary key that is the variant's figure.
+        extras: summary keys kept beside it.
+    """
+    def run(base, variant, run_dir, cache, progress) -> VariantRun:
+        import importlib
+
+        module = importlib.import_module(f"{__package__}.{task}")
+        settings = _settings(getattr(module, settings_class), base, variant, run_dir)
+        if task not in cache:  # the data are the same for every variant
+            cache[task] = module.prepare_data(settings)
+        summary = module.run_train(settings, progress=progress, data=cache[task])
+        return VariantRun(summary[metric], summary["curve"], grad_norm_trace(run_dir),
+                          summary["step_time_s"], summary["trainable_params"],
+                          {key: summary[key] for key in extras})
+
+    return run
 
 
-def _run_lm(base, variant, run_dir, cache, progress) -> VariantRun:
-    from . import lm
-
-    settings = _settings(lm.LMSettings, base, variant, run_dir)
-    if "lm" not in cache:
-        cache["lm"] = lm.prepare_data(settings)
-    summary = lm.run_train(settings, progress=progress, data=cache["lm"])
-    return VariantRun(summary["val_ppl"], summary["curve"], grad_norm_trace(run_dir),
-                      summary["step_time_s"], summary["trainable_params"],
-                      {"test_ppl": summary["test_ppl"], "val_loss": summary["val_loss"]})
-
-
-def _run_mt(base, variant, run_dir, cache, progress) -> VariantRun:
-    from . import mt
-
-    settings = _settings(mt.MTSettings, base, variant, run_dir)
-    if "mt" not in cache:
-        cache["mt"] = mt.prepare_data(settings)
-    summary = mt.run_train(settings, progress=progress, data=cache["mt"])
-    return VariantRun(summary["test_bleu"], summary["curve"], grad_norm_trace(run_dir),
-                      summary["step_time_s"], summary["trainable_params"],
-                      {"val_ppl": summary["val_ppl"], "bleu_signature": summary["bleu_signature"]})
+_run_images = _train_variant("images", "ImagesSettings", "test_accuracy",
+                             ("val_accuracy", "val_loss"))
+_run_lm = _train_variant("lm", "LMSettings", "val_ppl", ("test_ppl", "val_loss"))
+_run_mt = _train_variant("mt", "MTSettings", "test_bleu", ("val_ppl", "bleu_signature"))
 
 
 def _run_graph(base, variant, run_dir, cache, progress) -> VariantRun:

@@ -94,6 +94,9 @@ def test_compare_writes_results_report_and_plots(reference_data, tmp_path, graph
     assert "±" in report and "test ROC-AUC" in report and "gap" in report
     for name in ("val_curves.png", "embeddings.png"):
         assert (tmp_path / "cmp" / name).stat().st_size > 1000
+    (tmp_path / "cmp" / "report.md").unlink()
+    assert main(["report", str(tmp_path / "cmp")]) == 0  # dispatches on task "graph"
+    assert (tmp_path / "cmp" / "report.md").read_text() == report
 
 
 def test_gap_shares_higher_is_better():

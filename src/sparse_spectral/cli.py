@@ -183,16 +183,24 @@ def int_list(text: str | list | None, name: str) -> list[int]:
 
 
 def _parse_method_lr(text: str | dict | None) -> dict[str, float]:
+    """``"sst=3e-3,lora=2e-3"`` (or a mapping from a config file) -> ``{name: lr}``.
+
+    Raises:
+        ValueError: an item without ``=``, or a name that is not a method.
+    """
     if not text:
         return {}
     if isinstance(text, dict):
-        return {k: float(v) for k, v in text.items()}
-    pairs = {}
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--method_lr item {item!r} must look like name=lr (e.g. sst=3e-3)")
-        pairs[name.strip()] = float(value)
+        pairs = {k: float(v) for k, v in text.items()}
+    else:
+        pairs = {}
+        for item in text.split(","):
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--method_lr item {item!r} must look like name=lr "
+                                 f"(e.g. sst=3e-3)")
+            pairs[name.strip()] = float(value)
+    _check_method_names(list(pairs))
     return pairs
 
 
@@ -232,7 +240,6 @@ def cmd_compare_lm(args: argparse.Namespace) -> int:
     methods = _methods_list(extras, ("full", "lora", "relora", "galore", "sst"))
     _check_preset(settings.model)
     method_lr = _parse_method_lr(extras.get("method_lr"))
-    _check_method_names(list(method_lr))
     run_compare(settings, methods, method_lr, progress=not extras.get("no_progress"),
                 pruning=not extras.get("no_pruning"))
     print((Path(settings.output_dir) / "report.md").read_text())
@@ -268,7 +275,6 @@ def cmd_compare_mt(args: argparse.Namespace) -> int:
     settings, extras = mt_settings_from_args(args)
     methods = _methods_list(extras, DEFAULT_METHODS)
     method_lr = _parse_method_lr(extras.get("method_lr"))
-    _check_method_names(list(method_lr))
     run_compare(settings, methods, method_lr, progress=not extras.get("no_progress"))
     print((Path(settings.output_dir) / "report.md").read_text())
     return 0
@@ -412,7 +418,6 @@ def cmd_compare_graph(args: argparse.Namespace) -> int:
     settings, extras = graph_settings_from_args(args)
     methods = _methods_list(extras, ("full", "lora", "relora", "galore", "sst"))
     method_lr = _parse_method_lr(extras.get("method_lr"))
-    _check_method_names(list(method_lr))
     seeds = int_list(extras.get("seeds", "1234,1235,1236"), "seeds")
     run_compare(settings, methods, seeds, method_lr, progress=not extras.get("no_progress"))
     print((Path(settings.output_dir) / "report.md").read_text())

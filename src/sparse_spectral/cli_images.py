@@ -55,7 +55,6 @@ def cmd_compare_images(args: argparse.Namespace) -> int:
     settings, extras = images_settings_from_args(args)
     methods = _methods_list(extras, DEFAULT_METHODS)
     method_lr = _parse_method_lr(extras.get("method_lr"))
-    _check_method_names(list(method_lr))
     run_compare(settings, methods, method_lr, seeds=int_list(extras.get("seeds"), "seeds"),
                 progress=not extras.get("no_progress"))
     print((Path(settings.output_dir) / "report.md").read_text())

@@ -15,9 +15,9 @@ the sweep can be stopped and resumed; ``--stage`` picks stages, ``--methods`` me
     python benchmarks/mt_sweep.py --out runs/mt_sweep --report-only   # tables only
 
 Reduced protocol (the paper trains IWSLT'14 to convergence; a full 10-epoch d 64 run here is
-about 30 minutes per method on one thread): d_model 64, 4 heads, d_ff 256, 2 + 2 layers,
-joint BPE 4,000, batches of 4,096 padded tokens, 2 epochs (Euclidean) or 1 (hyperbolic: see
-``STAGES``), inverse-sqrt schedule with
+about 30 minutes per method on one thread): d_model 64 or 128 with r = d/8 and d/16, 4 heads,
+d_ff = 4 d, 2 + 2 layers, joint BPE 4,000, batches of 4,096 padded tokens, 2 epochs
+(Euclidean) or 1 (hyperbolic: see ``STAGES``), inverse-sqrt schedule with
 100 warm-up steps, one untuned peak lr shared by every method, label smoothing 0.1, seed 0,
 SST T3 = ReLoRA* merge interval = 50, final model decoded on test_2016_flickr with beam 4 and
 scored with sacreBLEU (cased, 13a).
@@ -43,16 +43,28 @@ METHODS = ("full", "lora", "relora", "sst")
 # The hyperbolic stages train 1 epoch: chosen beforehand from a short timing on the loaded
 # machine (steps about 1.7x the Euclidean ones, decoding without a key/value cache); the
 # finished runs then cost about the same as the Euclidean ones, so "hyper-d64-r8-2ep" repeats
-# full and SST at the Euclidean stage's 2 epochs. Compare methods within a stage only.
+# every method at the Euclidean stages' 2 epochs. Full rank runs once per (family, width,
+# epochs) and serves every rank (``run_dir_of``). Compare methods within a stage only.
 STAGES = {
     "euclid-d64-r8": ("euclidean", 64, 8, 2),
     "hyper-d64-r8": ("hyperbolic", 64, 8, 1),
-    "hyper-d64-r8-2ep": ("hyperbolic", 64, 8, 2),
+    "euclid-d64-r4": ("euclidean", 64, 4, 2),
+    "hyper-d64-r4": ("hyperbolic", 64, 4, 1),
     "euclid-d128-r16": ("euclidean", 128, 16, 2),
     "hyper-d128-r16": ("hyperbolic", 128, 16, 1),
     "euclid-d128-r8": ("euclidean", 128, 8, 2),
     "hyper-d128-r8": ("hyperbolic", 128, 8, 1),
+    "hyper-d64-r8-2ep": ("hyperbolic", 64, 8, 2),
 }
+
+
+def run_dir_of(out: Path, stage: str, method: str) -> Path:
+    """Where a run lives. Full rank has no rank: the first stage with the same model family,
+    width and epochs owns its run, and every other rank's stage reads that one."""
+    if method == "full":
+        family, d, _, epochs = STAGES[stage]
+        stage = next(s for s, (f, w, _, e) in STAGES.items() if (f, w, e) == (family, d, epochs))
+    return out / stage / method
 
 
 def command(stage: str, method: str, run_dir: Path, data_dir: str | None) -> list[str]:
@@ -67,11 +79,11 @@ def command(stage: str, method: str, run_dir: Path, data_dir: str | None) -> lis
 
 
 def run_one(out: Path, stage: str, method: str, data_dir: str | None) -> None:
-    run_dir = out / stage / method
+    run_dir = run_dir_of(out, stage, method)
     if (run_dir / "summary.json").exists():  # finished earlier
         return
     cmd = command(stage, method, run_dir, data_dir)
-    log = out / stage / f"{method}.log"
+    log = run_dir.parent / f"{method}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"[{time.strftime('%H:%M:%S')}] {stage} {method}: {' '.join(cmd)}", flush=True)
     with open(log, "w") as f:
@@ -97,7 +109,7 @@ def collect(out: Path) -> dict:
     for stage, (family, d, rank, epochs) in STAGES.items():
         rows, missing = {}, []
         for method in METHODS:
-            path = out / stage / method / "summary.json"
+            path = run_dir_of(out, stage, method) / "summary.json"
             if not path.exists():
                 missing.append(method)
                 continue
@@ -106,7 +118,7 @@ def collect(out: Path) -> dict:
                 "test_bleu", "val_loss", "test_loss", "trainable_params", "total_params",
                 "step_time_s", "epoch_time_s", "final_step", "epochs_trained",
                 "bleu_signature", "wall_time_s")}
-            rows[method]["command"] = " ".join(command(stage, method, out / stage / method,
+            rows[method]["command"] = " ".join(command(stage, method, run_dir_of(out, stage, method),
                                                        s["settings"].get("data_dir")))
         bleu = {m: r["test_bleu"] for m, r in rows.items()}
         stages[stage] = {"model": family, "d_model": d, "rank": rank, "epochs": epochs,

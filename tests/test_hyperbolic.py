@@ -14,6 +14,7 @@ import geoopt
 import pytest
 import torch
 from geoopt.manifolds.lorentz import math as gmath
+from torch import nn
 
 from sparse_spectral.hyperbolic import (
     EXP_MAX_NORM,
@@ -35,6 +36,7 @@ from sparse_spectral.hyperbolic import (
     random_normal,
     sqdist,
 )
+from sparse_spectral.hyperbolic.layers import SparseInputDropout
 from sparse_spectral.hyperbolic.lorentz import leaky_clamp
 from sparse_spectral.spectral import SlotAdamW
 
@@ -319,6 +321,45 @@ def test_lorentz_linear_applies_nonlin_to_the_whole_point_before_dropout():
         LorentzLinear(4, 1)
     with pytest.raises(ValueError, match="dropout=1.0"):
         LorentzLinear(4, 3, dropout=1.0)
+
+
+def test_sparse_input_dropout_masks_only_non_zeros_with_dropouts_law():
+    p = 0.7
+    dropout = SparseInputDropout(p)
+    x = torch.zeros(400, 300)
+    x[torch.rand(400, 300, generator=torch.Generator().manual_seed(0)) < 0.02] = 3.0
+    torch.manual_seed(0)
+    out = dropout(x)
+    assert out.shape == x.shape
+    assert torch.all(out[x == 0] == 0)
+    kept = out[x != 0]
+    survivors = kept[kept != 0]
+    torch.testing.assert_close(survivors, torch.full_like(survivors, 3.0 / (1 - p)))
+    share = survivors.numel() / kept.numel()
+    n = kept.numel()  # about 2,400 draws: 5 standard deviations of a Bernoulli(0.3) mean
+    assert abs(share - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    assert not torch.equal(dropout(x), out)  # a fresh mask every call
+    x[0] = 0.0
+    dropout(x)
+    x[0, 1] = 5.0  # changed in place after its non-zeros were cached: they must follow
+    draws = torch.stack([dropout(x)[0] for _ in range(40)])  # all 40 dropped: p^40 < 1e-6
+    assert torch.all(draws[:, [0, *range(2, 300)]] == 0) and draws[:, 1].max() > 0
+    dropout.eval()
+    assert dropout(x) is x
+
+
+def test_sparse_input_dropout_falls_back_to_nn_dropout():
+    # a dense input, and one that needs a gradient: exactly nn.Dropout (same seed, same mask)
+    dense = torch.randn(50, 40)
+    sparse_grad = torch.zeros(50, 40)
+    sparse_grad[0, :3] = 1.0
+    sparse_grad.requires_grad_(True)
+    for x in (dense, sparse_grad):
+        torch.manual_seed(5)
+        ours = SparseInputDropout(0.4)(x)
+        torch.manual_seed(5)
+        torch.testing.assert_close(ours, nn.Dropout(0.4)(x), rtol=0, atol=0)
+    assert isinstance(LorentzLinear(4, 3, dropout=0.5).dropout, SparseInputDropout)
 
 
 # --------------------------------------------------------------------------- Riemannian Adam

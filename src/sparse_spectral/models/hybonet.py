@@ -26,7 +26,6 @@ Every ordinary linear map is a LorentzLinear's inner ``nn.Linear``, named
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 import geoopt
@@ -37,6 +36,7 @@ from torch import nn
 
 from ..hyperbolic.layers import LorentzGraphConvolution
 from ..hyperbolic.lorentz import Lorentz, expmap0, pairwise_sqdist, random_normal, sqdist
+from ..scores import accuracy, average_precision, f1_binary, roc_auc
 
 # Target spec for training methods: every LorentzLinear's inner nn.Linear (name suffix).
 # "all-linear" selects the same layers (the model has no output head), so either works.
@@ -268,22 +268,18 @@ class HyboNetGraphModel(nn.Module):
     @torch.no_grad()
     def metrics(self, h: torch.Tensor, data: Any, split: str, rng=None) -> dict[str, float]:
         """NC: loss, acc, f1 (micro for C > 2, binary for C = 2); LP: loss, roc, ap."""
-        from sklearn.metrics import (accuracy_score, average_precision_score, f1_score,
-                                     roc_auc_score)
-
         first, second = self._scores(h, data, split, rng)
         if self.task == "nc":
             preds = first.argmax(dim=1).cpu().numpy()
             labels = second.cpu().numpy()
-            average = "micro" if first.shape[1] > 2 else "binary"
-            return {"loss": float(hinge_loss(first, second, self.margin)),
-                    "acc": float(accuracy_score(labels, preds)),
-                    "f1": float(f1_score(labels, preds, average=average))}
+            acc = accuracy(labels, preds)
+            # micro F1 of single-label multi-class predictions is the accuracy
+            return {"loss": float(hinge_loss(first, second, self.margin)), "acc": acc,
+                    "f1": acc if first.shape[1] > 2 else f1_binary(labels, preds)}
         scores = torch.cat([first, second]).cpu().numpy()
         truth = np.concatenate([np.ones(len(first)), np.zeros(len(second))])
         return {"loss": float(margin_loss(first, second, self.margin)),
-                "roc": float(roc_auc_score(truth, scores)),
-                "ap": float(average_precision_score(truth, scores))}
+                "roc": roc_auc(truth, scores), "ap": average_precision(truth, scores)}
 
 
 def train_graph_step(model: HyboNetGraphModel, data: Any, optimizers, method, step: int,

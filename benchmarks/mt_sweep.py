@@ -8,7 +8,8 @@ finished run's test BLEU and, per stage, the share of the BLEU gap SST closes:
 
 (the SPEC's definition, written for a higher-is-better score). A stage whose runs are not all
 finished is listed with what is missing. Finished runs are kept (their ``summary.json``), so
-the sweep can be stopped and resumed; ``--stage`` picks stages, ``--methods`` methods.
+the sweep can be stopped and resumed; ``--stage`` picks stages, ``--methods`` methods. Several
+sweep processes may run the same stages at once: each run is claimed by one of them.
 
     python benchmarks/mt_sweep.py --out runs/mt_sweep --stage euclid-d64-r8 --data-dir DIR
     python benchmarks/mt_sweep.py --out runs/mt_sweep --stage hyper-d64-r8 --data-dir DIR
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -78,18 +80,55 @@ def command(stage: str, method: str, run_dir: Path, data_dir: str | None) -> lis
     return cmd
 
 
+def claim(run_dir: Path) -> Path | None:
+    """Mark ``run_dir`` as taken by this process; None if a live process already has it.
+
+    The marker ``<run_dir>.claim`` (created with O_EXCL, holding the owner's pid) lets several
+    sweep processes share one list of stages; a dead owner's marker is taken over.
+    """
+    marker = run_dir.with_name(run_dir.name + ".claim")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        owner = marker.read_text().strip()
+        if not owner or _alive(int(owner)):  # empty: its owner is writing the pid now
+            return None
+        marker.unlink(missing_ok=True)
+        return claim(run_dir)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return marker
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run_one(out: Path, stage: str, method: str, data_dir: str | None) -> None:
     run_dir = run_dir_of(out, stage, method)
     if (run_dir / "summary.json").exists():  # finished earlier
         return
+    marker = claim(run_dir)
+    if marker is None:
+        print(f"{stage} {method}: another sweep process is running it", flush=True)
+        return
     cmd = command(stage, method, run_dir, data_dir)
     log = run_dir.parent / f"{method}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
     print(f"[{time.strftime('%H:%M:%S')}] {stage} {method}: {' '.join(cmd)}", flush=True)
-    with open(log, "w") as f:
-        f.write(" ".join(cmd) + "\n")
-        f.flush()
-        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        with open(log, "w") as f:
+            f.write(" ".join(cmd) + "\n")
+            f.flush()
+            code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+    finally:
+        marker.unlink(missing_ok=True)
     print(f"[{time.strftime('%H:%M:%S')}] {stage} {method}: exit {code}", flush=True)
 
 

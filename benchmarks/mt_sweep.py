@@ -245,8 +245,8 @@ def plot(result: dict, path: Path) -> None:
     for i, method in enumerate(METHODS):
         heights = [result["stages"][name]["runs"].get(method, {}).get("test_bleu", 0.0)
                    for name in stages]
-        ax.bar([j + (i - (len(METHODS) - 1) / 2) * width for j in range(len(stages))], heights, width,
-               label=method)
+        offset = (i - (len(METHODS) - 1) / 2) * width
+        ax.bar([j + offset for j in range(len(stages))], heights, width, label=method)
     ax.set_xticks(range(len(stages)), stages, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("test BLEU (sacreBLEU)")
     ax.set_title("Multi30k de-en, reduced protocol (see sweep.md)")

@@ -49,3 +49,23 @@ def test_demo_trains_both_methods(capsys):
 def test_demo_rejects_bad_rank(capsys):
     assert main(["demo", "--epochs", "1", "--rank", "0", "--methods", "sst"]) == 2
     assert "rank=0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["lm", "mt", "graph", "images"])
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_threads_flag_sets_torch_threads(task, command):
+    import torch
+
+    from sparse_spectral import cli, cli_images
+
+    settings_of = {"lm": cli.lm_settings_from_args, "mt": cli.mt_settings_from_args,
+                   "graph": cli.graph_settings_from_args,
+                   "images": cli_images.images_settings_from_args}[task]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        args = cli.build_parser().parse_args([command, task, "--threads", "3"])
+        settings_of(args)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

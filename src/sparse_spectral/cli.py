@@ -167,6 +167,8 @@ def settings_from_args(args: argparse.Namespace, settings_class,
             method_options[_FIELD_OF_OPTION.get(option, option)] = values.pop(option)
     extras = {k: values.pop(k) for k in RUN_EXTRAS + tuple(more_extras) if k in values}
     settings = settings_class.from_dict({**values, "method_options": method_options})
+    if extras.get("threads"):
+        torch.set_num_threads(int(extras["threads"]))
     return settings, extras
 
 

@@ -115,8 +115,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, owned by another user
+        pass
     return True
 
 
@@ -162,7 +162,8 @@ def collect(out: Path) -> dict:
     for stage, (family, d, rank, epochs) in STAGES.items():
         rows, missing = {}, []
         for method in METHODS:
-            path = run_dir_of(out, stage, method) / "summary.json"
+            run_dir = run_dir_of(out, stage, method)
+            path = run_dir / "summary.json"
             if not path.exists():
                 missing.append(method)
                 continue
@@ -171,7 +172,7 @@ def collect(out: Path) -> dict:
                 "test_bleu", "val_loss", "test_loss", "trainable_params", "total_params",
                 "step_time_s", "epoch_time_s", "final_step", "epochs_trained",
                 "bleu_signature", "wall_time_s")}
-            rows[method]["command"] = " ".join(command(stage, method, run_dir_of(out, stage, method),
+            rows[method]["command"] = " ".join(command(stage, method, run_dir,
                                                        s["settings"].get("data_dir")))
         bleu = {m: r["test_bleu"] for m, r in rows.items()}
         stages[stage] = {"model": family, "d_model": d, "rank": rank, "epochs": epochs,

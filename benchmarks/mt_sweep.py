@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from sparse_spectral.atomic import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
+from sparse_spectral.atomic import atomic_write, atomic_write_json, atomic_write_text
 
 COMMON = ["--num_heads", "4", "--num_layers", "2", "--vocab_size", "4000",
           "--max_tokens", "4096", "--warmup_steps", "100",
@@ -208,10 +208,10 @@ def summary_lines(stages: dict) -> list[str]:
 
 def render(result: dict) -> str:
     lines = [f"Common flags: `{' '.join(result['common'])}`", "",
-             "Test BLEU; the gap closed by SST in BLEU and, less noisy this early in training, "
-             "in validation NLL.", "",
-             "| stage | model | d | r | epochs | full | LoRA | ReLoRA* | SST | "
-             "gap closed (BLEU) | gap closed (val NLL) | missing |",
+             ("Test BLEU; the gap closed by SST in BLEU and, less noisy this early in training, "
+              "in validation NLL."), "",
+             ("| stage | model | d | r | epochs | full | LoRA | ReLoRA* | SST | "
+              "gap closed (BLEU) | gap closed (val NLL) | missing |"),
              "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
 
     def share(value: float | None) -> str:

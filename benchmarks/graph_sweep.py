@@ -216,6 +216,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--only", default=None,
                         help="comma-separated data-task pairs to keep, e.g. airport-nc")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated methods to keep, e.g. lora,relora,galore,sst")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -226,6 +228,9 @@ def main(argv=None) -> int:
         if args.only:
             keep = set(args.only.split(","))
             cells = [c for c in cells if f"{c[0]}-{c[1]}" in keep]
+        if args.methods:
+            keep_methods = set(args.methods.split(","))
+            cells = [c for c in cells if c[2] in keep_methods]
         todo = [c for c in cells if not (cell_dir(out, *c) / "summary.json").exists()]
         print(f"{len(todo)} cell(s) to run, {len(cells) - len(todo)} already done", flush=True)
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn"),

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..sparse_rows import SparseRows, apply_linear
 from .lorentz import CENTROID_EPS, centroid
 
 # HyboNet's floor of the time coordinate at k = 1; sqrt(k) times it in general, so that
@@ -40,7 +41,9 @@ class SparseInputDropout(nn.Dropout):
 
     Inputs that require a gradient, and inputs with more than ``DENSE_SHARE`` of non-zero
     entries, go to ``nn.Dropout`` unchanged (its gradient at a zero entry is the mask scale,
-    which the sparse path would not reproduce).
+    which the sparse path would not reproduce). A :class:`~sparse_spectral.sparse_rows.
+    SparseRows` input gets the same mask (its values are in the same row-major order) and
+    stays sparse.
     """
 
     DENSE_SHARE = 0.25
@@ -59,8 +62,13 @@ class SparseInputDropout(nn.Dropout):
         self._nonzero_cache = (x, x._version, index)
         return index
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(...)`` -> ``(...)``, the same shape."""
+    def forward(self, x: torch.Tensor | SparseRows) -> torch.Tensor | SparseRows:
+        """``(...)`` -> ``(...)``, the same shape (and kind)."""
+        if isinstance(x, SparseRows):
+            if not self.training or self.p == 0.0:
+                return x
+            keep = torch.rand(x.values.numel(), device=x.device) >= self.p
+            return x.with_values(x.values * keep / (1.0 - self.p))
         if not self.training or self.p == 0.0 or x.requires_grad:
             return super().forward(x)
         flat = x.reshape(-1)
@@ -128,11 +136,15 @@ class LorentzLinear(nn.Module):
         if self.linear.bias is not None:
             self.linear.bias.zero_()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(..., in_features) -> (..., out_features)`` on the hyperboloid."""
+    def forward(self, x: torch.Tensor | SparseRows) -> torch.Tensor:
+        """``(..., in_features) -> (..., out_features)`` on the hyperboloid.
+
+        ``x`` may be :class:`~sparse_spectral.sparse_rows.SparseRows` (the lifted features
+        of a bag-of-words graph): the inner linear then runs sparse where it can.
+        """
         if self.nonlin is not None:
-            x = self.nonlin(x)
-        y = self.linear(self.dropout(x))
+            x = self.nonlin(x.to_dense() if isinstance(x, SparseRows) else x)
+        y = apply_linear(self.linear, self.dropout(x))
         space = y[..., 1:]
         time = y[..., 0:1].sigmoid() * self.scale.exp() + TIME_FLOOR * math.sqrt(self.k)
         ratio = (time * time - self.k) / (space * space).sum(-1, keepdim=True).clamp_min(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..sparse_rows import SparseRows, apply_linear, sparse_rows_linear
 from ..spectral.sampling import counter_seed
 from ..targeting import is_conv1d, linear_shape
 from ..validation import is_int
@@ -58,8 +59,13 @@ class LoRALinear(nn.Module):
         """Standard deviation of ``A`` at (re-)initialisation: ``1 / r``."""
         return 1.0 / self.rank
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    accepts_sparse_rows = True  # see sparse_spectral.sparse_rows
+
+    def forward(self, x: torch.Tensor | SparseRows) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``."""
+        if isinstance(x, SparseRows):
+            return (apply_linear(self.base, x)
+                    + sparse_rows_linear(x, self.lora_A) @ self.lora_B.t() * self.scaling)
         return self.base(x) + (x @ self.lora_A.t()) @ self.lora_B.t() * self.scaling
 
     @torch.no_grad()

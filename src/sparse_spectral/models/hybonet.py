@@ -37,6 +37,7 @@ from torch import nn
 from ..hyperbolic.layers import LorentzGraphConvolution
 from ..hyperbolic.lorentz import Lorentz, expmap0, pairwise_sqdist, random_normal, sqdist
 from ..scores import accuracy, average_precision, f1_binary, roc_auc
+from ..sparse_rows import SparseRows
 
 # Target spec for training methods: every LorentzLinear's inner nn.Linear (name suffix).
 # "all-linear" selects the same layers (the model has no output head), so either works.
@@ -70,6 +71,7 @@ class HyboNetEncoder(nn.Module):
         dims = [in_features + 1] + [dim] * num_conv
         self.k = float(k)
         self._lifted: tuple | None = None  # (features, its _version, lifted points)
+        self._sparse: tuple | None = None  # (lifted points, their _version, SparseRows)
         self.layers = nn.ModuleList(
             LorentzGraphConvolution(dims[i], dims[i + 1], bias=bias, dropout=dropout,
                                     nonlin=ACTIVATIONS[act] if i > 0 else None, k=k)
@@ -91,9 +93,26 @@ class HyboNetEncoder(nn.Module):
             self._lifted = (features, features._version, x)
         return x
 
+    def first_input(self, features: torch.Tensor) -> torch.Tensor | SparseRows:
+        """The lifted features as the first layer gets them: :class:`SparseRows` when they
+        are fixed and sparse (Cora, CiteSeer, Disease NC's identity), else dense.
+
+        The sparse form gives the same outputs and gradients up to float rounding, with
+        products that cost ``nnz`` instead of ``N (F + 1)`` per column.
+        """
+        x = self.lift(features)
+        cached = self._sparse
+        if cached is not None and cached[0] is x and cached[1] == x._version:
+            return cached[2]
+        if x.requires_grad:
+            return x
+        chosen = SparseRows(x) if SparseRows.worth_it(x) else x
+        self._sparse = (x, x._version, chosen)
+        return chosen
+
     def forward(self, features: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
         """``features`` (N, F), ``adj`` (N, N) sparse or dense -> (N, dim) points."""
-        x = self.lift(features)
+        x = self.first_input(features)
         for layer in self.layers:
             x = layer(x, adj)
         return x

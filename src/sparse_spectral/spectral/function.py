@@ -36,9 +36,36 @@ from __future__ import annotations
 
 import torch
 
+from ..sparse_rows import SparseRows
 
-def _flatten(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, x.shape[-1])
+# A SparseRows input (a fixed sparse data matrix, sparse_spectral.sparse_rows) goes through
+# the same formulas: its two products below run in CSR, and it never gets a gradient.
+
+
+def _flatten(x: torch.Tensor | SparseRows) -> torch.Tensor | SparseRows:
+    return x if isinstance(x, SparseRows) else x.reshape(-1, x.shape[-1])
+
+
+def _times_t(x2: torch.Tensor | SparseRows, M: torch.Tensor) -> torch.Tensor:
+    """``x2 M^T``: ``x2 (T, n)``, ``M (j, n)`` -> ``(T, j)``."""
+    return x2.mm_t(M) if isinstance(x2, SparseRows) else x2 @ M.t()
+
+
+def _t_times(g: torch.Tensor, x2: torch.Tensor | SparseRows) -> torch.Tensor:
+    """``g^T x2``: ``g (T, j)``, ``x2 (T, n)`` -> ``(j, n)``."""
+    return x2.t_mm(g).t() if isinstance(x2, SparseRows) else g.t() @ x2
+
+
+def _save_input(ctx, x2: torch.Tensor | SparseRows) -> tuple:
+    """Tensors go through ``save_for_backward``; a SparseRows (data) is kept on ``ctx``."""
+    ctx.sparse_x = x2 if isinstance(x2, SparseRows) else None
+    return () if ctx.sparse_x is not None else (x2,)
+
+
+def _saved_input(ctx, saved: tuple) -> tuple[torch.Tensor | SparseRows, tuple]:
+    if ctx.sparse_x is not None:
+        return ctx.sparse_x, saved
+    return saved[0], saved[1:]
 
 
 def _scatter_s(s: torch.Tensor, idx: torch.Tensor, active: torch.Tensor,
@@ -59,13 +86,13 @@ class SpectralLinearFunction(torch.autograd.Function):
         x2 = _flatten(x)  # (T, n), T the number of tokens
         s_active = s.index_select(0, idx)  # (r,)
         s_frozen = s.index_select(0, frozen_idx)  # (k - r,)
-        z = x2 @ Vh_frozen.t()  # (T, k - r)
-        z_active = x2 @ Vh_active.t()  # (T, r)
+        z = _times_t(x2, Vh_frozen)  # (T, k - r)
+        z_active = _times_t(x2, Vh_active)  # (T, r)
         y = (z * s_frozen) @ U_frozen.t() + (z_active * s_active) @ U_active.t()
         if bias is not None:
             y = y + bias
-        ctx.save_for_backward(x2, U_frozen, Vh_frozen, s, U_active, Vh_active, idx,
-                              frozen_idx, z, z_active)
+        ctx.save_for_backward(*_save_input(ctx, x2), U_frozen, Vh_frozen, s, U_active,
+                              Vh_active, idx, frozen_idx, z, z_active)
         ctx.enhanced = enhanced
         ctx.all_singular_values = all_singular_values
         ctx.has_bias = bias is not None
@@ -74,8 +101,8 @@ class SpectralLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        x2, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, z, z_active = \
-            ctx.saved_tensors
+        x2, saved = _saved_input(ctx, ctx.saved_tensors)
+        U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, z, z_active = saved
         gy = _flatten(grad_y)  # (T, m)
         s_active = s.index_select(0, idx)
         need = ctx.needs_input_grad
@@ -96,7 +123,7 @@ class SpectralLinearFunction(torch.autograd.Function):
         if need[4]:
             grad_U_active = gy.t() @ (z_active * scale)  # (m, r): G v_i [* s_i]
         if need[5]:
-            grad_Vh_active = (g_active * scale).t() @ x2  # (r, n): (G^T u_i)^T [* s_i]
+            grad_Vh_active = _t_times(g_active * scale, x2)  # (r, n): (G^T u_i)^T [* s_i]
         if ctx.has_bias and need[8]:
             grad_bias = gy.sum(0)
         return (grad_x, None, None, grad_s, grad_U_active, grad_Vh_active, None, None,
@@ -144,9 +171,12 @@ class ComposedSpectralLinearFunction(torch.autograd.Function):
     def forward(ctx, x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias,
                 enhanced: bool, all_singular_values: bool = True):
         W = compose_weight(U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx)
-        y = torch.nn.functional.linear(x, W, bias)
-        ctx.save_for_backward(_flatten(x), W, U_frozen, Vh_frozen, s, U_active, Vh_active,
-                              idx, frozen_idx)
+        if isinstance(x, SparseRows):
+            y = x.mm_t(W) if bias is None else x.mm_t(W) + bias
+        else:
+            y = torch.nn.functional.linear(x, W, bias)
+        ctx.save_for_backward(*_save_input(ctx, _flatten(x)), W, U_frozen, Vh_frozen, s,
+                              U_active, Vh_active, idx, frozen_idx)
         ctx.enhanced = enhanced
         ctx.all_singular_values = all_singular_values
         ctx.has_bias = bias is not None
@@ -155,14 +185,15 @@ class ComposedSpectralLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        x2, W, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx = ctx.saved_tensors
+        x2, saved = _saved_input(ctx, ctx.saved_tensors)
+        W, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx = saved
         gy = _flatten(grad_y)  # (T, m)
         need = ctx.needs_input_grad
         grad_x = grad_s = grad_U_active = grad_Vh_active = grad_bias = None
         if need[0]:
             grad_x = (gy @ W).reshape(ctx.x_shape)
         if need[3] or need[4] or need[5]:
-            G = gy.t() @ x2  # (m, n), the only full-size transient
+            G = _t_times(gy, x2)  # (m, n), the only full-size transient
             G_v = G @ Vh_active.t()  # (m, r): G v_i
             Gt_u = U_active.t() @ G  # (r, n): (G^T u_i)^T
             if need[3]:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..sparse_rows import SparseRows
 from ..targeting import is_conv1d, linear_weight
 from .cost import choose_mode
 from .function import spectral_linear
@@ -140,15 +141,17 @@ class SpectralLinear(nn.Module):
         return cls.from_linear(linear, rank, enhanced=enhanced)
 
     # ------------------------------------------------------------------ forward / views
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    accepts_sparse_rows = True  # see sparse_spectral.sparse_rows
+
+    def forward(self, x: torch.Tensor | SparseRows) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``."""
         return spectral_linear(x, self.U_frozen, self.Vh_frozen, self.s, self.U_active,
                                self.Vh_active, self.idx, self.frozen_idx, self.bias,
                                self.enhanced, self.all_singular_values, mode=self.mode_for(x))
 
-    def mode_for(self, x: torch.Tensor) -> str:
+    def mode_for(self, x: torch.Tensor | SparseRows) -> str:
         """The evaluation (``"factored"`` or ``"composed"``) used for input ``x (..., n)``."""
-        tokens = x.numel() // max(1, x.shape[-1])
+        tokens = x.shape[0] if isinstance(x, SparseRows) else x.numel() // max(1, x.shape[-1])
         return choose_mode(tokens, self.out_features, self.in_features, self.k, self.rank,
                            self.forward_mode)
 

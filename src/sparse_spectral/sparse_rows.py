@@ -1,0 +1,141 @@
+"""A constant sparse input matrix for linear layers: products in CSR, both ways.
+
+Graph models feed a fixed bag-of-words matrix to their first linear layer (Cora: 2,708 x
+1,434 lifted features, about 1.3% non-zero; CiteSeer: 3,327 x 3,704). As a dense tensor,
+``X W^T`` and the weight gradient ``G^T X`` are most of a training step although they touch
+mostly zeros. :class:`SparseRows` keeps ``X`` in CSR together with the CSR of ``X^T`` (and
+the permutation between their value orders), so both products cost ``nnz`` per output
+column, and per-entry rescaling (dropout) re-uses the structure without sorting.
+
+The layers that know it (``nn.Linear`` through :func:`apply_linear`, LoRA's and SST's
+layers, marked ``accepts_sparse_rows``) compute exactly what they compute for
+``x.to_dense()``, up to float rounding; any other module gets the dense matrix. Nothing
+flows back into ``X``: it is data, never a parameter.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+
+#: Densest matrix worth holding sparse: above it the dense product is as cheap.
+SPARSE_SHARE = 0.25
+
+
+def _csr(dense: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return dense.to_sparse_csr()
+
+
+def _csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
+                shape) -> torch.Tensor:
+    # The indices come from a valid CSR tensor: checking them again costs a pass.
+    return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+class SparseRows:
+    """An ``(N, n)`` matrix held as CSR and as the CSR of its transpose.
+
+    Args:
+        dense: ``(N, n)`` float tensor; its non-zero pattern is kept.
+
+    Attributes:
+        shape, dtype, device: those of the dense matrix.
+        values: ``(nnz,)`` non-zero values in row-major order (the order of
+            ``dense.reshape(-1).nonzero()``).
+    """
+
+    def __init__(self, dense: torch.Tensor):
+        if dense.dim() != 2:
+            raise ValueError(f"SparseRows needs a 2-D matrix, got shape {tuple(dense.shape)}")
+        if dense.requires_grad:
+            raise ValueError("SparseRows holds data: the matrix must not require a gradient")
+        self._rows = _csr(dense)
+        num_rows, num_cols = dense.shape
+        crow, col = self._rows.crow_indices(), self._rows.col_indices()
+        row = torch.repeat_interleave(torch.arange(num_rows, device=dense.device), crow.diff())
+        # Position j of X^T's CSR values holds entry _perm[j] of X's row-major values.
+        self._perm = torch.argsort(col * num_rows + row, stable=True)
+        counts = torch.bincount(col, minlength=num_cols)
+        crow_t = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        self._cols = _csr_tensor(crow_t, row[self._perm], self._rows.values()[self._perm],
+                                 (num_cols, num_rows))
+        self.shape = dense.shape
+        self.dtype, self.device = dense.dtype, dense.device
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._rows.values()
+
+    def with_values(self, values: torch.Tensor) -> "SparseRows":
+        """The same pattern with new ``(nnz,)`` values (row-major order); shares indices."""
+        if values.shape != self.values.shape:
+            raise ValueError(f"values has shape {tuple(values.shape)}; the pattern has "
+                             f"{self.values.numel()} entries")
+        out = object.__new__(SparseRows)
+        out.shape, out.dtype, out.device, out._perm = self.shape, self.dtype, self.device, \
+            self._perm
+        out._rows = _csr_tensor(self._rows.crow_indices(), self._rows.col_indices(), values,
+                                self.shape)
+        out._cols = _csr_tensor(self._cols.crow_indices(), self._cols.col_indices(),
+                                values[self._perm], (self.shape[1], self.shape[0]))
+        return out
+
+    def mm_t(self, weight: torch.Tensor) -> torch.Tensor:
+        """``X W^T``: ``weight (m, n)`` -> ``(N, m)``."""
+        return self._rows @ weight.t()
+
+    def t_mm(self, grad: torch.Tensor) -> torch.Tensor:
+        """``X^T G``: ``grad (N, m)`` -> ``(n, m)``."""
+        return self._cols @ grad
+
+    @staticmethod
+    def worth_it(x: torch.Tensor) -> bool:
+        """Whether ``x`` is a 2-D data matrix sparse enough (:data:`SPARSE_SHARE`)."""
+        return (x.dim() == 2 and not x.requires_grad and x.numel() > 0
+                and int(torch.count_nonzero(x)) <= SPARSE_SHARE * x.numel())
+
+    def to_dense(self) -> torch.Tensor:
+        """The ``(N, n)`` dense matrix."""
+        return self._rows.to_dense()
+
+
+class _SparseRowsLinear(torch.autograd.Function):
+    """``X W^T (+ b)`` with gradients for ``W`` and ``b`` (none for the data ``X``)."""
+
+    @staticmethod
+    def forward(ctx, weight, bias, x: SparseRows):
+        ctx.x = x
+        ctx.has_bias = bias is not None
+        y = x.mm_t(weight)
+        return y if bias is None else y + bias
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        need = ctx.needs_input_grad
+        grad_w = ctx.x.t_mm(grad_y).t() if need[0] else None
+        grad_b = grad_y.sum(0) if ctx.has_bias and need[1] else None
+        return grad_w, grad_b, None
+
+
+def sparse_rows_linear(x: SparseRows, weight: torch.Tensor,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x (N, n)`` sparse rows, ``weight (m, n)``, ``bias (m,)`` -> ``(N, m)``."""
+    return _SparseRowsLinear.apply(weight, bias, x)
+
+
+def apply_linear(module: nn.Module, x: torch.Tensor | SparseRows) -> torch.Tensor:
+    """``module(x)`` for a linear layer, keeping a :class:`SparseRows` input sparse where
+    the layer allows it: ``nn.Linear`` itself, or a module marked ``accepts_sparse_rows``;
+    any other module gets ``x.to_dense()``."""
+    if not isinstance(x, SparseRows):
+        return module(x)
+    if getattr(module, "accepts_sparse_rows", False):
+        return module(x)
+    if type(module) is nn.Linear:
+        return sparse_rows_linear(x, module.weight, module.bias)
+    return module(x.to_dense())

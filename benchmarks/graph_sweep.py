@@ -2,12 +2,17 @@
 
 Every cell is one ``sparse_spectral.tasks.graph.run_train`` with HyboNet's per-data-set
 settings (dimension 16, early stopping on validation, test at the best validation epoch), run
-in a worker process with one thread. A finished cell leaves ``<out>/runs/<data>-<task>/
-<method>[-r<rank>]/seed<seed>/summary.json`` and is skipped on the next start, so the sweep
-can be stopped and resumed. After every cell ``<out>/sweep.json`` and ``<out>/sweep.md`` are
-rewritten from all finished cells: the faithfulness table (full rank against the official
-code's numbers, reference/hybonet.md section 2.10) and the method table with the share of
-the gap SST closes.
+in a worker process with one thread. A finished cell leaves its run folder under ``<out>/runs/
+<data>-<task>/<method>[-r<rank>]/seed<seed>/`` and a compact record (its summary without the
+per-epoch curve) under ``<results>/cells/`` (default ``benchmarks/results/graph_hybonet``, in
+git): a cell with either is skipped on the next start, so the sweep can be stopped and resumed
+on another machine from a clone. After every cell ``<results>/sweep.json`` and
+``<results>/sweep.md`` are rewritten from all records: the faithfulness table (full rank
+against the official code's numbers, reference/hybonet.md section 2.10) and the method table
+with the share of the gap SST closes.
+
+Groups with no record fall back to ``<results>/earlier_groups.json``: mean/std of cells run
+before records were kept (their per-seed summaries are lost); the tables mark them with †.
 
     # faithfulness check: full rank, HGCN's split, 3 seeds, the five reference settings
     python benchmarks/graph_sweep.py --out runs/graph_sweep --stage faithful
@@ -33,6 +38,7 @@ from pathlib import Path
 # The worker processes (spawn) import this module too: make the package importable there.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+RESULTS = Path(__file__).resolve().parent / "results" / "graph_hybonet"
 SEEDS = (1234, 1235, 1236)
 LOW_RANK = ("lora", "relora", "galore", "sst")
 METHODS = ("full",) + LOW_RANK
@@ -72,9 +78,33 @@ def _cells(stage: str, seeds) -> list[tuple[str, str, str, int, int]]:
                      "ranks")
 
 
-def cell_dir(out: Path, dataset: str, task: str, method: str, rank: int, seed: int) -> Path:
-    name = method if method == "full" else f"{method}-r{rank}"
-    return out / "runs" / f"{dataset}-{task}" / name / f"seed{seed}"
+def _cell_parts(dataset: str, task: str, method: str, rank: int, seed: int) -> tuple[str, ...]:
+    return (f"{dataset}-{task}", method if method == "full" else f"{method}-r{rank}",
+            f"seed{seed}")
+
+
+def cell_dir(out: Path, *cell) -> Path:
+    """The run folder of ``cell = (dataset, task, method, rank, seed)``."""
+    return out.joinpath("runs", *_cell_parts(*cell))
+
+
+def record_path(results: Path, *cell) -> Path:
+    """The compact record of ``cell`` (kept in git)."""
+    *folders, seed = _cell_parts(*cell)
+    return results.joinpath("cells", *folders, f"{seed}.json")
+
+
+def write_record(results: Path, cell: tuple, summary: dict) -> None:
+    """Keep ``summary`` without its per-epoch curve (the run folder has it)."""
+    from sparse_spectral.atomic import atomic_write_json
+
+    atomic_write_json(record_path(results, *cell),
+                      {k: v for k, v in summary.items() if k != "curve"})
+
+
+def is_done(out: Path, results: Path, cell: tuple) -> bool:
+    return (record_path(results, *cell).exists()
+            or (cell_dir(out, *cell) / "summary.json").exists())
 
 
 def _init_worker() -> None:
@@ -95,15 +125,27 @@ def run_cell(out: str, split: str, data_dir: str | None, cell: tuple) -> dict:
 
 
 # ---------------------------------------------------------------------- aggregation
-def _summaries(out: Path) -> dict[tuple, dict]:
+def _summaries(results: Path) -> dict[tuple, dict]:
     found = {}
-    for path in sorted((out / "runs").glob("*/*/seed*/summary.json")):
-        data_task, method_rank, seed = path.parts[-4], path.parts[-3], path.parts[-2]
-        dataset, task = data_task.rsplit("-", 1)
-        method, _, rank = method_rank.partition("-r")
-        found[(dataset, task, method, int(rank or 0), int(seed[4:]))] = json.loads(
-            path.read_text())
+    for path in sorted((results / "cells").glob("*/*/seed*.json")):
+        found[_cell_of((*path.parts[-3:-1], path.stem))] = json.loads(path.read_text())
     return found
+
+
+def _cell_of(parts) -> tuple:
+    """``("cora-nc", "sst-r2", "seed1234")`` -> ``("cora", "nc", "sst", 2, 1234)``."""
+    data_task, method_rank, seed = parts
+    dataset, task = data_task.rsplit("-", 1)
+    method, _, rank = method_rank.partition("-r")
+    return dataset, task, method, int(rank or 0), int(seed.removeprefix("seed"))
+
+
+def _earlier_groups(results: Path) -> dict[str, dict]:
+    path = results / "earlier_groups.json"
+    if not path.exists():
+        return {}
+    return {key: {**group, "earlier": True}
+            for key, group in json.loads(path.read_text())["cells"].items()}
 
 
 def _stat(values: list[float]) -> dict:
@@ -111,12 +153,13 @@ def _stat(values: list[float]) -> dict:
             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
-def aggregate(out: Path) -> dict:
-    """Mean/std per (dataset, task, method, rank) over the finished seeds."""
+def aggregate(results: Path) -> dict:
+    """Mean/std per (dataset, task, method, rank) over the recorded seeds; groups with no
+    record come from ``earlier_groups.json`` (marked ``"earlier": True``)."""
     groups: dict[tuple, list[dict]] = {}
-    for (d, t, m, r, s), summary in _summaries(out).items():
+    for (d, t, m, r, s), summary in _summaries(results).items():
         groups.setdefault((d, t, m, r), []).append({"seed": s, **summary})
-    table = {}
+    table = _earlier_groups(results)
     for (d, t, m, r), runs in sorted(groups.items()):
         keys = ("acc", "f1") if t == "nc" else ("roc", "ap")
         table[f"{d}/{t}/{m}/r{r}"] = {
@@ -130,13 +173,14 @@ def aggregate(out: Path) -> dict:
             "trainable_params": runs[0]["trainable_params"],
             "total_params": runs[0]["total_params"],
         }
-    return table
+    return dict(sorted(table.items()))
 
 
-def _pm(stat: dict | None) -> str:
+def _pm(stat: dict | None, earlier: bool = False) -> str:
     if not stat:
         return "-"
-    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f} (n={stat['n']})"
+    return (f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f} (n={stat['n']})"
+            + (" †" if earlier else ""))
 
 
 def faithfulness_markdown(table: dict) -> str:
@@ -150,7 +194,7 @@ def faithfulness_markdown(table: dict) -> str:
         mean = row[f"test_{metric}"]["mean"]
         diff = 100 * (mean - official)
         lines.append(f"| {d} {t.upper()} | {metric} | {100 * official:.1f} | "
-                     f"{_pm(row[f'test_{metric}'])} | {diff:+.1f} | "
+                     f"{_pm(row[f'test_{metric}'], row.get('earlier', False))} | {diff:+.1f} | "
                      f"{'yes' if abs(diff) <= 2 else 'NO'} |")
     return "\n".join(lines)
 
@@ -181,8 +225,8 @@ def methods_markdown(table: dict) -> str:
             if len([m for m in LOW_RANK if m in means]) < len(LOW_RANK):
                 verdict += " (some baselines missing)"
         lines.append(f"| {d} | {t.upper()} | {r} | test {metric} | "
-                     + " | ".join(_pm(cells[m][f'test_{metric}']) if cells[m] else "-"
-                                  for m in METHODS)
+                     + " | ".join(_pm(cells[m][f'test_{metric}'], cells[m].get("earlier", False))
+                                  if cells[m] else "-" for m in METHODS)
                      + f" | {share_text} | {verdict} |")
     lines.append("")
     for task, values in sorted(shares.items()):
@@ -193,20 +237,26 @@ def methods_markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path, split: str) -> None:
+EARLIER_NOTE = ("† mean ± std of cells run before per-cell records were kept "
+                "(`earlier_groups.json`); their per-seed summaries are lost.")
+
+
+def write_report(results: Path, split: str) -> None:
     from sparse_spectral.atomic import atomic_write_json, atomic_write_text
 
-    table = aggregate(out)
-    atomic_write_json(out / "sweep.json", {"split": split, "cells": table})
+    table = aggregate(results)
+    atomic_write_json(results / "sweep.json", {"split": split, "cells": table})
     text = (f"# HyboNet graph sweep (split {split})\n\n## Faithfulness (full rank vs the "
             f"official code)\n\n{faithfulness_markdown(table)}\n\n## Methods (test, %, mean ± "
-            f"std over seeds)\n\n{methods_markdown(table)}\n")
-    atomic_write_text(out / "sweep.md", text)
+            f"std over seeds)\n\n{methods_markdown(table)}\n\n{EARLIER_NOTE}\n")
+    atomic_write_text(results / "sweep.md", text)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="folder of the run folders")
+    parser.add_argument("--results", default=str(RESULTS),
+                        help="folder of the per-cell records and the tables (default: %(default)s)")
     parser.add_argument("--stage", action="append", default=[],
                         help="faithful, r2-priority, r2-rest or ranks (repeatable, in order)")
     parser.add_argument("--split", default="hgcn", help="hgcn (default, as the paper) or "
@@ -220,8 +270,14 @@ def main(argv=None) -> int:
                         help="comma-separated methods to keep, e.g. lora,relora,galore,sst")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out, results = Path(args.out), Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
+    # run folders of an earlier start that have no record yet (a sweep from before records)
+    for path in sorted((out / "runs").glob("*/*/seed*/summary.json")):
+        cell = _cell_of(path.parts[-4:-1])
+        if not record_path(results, *cell).exists():
+            write_record(results, cell, json.loads(path.read_text()))
     seeds = [int(s) for s in args.seeds.split(",")]
     if not args.report_only:
         cells = list(dict.fromkeys(c for stage in args.stage for c in stage_cells(stage, seeds)))
@@ -231,7 +287,7 @@ def main(argv=None) -> int:
         if args.methods:
             keep_methods = set(args.methods.split(","))
             cells = [c for c in cells if c[2] in keep_methods]
-        todo = [c for c in cells if not (cell_dir(out, *c) / "summary.json").exists()]
+        todo = [c for c in cells if not is_done(out, results, c)]
         print(f"{len(todo)} cell(s) to run, {len(cells) - len(todo)} already done", flush=True)
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn"),
                                  initializer=_init_worker) as pool:
@@ -240,14 +296,15 @@ def main(argv=None) -> int:
             for cell, future in futures:
                 try:
                     summary = future.result()
+                    write_record(results, cell, summary)
                     print(f"{cell}: test {summary['test']} at epoch {summary['best_epoch']} "
                           f"of {summary['epochs_run']}, {summary['wall_time_s']:.0f}s",
                           flush=True)
                 except Exception as err:  # record and go on with the other cells
                     print(f"{cell}: FAILED {type(err).__name__}: {err}", flush=True)
-                write_report(out, args.split)
-    write_report(out, args.split)
-    print((out / "sweep.md").read_text())
+                write_report(results, args.split)
+    write_report(results, args.split)
+    print((results / "sweep.md").read_text())
     return 0
 
 

@@ -1,11 +1,13 @@
-"""A constant sparse input matrix for linear layers: products in CSR, both ways.
+"""A constant sparse matrix for linear layers and graph aggregation: CSR products both ways.
 
 Graph models feed a fixed bag-of-words matrix to their first linear layer (Cora: 2,708 x
-1,434 lifted features, about 1.3% non-zero; CiteSeer: 3,327 x 3,704). As a dense tensor,
-``X W^T`` and the weight gradient ``G^T X`` are most of a training step although they touch
-mostly zeros. :class:`SparseRows` keeps ``X`` in CSR together with the CSR of ``X^T`` (and
-the permutation between their value orders), so both products cost ``nnz`` per output
-column, and per-entry rescaling (dropout) re-uses the structure without sorting.
+1,434 lifted features, about 1.3% non-zero; CiteSeer: 3,327 x 3,704) and aggregate over a
+fixed normalised adjacency. As a dense tensor, ``X W^T`` and the weight gradient ``G^T X``
+are most of a training step although they touch mostly zeros; as torch's sparse COO, ``A h``
+and its backward ``A^T g`` are several times slower than in CSR. :class:`SparseRows` keeps
+``X`` in CSR together with the CSR of ``X^T`` (and the permutation between their value
+orders), so every product costs ``nnz`` per output column, and per-entry rescaling (dropout)
+re-uses the structure without sorting.
 
 The layers that know it (``nn.Linear`` through :func:`apply_linear`, LoRA's and SST's
 layers, marked ``accepts_sparse_rows``) compute exactly what they compute for
@@ -41,7 +43,8 @@ class SparseRows:
     """An ``(N, n)`` matrix held as CSR and as the CSR of its transpose.
 
     Args:
-        dense: ``(N, n)`` float tensor; its non-zero pattern is kept.
+        dense: ``(N, n)`` float tensor, dense (its non-zero pattern is kept) or sparse COO/CSR
+            (its stored entries are kept).
 
     Attributes:
         shape, dtype, device: those of the dense matrix.
@@ -89,6 +92,10 @@ class SparseRows:
         """``X W^T``: ``weight (m, n)`` -> ``(N, m)``."""
         return self._rows @ weight.t()
 
+    def mm(self, h: torch.Tensor) -> torch.Tensor:
+        """``X h``: ``h (n, d)`` -> ``(N, d)``."""
+        return self._rows @ h
+
     def t_mm(self, grad: torch.Tensor) -> torch.Tensor:
         """``X^T G``: ``grad (N, m)`` -> ``(n, m)``."""
         return self._cols @ grad
@@ -120,6 +127,25 @@ class _SparseRowsLinear(torch.autograd.Function):
         grad_w = ctx.x.t_mm(grad_y).t() if need[0] else None
         grad_b = grad_y.sum(0) if ctx.has_bias and need[1] else None
         return grad_w, grad_b, None
+
+
+class _SparseRowsMatmul(torch.autograd.Function):
+    """``X h`` with the gradient for ``h`` (``X^T g``); none for the data ``X``."""
+
+    @staticmethod
+    def forward(ctx, h, x: SparseRows):
+        ctx.x = x
+        return x.mm(h)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.x.t_mm(grad) if ctx.needs_input_grad[0] else None, None
+
+
+def sparse_rows_matmul(x: SparseRows, h: torch.Tensor) -> torch.Tensor:
+    """``x (N, n)`` sparse rows times ``h (n, d)`` -> ``(N, d)`` (e.g. an adjacency times
+    node features), differentiable in ``h``."""
+    return _SparseRowsMatmul.apply(h, x)
 
 
 def sparse_rows_linear(x: SparseRows, weight: torch.Tensor,

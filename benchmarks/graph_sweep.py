@@ -184,8 +184,8 @@ def _pm(stat: dict | None, earlier: bool = False) -> str:
 
 
 def faithfulness_markdown(table: dict) -> str:
-    lines = ["| setting | metric | official (1 seed) | ours full rank (mean ± std) | "
-             "difference (points) | within 2 points |", "|---|---|---:|---:|---:|---|"]
+    lines = [("| setting | metric | official (1 seed) | ours full rank (mean ± std) | "
+              "difference (points) | within 2 points |"), "|---|---|---:|---:|---:|---|"]
     for (d, t), (metric, official) in OFFICIAL.items():
         row = table.get(f"{d}/{t}/full/r0")
         if row is None:
@@ -220,8 +220,8 @@ def methods_markdown(table: dict) -> str:
     median share of the gap SST closes per task and rank, over complete rows only."""
     rows = sorted({(v["dataset"], v["task"], v["rank"]) for v in table.values()
                    if v["method"] != "full"})
-    lines = ["| data | task | r | metric | full | LoRA | ReLoRA* | GaLore | SST | gap closed vs "
-             "LoRA/ReLoRA*/GaLore | gap closed vs LoRA/ReLoRA* | SST vs best other low-rank |",
+    lines = [("| data | task | r | metric | full | LoRA | ReLoRA* | GaLore | SST | gap closed vs "
+              "LoRA/ReLoRA*/GaLore | gap closed vs LoRA/ReLoRA* | SST vs best other low-rank |"),
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     shares: dict[tuple[str, str, int | str], list[float]] = {}
     for (d, t, r), metric in [(row, m) for row in rows for m in GAP_METRICS[row[1]]]:
@@ -248,10 +248,10 @@ def methods_markdown(table: dict) -> str:
                      + " | ".join(_pm(cells[m][f'test_{metric}'], cells[m].get("earlier", False))
                                   if cells[m] else "-" for m in METHODS)
                      + f" | {' | '.join(share_texts)} | {verdict} |")
-    lines += ["", "Share of the gap closed by SST over the complete rows with a gap (every "
-              "method, every seed; test F1 for NC, ROC-AUC for LP), mean and median:", "",
-              "| task | r | vs LoRA/ReLoRA*/GaLore: mean | median | rows | vs LoRA/ReLoRA*: "
-              "mean | median | rows | paper |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", ("Share of the gap closed by SST over the complete rows with a gap (every "
+                   "method, every seed; test F1 for NC, ROC-AUC for LP), mean and median:"), "",
+              ("| task | r | vs LoRA/ReLoRA*/GaLore: mean | median | rows | vs LoRA/ReLoRA*: "
+               "mean | median | rows | paper |"), "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for t, r in sorted({(t, r) for _, t, r in shares}, key=lambda k: (k[0], str(k[1]))):
         cols = []
         for set_name in BASELINE_SETS:

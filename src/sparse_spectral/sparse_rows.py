@@ -22,7 +22,6 @@ import warnings
 import torch
 from torch import nn
 
-
 #: Densest matrix worth holding sparse: above it the dense product is as cheap.
 SPARSE_SHARE = 0.25
 
@@ -74,7 +73,7 @@ class SparseRows:
     def values(self) -> torch.Tensor:
         return self._rows.values()
 
-    def with_values(self, values: torch.Tensor) -> "SparseRows":
+    def with_values(self, values: torch.Tensor) -> SparseRows:
         """The same pattern with new ``(nnz,)`` values (row-major order); shares indices."""
         if values.shape != self.values.shape:
             raise ValueError(f"values has shape {tuple(values.shape)}; the pattern has "

@@ -62,11 +62,17 @@ class HyboNetEncoder(nn.Module):
         act: None or "relu", applied to the input point of layers >= 1.
         bias: LorentzLinear biases.
         k: curvature parameter.
+        sparse_products: run the first layer on sparse lifted features and the aggregation
+            on a CSR adjacency (:mod:`~sparse_spectral.sparse_rows`); ``False`` keeps the
+            dense/COO products (same results up to float rounding, several times slower on
+            Cora and CiteSeer).
     """
 
     def __init__(self, in_features: int, dim: int, num_conv: int, dropout: float = 0.0,
-                 act: str | None = None, bias: bool = True, k: float = 1.0):
+                 act: str | None = None, bias: bool = True, k: float = 1.0,
+                 sparse_products: bool = True):
         super().__init__()
+        self.sparse_products = bool(sparse_products)
         _check(act in ACTIVATIONS, f"act={act!r} is unknown; allowed: None, 'none', 'relu'")
         dims = [in_features + 1] + [dim] * num_conv
         self.k = float(k)
@@ -102,6 +108,8 @@ class HyboNetEncoder(nn.Module):
         products that cost ``nnz`` instead of ``N (F + 1)`` per column.
         """
         x = self.lift(features)
+        if not self.sparse_products:
+            return x
         cached = self._sparse
         if cached is not None and cached[0] is x and cached[1] == x._version:
             return cached[2]
@@ -115,7 +123,8 @@ class HyboNetEncoder(nn.Module):
         """A sparse COO ``adj`` as :class:`SparseRows` (kept for the same unchanged tensor):
         the aggregation ``A h`` and its backward ``A^T g`` run in CSR, several times faster
         than COO (Airport: 3.0 ms -> 0.2 ms a layer). Dense ``adj`` is used as it is."""
-        if adj.layout != torch.sparse_coo or adj.dim() != 2 or adj.requires_grad:
+        if (not self.sparse_products or adj.layout != torch.sparse_coo or adj.dim() != 2
+                or adj.requires_grad):
             return adj
         cached = self._adjacency
         if cached is not None and cached[0] is adj and cached[1] == adj._version:
@@ -245,6 +254,7 @@ class HyboNetGraphModel(nn.Module):
         bias: LorentzLinear biases and the NC class bias.
         margin: m of the hinge (NC) or margin (LP) loss (HyboNet's default 2).
         k: curvature parameter (HyboNet: 1).
+        sparse_products: see :class:`HyboNetEncoder`.
 
     Submodules: ``encoder``, ``decoder``, ``manifold`` (holds the frozen ``k``).
     """
@@ -252,7 +262,7 @@ class HyboNetGraphModel(nn.Module):
     def __init__(self, task: str, in_features: int, num_classes: int | None = None,
                  dim: int = 16, num_layers: int = 2, dropout: float = 0.0,
                  act: str | None = None, bias: bool = True, margin: float = 2.0,
-                 k: float = 1.0):
+                 k: float = 1.0, sparse_products: bool = True):
         super().__init__()
         _check(task in TASKS, f"task={task!r} is unknown; allowed: {', '.join(TASKS)}")
         _check(isinstance(num_layers, int) and num_layers >= 2,
@@ -266,7 +276,7 @@ class HyboNetGraphModel(nn.Module):
         self.manifold = Lorentz(k)
         num_conv = num_layers - 1 if task == "nc" else num_layers
         self.encoder = HyboNetEncoder(in_features, dim, num_conv, dropout=dropout, act=act,
-                                      bias=bias, k=k)
+                                      bias=bias, k=k, sparse_products=sparse_products)
         if task == "nc":
             self.decoder = NCDecoder(dim, num_classes, self.manifold, bias=bias)
         else:

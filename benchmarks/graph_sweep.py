@@ -113,13 +113,15 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def run_cell(out: str, split: str, data_dir: str | None, cell: tuple) -> dict:
-    """Train one cell in this (worker) process; return its summary."""
+def run_cell(out: str, split: str, data_dir: str | None, cell: tuple,
+             lr: float | None = None) -> dict:
+    """Train one cell in this (worker) process; return its summary. ``lr`` None: HyboNet's
+    learning rate for the data set and task."""
     from sparse_spectral.tasks.graph import GraphSettings, run_train
 
     dataset, task, method, rank, seed = cell
     settings = GraphSettings(dataset=dataset, task=task, data_dir=data_dir, split=split,
-                             method=method, rank=max(rank, 1), seed=seed,
+                             method=method, rank=max(rank, 1), seed=seed, lr=lr,
                              output_dir=str(cell_dir(Path(out), *cell)), save_embeddings=False)
     return run_train(settings, progress=False)
 
@@ -268,12 +270,13 @@ EARLIER_NOTE = ("† mean ± std of cells run before per-cell records were kept 
                 "(`earlier_groups.json`); their per-seed summaries are lost.")
 
 
-def write_report(results: Path, split: str) -> None:
+def write_report(results: Path, split: str, lr: float | None = None) -> None:
     from sparse_spectral.atomic import atomic_write_json, atomic_write_text
 
     table = aggregate(results)
-    atomic_write_json(results / "sweep.json", {"split": split, "cells": table})
-    text = (f"# HyboNet graph sweep (split {split})\n\n## Faithfulness (full rank vs the "
+    atomic_write_json(results / "sweep.json", {"split": split, "lr": lr, "cells": table})
+    lr_text = "HyboNet's per data set" if lr is None else f"{lr:g} for every cell"
+    text = (f"# HyboNet graph sweep (split {split}, learning rate {lr_text})\n\n## Faithfulness (full rank vs the "
             f"official code)\n\n{faithfulness_markdown(table)}\n\n## Methods (test, %, mean ± "
             f"std over seeds)\n\n{methods_markdown(table)}\n\n{EARLIER_NOTE}\n")
     atomic_write_text(results / "sweep.md", text)
@@ -286,6 +289,9 @@ def main(argv=None) -> int:
                         help="folder of the per-cell records and the tables (default: %(default)s)")
     parser.add_argument("--stage", action="append", default=[],
                         help="faithful, r2-priority, r2-rest or ranks (repeatable, in order)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="one learning rate for every cell (default: HyboNet's per data "
+                        "set); give it its own --out and --results")
     parser.add_argument("--split", default="hgcn", help="hgcn (default, as the paper) or "
                         "corrected")
     parser.add_argument("--data-dir", default=None)
@@ -318,7 +324,8 @@ def main(argv=None) -> int:
         print(f"{len(todo)} cell(s) to run, {len(cells) - len(todo)} already done", flush=True)
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn"),
                                  initializer=_init_worker) as pool:
-            futures = [(c, pool.submit(run_cell, str(out), args.split, args.data_dir, c))
+            futures = [(c, pool.submit(run_cell, str(out), args.split, args.data_dir, c,
+                                              args.lr))
                        for c in todo]
             for cell, future in futures:
                 try:
@@ -329,8 +336,8 @@ def main(argv=None) -> int:
                           flush=True)
                 except Exception as err:  # record and go on with the other cells
                     print(f"{cell}: FAILED {type(err).__name__}: {err}", flush=True)
-                write_report(results, args.split)
-    write_report(results, args.split)
+                write_report(results, args.split, args.lr)
+    write_report(results, args.split, args.lr)
     print((results / "sweep.md").read_text())
     return 0
 

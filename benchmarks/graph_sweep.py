@@ -289,6 +289,8 @@ def main(argv=None) -> int:
                         help="folder of the per-cell records and the tables (default: %(default)s)")
     parser.add_argument("--stage", action="append", default=[],
                         help="faithful, r2-priority, r2-rest or ranks (repeatable, in order)")
+    parser.add_argument("--ranks", default=None,
+                        help="comma-separated ranks to keep, e.g. 2,4 (full rank always kept)")
     parser.add_argument("--lr", type=float, default=None,
                         help="one learning rate for every cell (default: HyboNet's per data "
                         "set); give it its own --out and --results")
@@ -320,6 +322,9 @@ def main(argv=None) -> int:
         if args.methods:
             keep_methods = set(args.methods.split(","))
             cells = [c for c in cells if c[2] in keep_methods]
+        if args.ranks:
+            keep_ranks = {0, *(int(r) for r in args.ranks.split(","))}
+            cells = [c for c in cells if c[3] in keep_ranks]
         todo = [c for c in cells if not is_done(out, results, c)]
         print(f"{len(todo)} cell(s) to run, {len(cells) - len(todo)} already done", flush=True)
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn"),

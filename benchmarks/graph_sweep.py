@@ -11,9 +11,6 @@ on another machine from a clone. After every cell ``<results>/sweep.json`` and
 against the official code's numbers, reference/hybonet.md section 2.10) and the method table
 with the share of the gap SST closes.
 
-Groups with no record fall back to ``<results>/earlier_groups.json``: mean/std of cells run
-before records were kept (their per-seed summaries are lost); the tables mark them with †.
-
     # faithfulness check: full rank, HGCN's split, 3 seeds, the five reference settings
     python benchmarks/graph_sweep.py --out runs/graph_sweep --stage faithful
     # the priority grid: Cora NC, Disease LP, Airport LP at r = 2, every method
@@ -142,26 +139,17 @@ def _cell_of(parts) -> tuple:
     return dataset, task, method, int(rank or 0), int(seed.removeprefix("seed"))
 
 
-def _earlier_groups(results: Path) -> dict[str, dict]:
-    path = results / "earlier_groups.json"
-    if not path.exists():
-        return {}
-    return {key: {**group, "earlier": True}
-            for key, group in json.loads(path.read_text())["cells"].items()}
-
-
 def _stat(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
 def aggregate(results: Path) -> dict:
-    """Mean/std per (dataset, task, method, rank) over the recorded seeds; groups with no
-    record come from ``earlier_groups.json`` (marked ``"earlier": True``)."""
+    """Mean/std per (dataset, task, method, rank) over the recorded seeds."""
     groups: dict[tuple, list[dict]] = {}
     for (d, t, m, r, s), summary in _summaries(results).items():
         groups.setdefault((d, t, m, r), []).append({"seed": s, **summary})
-    table = _earlier_groups(results)
+    table = {}
     for (d, t, m, r), runs in sorted(groups.items()):
         keys = ("acc", "f1") if t == "nc" else ("roc", "ap")
         table[f"{d}/{t}/{m}/r{r}"] = {
@@ -175,14 +163,13 @@ def aggregate(results: Path) -> dict:
             "trainable_params": runs[0]["trainable_params"],
             "total_params": runs[0]["total_params"],
         }
-    return dict(sorted(table.items()))
+    return table
 
 
-def _pm(stat: dict | None, earlier: bool = False) -> str:
+def _pm(stat: dict | None) -> str:
     if not stat:
         return "-"
-    return (f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f} (n={stat['n']})"
-            + (" †" if earlier else ""))
+    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f} (n={stat['n']})"
 
 
 def faithfulness_markdown(table: dict) -> str:
@@ -196,7 +183,7 @@ def faithfulness_markdown(table: dict) -> str:
         mean = row[f"test_{metric}"]["mean"]
         diff = 100 * (mean - official)
         lines.append(f"| {d} {t.upper()} | {metric} | {100 * official:.1f} | "
-                     f"{_pm(row[f'test_{metric}'], row.get('earlier', False))} | {diff:+.1f} | "
+                     f"{_pm(row[f'test_{metric}'])} | {diff:+.1f} | "
                      f"{'yes' if abs(diff) <= 2 else 'NO'} |")
     return "\n".join(lines)
 
@@ -247,8 +234,8 @@ def methods_markdown(table: dict) -> str:
                 if not complete:
                     verdict += " (incomplete)"
         lines.append(f"| {d} | {t.upper()} | {r} | test {metric} | "
-                     + " | ".join(_pm(cells[m][f'test_{metric}'], cells[m].get("earlier", False))
-                                  if cells[m] else "-" for m in METHODS)
+                     + " | ".join(_pm(cells[m][f'test_{metric}']) if cells[m] else "-"
+                                  for m in METHODS)
                      + f" | {' | '.join(share_texts)} | {verdict} |")
     lines += ["", ("Share of the gap closed by SST over the complete rows with a gap (every "
                    "method, every seed; test F1 for NC, ROC-AUC for LP), mean and median:"), "",
@@ -266,10 +253,6 @@ def methods_markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
-EARLIER_NOTE = ("† mean ± std of cells run before per-cell records were kept "
-                "(`earlier_groups.json`); their per-seed summaries are lost.")
-
-
 def write_report(results: Path, split: str, lr: float | None = None) -> None:
     from sparse_spectral.atomic import atomic_write_json, atomic_write_text
 
@@ -278,7 +261,7 @@ def write_report(results: Path, split: str, lr: float | None = None) -> None:
     lr_text = "HyboNet's per data set" if lr is None else f"{lr:g} for every cell"
     text = (f"# HyboNet graph sweep (split {split}, learning rate {lr_text})\n\n## Faithfulness (full rank vs the "
             f"official code)\n\n{faithfulness_markdown(table)}\n\n## Methods (test, %, mean ± "
-            f"std over seeds)\n\n{methods_markdown(table)}\n\n{EARLIER_NOTE}\n")
+            f"std over seeds)\n\n{methods_markdown(table)}\n")
     atomic_write_text(results / "sweep.md", text)
 
 

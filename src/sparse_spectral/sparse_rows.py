@@ -26,10 +26,10 @@ from torch import nn
 SPARSE_SHARE = 0.25
 
 
-def _csr(dense: torch.Tensor) -> torch.Tensor:
+def _csr(matrix: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
-        return dense.to_sparse_csr()
+        return matrix.to_sparse_csr()
 
 
 def _csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
@@ -42,32 +42,32 @@ class SparseRows:
     """An ``(N, n)`` matrix held as CSR and as the CSR of its transpose.
 
     Args:
-        dense: ``(N, n)`` float tensor, dense (its non-zero pattern is kept) or sparse COO/CSR
-            (its stored entries are kept).
+        matrix: ``(N, n)`` float tensor, dense (its non-zero pattern is kept) or sparse
+            COO/CSR (its stored entries are kept).
 
     Attributes:
         shape, dtype, device: those of the dense matrix.
         values: ``(nnz,)`` non-zero values in row-major order (the order of
-            ``dense.reshape(-1).nonzero()``).
+            ``matrix.reshape(-1).nonzero()`` for a dense one).
     """
 
-    def __init__(self, dense: torch.Tensor):
-        if dense.dim() != 2:
-            raise ValueError(f"SparseRows needs a 2-D matrix, got shape {tuple(dense.shape)}")
-        if dense.requires_grad:
+    def __init__(self, matrix: torch.Tensor):
+        if matrix.dim() != 2:
+            raise ValueError(f"SparseRows needs a 2-D matrix, got shape {tuple(matrix.shape)}")
+        if matrix.requires_grad:
             raise ValueError("SparseRows holds data: the matrix must not require a gradient")
-        self._rows = _csr(dense)
-        num_rows, num_cols = dense.shape
+        self._rows = _csr(matrix)
+        num_rows, num_cols = matrix.shape
         crow, col = self._rows.crow_indices(), self._rows.col_indices()
-        row = torch.repeat_interleave(torch.arange(num_rows, device=dense.device), crow.diff())
+        row = torch.repeat_interleave(torch.arange(num_rows, device=matrix.device), crow.diff())
         # Position j of X^T's CSR values holds entry _perm[j] of X's row-major values.
         self._perm = torch.argsort(col * num_rows + row, stable=True)
         counts = torch.bincount(col, minlength=num_cols)
         crow_t = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         self._cols = _csr_tensor(crow_t, row[self._perm], self._rows.values()[self._perm],
                                  (num_cols, num_rows))
-        self.shape = dense.shape
-        self.dtype, self.device = dense.dtype, dense.device
+        self.shape = matrix.shape
+        self.dtype, self.device = matrix.dtype, matrix.device
 
     @property
     def values(self) -> torch.Tensor:

@@ -189,7 +189,7 @@ def faithfulness_markdown(table: dict) -> str:
 
 
 #: Baseline sets the share of the gap is measured against: every low-rank baseline we run,
-#: and the paper's Euclidean comparison set (its graph table has no GaLore).
+#: and the paper's main comparison set (GaLore is only in its appendix, SPEC section 5).
 BASELINE_SETS = {"all": ("lora", "relora", "galore"), "paper": ("lora", "relora")}
 PAPER_SHARE = {"nc": 0.737, "lp": 0.825}
 

@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 SETTINGS = (("cora", "nc"), ("cora", "lp"), ("citeseer", "nc"), ("citeseer", "lp"),
             ("airport", "nc"), ("airport", "lp"), ("disease", "nc"), ("disease", "lp"))
@@ -85,9 +85,9 @@ def measure(dataset: str, task: str, method: str, data, warmup: int, epochs: int
 
 
 def markdown(rows: list[dict], args) -> str:
-    lines = [f"HyboNet epoch time (train step + validation), median of {args.epochs} epochs "
-             f"after {args.warmup}, one thread, rank 2, HGCN split; torch "
-             f"{torch.__version__}.", "",
+    lines = [(f"HyboNet epoch time (train step + validation), median of {args.epochs} epochs "
+              f"after {args.warmup}, one thread, rank 2, HGCN split; torch "
+              f"{torch.__version__}."), "",
              "| data | task | method | dense/COO (ms) | sparse (ms) | speed-up | max loss diff |",
              "|---|---|---|---:|---:|---:|---:|"]
     lines += [f"| {r['dataset']} | {r['task'].upper()} | {r['method']} | {r['dense_ms']:.1f} | "

@@ -5,11 +5,12 @@ settings (dimension 16, early stopping on validation, test at the best validatio
 in a worker process with one thread. A finished cell leaves its run folder under ``<out>/runs/
 <data>-<task>/<method>[-r<rank>]/seed<seed>/`` and a compact record (its summary without the
 per-epoch curve) under ``<results>/cells/`` (default ``benchmarks/results/graph_hybonet``, in
-git): a cell with either is skipped on the next start, so the sweep can be stopped and resumed
-on another machine from a clone. After every cell ``<results>/sweep.json`` and
-``<results>/sweep.md`` are rewritten from all records: the faithfulness table (full rank
-against the official code's numbers, reference/hybonet.md section 2.10) and the method table
-with the share of the gap SST closes.
+git; a run folder without one gets it at the next start). A recorded cell is skipped on the
+next start, so the sweep can be stopped and resumed on another machine from a clone. After
+every cell ``<results>/sweep.json`` and ``<results>/sweep.md`` are rewritten from all
+records: the faithfulness table (full rank against the official code's numbers,
+reference/hybonet.md section 2.10) and the method table with the share of the gap SST
+closes.
 
     # faithfulness check: full rank, HGCN's split, 3 seeds, the five reference settings
     python benchmarks/graph_sweep.py --out runs/graph_sweep --stage faithful
@@ -97,11 +98,6 @@ def write_record(results: Path, cell: tuple, summary: dict) -> None:
 
     atomic_write_json(record_path(results, *cell),
                       {k: v for k, v in summary.items() if k != "curve"})
-
-
-def is_done(out: Path, results: Path, cell: tuple) -> bool:
-    return (record_path(results, *cell).exists()
-            or (cell_dir(out, *cell) / "summary.json").exists())
 
 
 def _init_worker() -> None:
@@ -194,19 +190,11 @@ BASELINE_SETS = {"all": ("lora", "relora", "galore"), "paper": ("lora", "relora"
 PAPER_SHARE = {"nc": 0.737, "lp": 0.825}
 
 
-def _share(means: dict, baselines: tuple[str, ...]) -> tuple[float | None, tuple | None]:
-    """``(share, (name, value) of the best baseline)``; share None when there is no gap."""
-    from sparse_spectral.report import best_baseline, share_of_gap
-
-    best = best_baseline({m: means.get(m) for m in baselines}, higher_is_better=True)
-    if best is None or "full" not in means or "sst" not in means:
-        return None, best
-    return share_of_gap(means["full"], means["sst"], best[1], higher_is_better=True), best
-
-
 def methods_markdown(table: dict) -> str:
     """The method table (one line per data set, task, rank and metric) and the mean and
     median share of the gap SST closes per task and rank, over complete rows only."""
+    from sparse_spectral.report import best_baseline, share_of_gap
+
     rows = sorted({(v["dataset"], v["task"], v["rank"]) for v in table.values()
                    if v["method"] != "full"})
     lines = [("| data | task | r | metric | full | LoRA | ReLoRA* | GaLore | SST | gap closed vs "
@@ -220,10 +208,11 @@ def methods_markdown(table: dict) -> str:
                        for m in METHODS)
         share_texts, verdict = [], "incomplete"
         for set_name, baselines in BASELINE_SETS.items():
-            share, best = _share(means, baselines)
+            best = best_baseline({m: means.get(m) for m in baselines}, higher_is_better=True)
             if best is None or "sst" not in means or "full" not in means:
                 share_texts.append("-")
                 continue
+            share = share_of_gap(means["full"], means["sst"], best[1], higher_is_better=True)
             share_texts.append("no gap" if share is None else f"{100 * share:.1f}%")
             if share is not None and complete and metric == GAP_METRICS[t][0]:
                 for key in ((set_name, t, r), (set_name, t, "all")):
@@ -259,9 +248,9 @@ def write_report(results: Path, split: str, lr: float | None = None) -> None:
     table = aggregate(results)
     atomic_write_json(results / "sweep.json", {"split": split, "lr": lr, "cells": table})
     lr_text = "HyboNet's per data set" if lr is None else f"{lr:g} for every cell"
-    text = (f"# HyboNet graph sweep (split {split}, learning rate {lr_text})\n\n## Faithfulness (full rank vs the "
-            f"official code)\n\n{faithfulness_markdown(table)}\n\n## Methods (test, %, mean ± "
-            f"std over seeds)\n\n{methods_markdown(table)}\n")
+    text = (f"# HyboNet graph sweep (split {split}, learning rate {lr_text})\n\n"
+            f"## Faithfulness (full rank vs the official code)\n\n{faithfulness_markdown(table)}"
+            f"\n\n## Methods (test, %, mean ± std over seeds)\n\n{methods_markdown(table)}\n")
     atomic_write_text(results / "sweep.md", text)
 
 
@@ -308,7 +297,8 @@ def main(argv=None) -> int:
         if args.ranks:
             keep_ranks = {0, *(int(r) for r in args.ranks.split(","))}
             cells = [c for c in cells if c[3] in keep_ranks]
-        todo = [c for c in cells if not is_done(out, results, c)]
+        # every finished run folder has a record by now (imported above)
+        todo = [c for c in cells if not record_path(results, *c).exists()]
         print(f"{len(todo)} cell(s) to run, {len(cells) - len(todo)} already done", flush=True)
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn"),
                                  initializer=_init_worker) as pool:

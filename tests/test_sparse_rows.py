@@ -61,7 +61,7 @@ def test_products_and_new_values_match_the_dense_matrix():
     assert rows.shape == x.shape and rows.values.numel() == int((x != 0).sum())
     torch.testing.assert_close(rows.to_dense(), x, rtol=0, atol=0)
     w, g = torch.randn(5, 20, dtype=torch.float64), torch.randn(30, 5, dtype=torch.float64)
-    torch.testing.assert_close(rows.mm_t(w), x @ w.t(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rows.mm(w.t()), x @ w.t(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(rows.t_mm(g), x.t() @ g, rtol=1e-12, atol=1e-12)
     # new values follow the row-major order of the non-zeros, in both stored orders
     values = torch.randn(rows.values.numel(), dtype=torch.float64)

@@ -87,10 +87,6 @@ class SparseRows:
                                 values[self._perm], (self.shape[1], self.shape[0]))
         return out
 
-    def mm_t(self, weight: torch.Tensor) -> torch.Tensor:
-        """``X W^T``: ``weight (m, n)`` -> ``(N, m)``."""
-        return self._rows @ weight.t()
-
     def mm(self, h: torch.Tensor) -> torch.Tensor:
         """``X h``: ``h (n, d)`` -> ``(N, d)``."""
         return self._rows @ h
@@ -108,24 +104,6 @@ class SparseRows:
     def to_dense(self) -> torch.Tensor:
         """The ``(N, n)`` dense matrix."""
         return self._rows.to_dense()
-
-
-class _SparseRowsLinear(torch.autograd.Function):
-    """``X W^T (+ b)`` with gradients for ``W`` and ``b`` (none for the data ``X``)."""
-
-    @staticmethod
-    def forward(ctx, weight, bias, x: SparseRows):
-        ctx.x = x
-        ctx.has_bias = bias is not None
-        y = x.mm_t(weight)
-        return y if bias is None else y + bias
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        need = ctx.needs_input_grad
-        grad_w = ctx.x.t_mm(grad_y).t() if need[0] else None
-        grad_b = grad_y.sum(0) if ctx.has_bias and need[1] else None
-        return grad_w, grad_b, None
 
 
 class _SparseRowsMatmul(torch.autograd.Function):
@@ -149,8 +127,10 @@ def sparse_rows_matmul(x: SparseRows, h: torch.Tensor) -> torch.Tensor:
 
 def sparse_rows_linear(x: SparseRows, weight: torch.Tensor,
                        bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x (N, n)`` sparse rows, ``weight (m, n)``, ``bias (m,)`` -> ``(N, m)``."""
-    return _SparseRowsLinear.apply(weight, bias, x)
+    """``x (N, n)`` sparse rows, ``weight (m, n)``, ``bias (m,)`` -> ``(N, m)``; the weight
+    gradient ``(X^T g)^T`` comes from :func:`sparse_rows_matmul` through the transpose."""
+    y = sparse_rows_matmul(x, weight.t())
+    return y if bias is None else y + bias
 
 
 def apply_linear(module: nn.Module, x: torch.Tensor | SparseRows) -> torch.Tensor:

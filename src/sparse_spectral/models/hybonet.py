@@ -91,14 +91,22 @@ class HyboNetEncoder(nn.Module):
         3703) it is about a third of a training step, so it is kept for the tensor it was
         computed from (same object, same in-place version, no gradient).
         """
-        cached = self._lifted
-        if cached is not None and cached[0] is features and cached[1] == features._version:
+        def build(f: torch.Tensor) -> torch.Tensor:
+            return expmap0(torch.cat([f.new_zeros(f.shape[0], 1), f], dim=1), self.k)
+
+        return self._kept("_lifted", features, build)
+
+    def _kept(self, slot: str, source: torch.Tensor, build):
+        """``build(source)``, kept in attribute ``slot`` as ``(source, its _version, value)``
+        and reused for the same unchanged tensor; never kept for a tensor needing a
+        gradient (the graph's features and adjacency are fixed data)."""
+        cached = getattr(self, slot)
+        if cached is not None and cached[0] is source and cached[1] == source._version:
             return cached[2]
-        x = torch.cat([features.new_zeros(features.shape[0], 1), features], dim=1)
-        x = expmap0(x, self.k)
-        if not features.requires_grad:
-            self._lifted = (features, features._version, x)
-        return x
+        value = build(source)
+        if not source.requires_grad:
+            setattr(self, slot, (source, source._version, value))
+        return value
 
     def first_input(self, features: torch.Tensor) -> torch.Tensor | SparseRows:
         """The lifted features as the first layer gets them: :class:`SparseRows` when they
@@ -110,14 +118,7 @@ class HyboNetEncoder(nn.Module):
         x = self.lift(features)
         if not self.sparse_products:
             return x
-        cached = self._sparse
-        if cached is not None and cached[0] is x and cached[1] == x._version:
-            return cached[2]
-        if x.requires_grad:
-            return x
-        chosen = SparseRows(x) if SparseRows.worth_it(x) else x
-        self._sparse = (x, x._version, chosen)
-        return chosen
+        return self._kept("_sparse", x, lambda x: SparseRows(x) if SparseRows.worth_it(x) else x)
 
     def csr_adjacency(self, adj: torch.Tensor) -> torch.Tensor | SparseRows:
         """A sparse COO ``adj`` as :class:`SparseRows` (kept for the same unchanged tensor):
@@ -126,12 +127,7 @@ class HyboNetEncoder(nn.Module):
         if (not self.sparse_products or adj.layout != torch.sparse_coo or adj.dim() != 2
                 or adj.requires_grad):
             return adj
-        cached = self._adjacency
-        if cached is not None and cached[0] is adj and cached[1] == adj._version:
-            return cached[2]
-        rows = SparseRows(adj.coalesce())
-        self._adjacency = (adj, adj._version, rows)
-        return rows
+        return self._kept("_adjacency", adj, lambda a: SparseRows(a.coalesce()))
 
     def forward(self, features: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
         """``features`` (N, F), ``adj`` (N, N) sparse or dense -> (N, dim) points."""

@@ -48,7 +48,7 @@ def _flatten(x: torch.Tensor | SparseRows) -> torch.Tensor | SparseRows:
 
 def _times_t(x2: torch.Tensor | SparseRows, M: torch.Tensor) -> torch.Tensor:
     """``x2 M^T``: ``x2 (T, n)``, ``M (j, n)`` -> ``(T, j)``."""
-    return x2.mm_t(M) if isinstance(x2, SparseRows) else x2 @ M.t()
+    return x2.mm(M.t()) if isinstance(x2, SparseRows) else x2 @ M.t()
 
 
 def _t_times(g: torch.Tensor, x2: torch.Tensor | SparseRows) -> torch.Tensor:
@@ -172,7 +172,8 @@ class ComposedSpectralLinearFunction(torch.autograd.Function):
                 enhanced: bool, all_singular_values: bool = True):
         W = compose_weight(U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx)
         if isinstance(x, SparseRows):
-            y = x.mm_t(W) if bias is None else x.mm_t(W) + bias
+            y = _times_t(x, W)
+            y = y if bias is None else y + bias
         else:
             y = torch.nn.functional.linear(x, W, bias)
         ctx.save_for_backward(*_save_input(ctx, _flatten(x)), W, U_frozen, Vh_frozen, s,

@@ -97,7 +97,7 @@ def markdown(rows: list[dict], args) -> str:
 
 
 def main(argv=None) -> int:
-    from sparse_spectral.atomic import atomic_write_json, atomic_write_text
+    from sparse_spectral._util.atomic import atomic_write_json, atomic_write_text
     from sparse_spectral.data.graphs import load_graph
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -94,7 +94,7 @@ def record_path(results: Path, *cell) -> Path:
 
 def write_record(results: Path, cell: tuple, summary: dict) -> None:
     """Keep ``summary`` without its per-epoch curve (the run folder has it)."""
-    from sparse_spectral.atomic import atomic_write_json
+    from sparse_spectral._util.atomic import atomic_write_json
 
     atomic_write_json(record_path(results, *cell),
                       {k: v for k, v in summary.items() if k != "curve"})
@@ -243,7 +243,7 @@ def methods_markdown(table: dict) -> str:
 
 
 def write_report(results: Path, split: str, lr: float | None = None) -> None:
-    from sparse_spectral.atomic import atomic_write_json, atomic_write_text
+    from sparse_spectral._util.atomic import atomic_write_json, atomic_write_text
 
     table = aggregate(results)
     atomic_write_json(results / "sweep.json", {"split": split, "lr": lr, "cells": table})

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from sparse_spectral.atomic import atomic_write, atomic_write_json, atomic_write_text
+from sparse_spectral._util.atomic import atomic_write, atomic_write_json, atomic_write_text
 
 COMMON = ["--num_heads", "4", "--num_layers", "2", "--vocab_size", "4000",
           "--max_tokens", "4096", "--warmup_steps", "100",

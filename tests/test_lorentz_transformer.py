@@ -16,7 +16,7 @@ from geoopt.manifolds.lorentz import math as gmath
 from torch.nn import functional as F
 
 from sparse_spectral import make_method
-from sparse_spectral.decoding import beam_search, greedy_search, length_penalty
+from sparse_spectral.models.decoding import beam_search, greedy_search, length_penalty
 from sparse_spectral.hyperbolic import (
     CombinedOptimizer,
     HyboNetRiemannianAdam,

@@ -9,7 +9,7 @@ from torch import nn
 
 from sparse_spectral import make_method
 from sparse_spectral.methods import LoRALinear
-from sparse_spectral.schedules import jagged_cosine_lambda, warmup_cosine_lambda
+from sparse_spectral.training.schedules import jagged_cosine_lambda, warmup_cosine_lambda
 
 
 def _x(seed):

@@ -365,7 +365,8 @@ def test_counter_seed_and_draws_stable_across_processes():
     """Same seeds and same indices in a separate interpreter (different hash seed)."""
     script = textwrap.dedent("""
         import torch
-        from sparse_spectral.spectral.sampling import counter_seed, select_indices
+        from sparse_spectral._util.seeding import counter_seed
+        from sparse_spectral.spectral.sampling import select_indices
         print(counter_seed(0, 0, 0), counter_seed(42, 3, 17), counter_seed(2**62, 1))
         s = torch.linspace(0.1, 3.0, 32)
         print(select_indices("weighted", s, 5, key=(42, 3, 17), lam=0.2).tolist())

@@ -11,7 +11,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from sparse_spectral.scores import accuracy, average_precision, f1_binary, roc_auc
+from sparse_spectral.models.scores import accuracy, average_precision, f1_binary, roc_auc
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -99,7 +99,7 @@ def test_default_gradient_carries_the_singular_value_factor():
 
 
 def test_sst_learning_rate_rewarms_after_each_iteration_when_asked():
-    from sparse_spectral.schedules import warmup_cosine_lambda
+    from sparse_spectral.training.schedules import warmup_cosine_lambda
 
     envelope = warmup_cosine_lambda(100, 10, 0.1)
     plain = make_method("sst", iteration_interval=20).lr_lambda(100, 10, 0.1)

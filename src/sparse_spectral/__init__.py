@@ -13,7 +13,7 @@ Quick use::
     dense = method.merge(model)
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .accounting import (  # noqa: E402
     MemoryReport,
@@ -30,7 +30,7 @@ from .methods import (  # noqa: E402
     make_method,
     method_from_state,
 )
-from .pruning import prune_spectrum  # noqa: E402
+from .spectral.pruning import prune_spectrum  # noqa: E402
 from .serialization import load_pretrained, save_pretrained  # noqa: E402
 from .spectral import LowRankLinear, SlotAdamW, SpectralLinear  # noqa: E402
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from ._version import __version__
 
 # Method options: flag -> method config field.
 METHOD_OPTIONS = {

@@ -429,7 +429,7 @@ _PLOTTERS = {"val_loss": plot_val_loss, "spectra": plot_spectra, "pruning": plot
 
 
 def _write_atomically(path: Path, write) -> None:
-    from .atomic import atomic_write
+    from ._util.atomic import atomic_write
 
     atomic_write(path, write)
 

@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from . import __version__
-from .atomic import atomic_write, atomic_write_json
+from ._version import __version__
+from ._util.atomic import atomic_write, atomic_write_json
 from .methods.base import TrainingMethod, method_from_state
 
 MODEL_FILE = "model.safetensors"

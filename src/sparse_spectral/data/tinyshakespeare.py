@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..atomic import atomic_write
+from .._util.atomic import atomic_write
 from .paths import (
     ChecksumError,
     DataUnavailableError,

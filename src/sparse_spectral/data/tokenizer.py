@@ -35,7 +35,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from .corpus import Corpus
-from ..atomic import atomic_write_text
+from .._util.atomic import atomic_write_text
 from .paths import cache_dir
 
 TOKENIZER_KINDS = ("char", "bpe")

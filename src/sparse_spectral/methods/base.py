@@ -23,11 +23,18 @@ import torch
 from torch import nn
 
 from ..spectral.optim import SlotAdamW
-from ..schedules import jagged_cosine_lambda, warmup_cosine_lambda
-from ..targeting import find_target_modules, replace_module
-from ..validation import check_rank_fits
+from ..training.schedules import jagged_cosine_lambda, warmup_cosine_lambda
+from ..targeting import find_target_modules, linear_shape, replace_module
 
 TargetSpec = str | list[str] | None
+
+
+def check_rank_fits(name: str, module: nn.Module, rank: int) -> None:
+    """Raise unless ``1 <= rank <= min(m, n)`` for the linear layer ``name``."""
+    m, n = linear_shape(module)
+    if rank > min(m, n):
+        raise ValueError(f"rank={rank} is out of range for layer {name!r} of shape "
+                         f"(m={m}, n={n}): it must be in [1, min(m, n) = {min(m, n)}]")
 
 
 @dataclass

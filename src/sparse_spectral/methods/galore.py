@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..targeting import find_target_modules, is_conv1d
-from ..validation import check_rank_fits
+from .base import check_rank_fits
 from .base import MethodConfig, TrainingMethod, register_method
 from .galore_optim import PROJ_TYPES, GaLoreAdamW, check_settings
 

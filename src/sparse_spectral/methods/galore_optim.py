@@ -45,7 +45,7 @@ import math
 import torch
 
 from ..spectral.optim import adamw_update_, check_adam_hyperparameters
-from ..validation import is_int
+from .._util.checks import is_int
 
 __all__ = [
     "PROJ_TYPES",

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from ..sparse_rows import SparseRows, apply_linear, sparse_rows_linear
-from ..spectral.sampling import counter_seed
+from .._util.seeding import counter_seed
 from ..targeting import is_conv1d, linear_shape
-from ..validation import is_int
+from .._util.checks import is_int
 from .base import MethodConfig, ReplacingMethod, register_method
 
 

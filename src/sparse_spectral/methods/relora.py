@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..spectral.optim import find_state, reset_param_state
-from ..spectral.sampling import counter_seed
+from .._util.seeding import counter_seed
 from .base import register_method
-from ..validation import is_int
+from .._util.checks import is_int
 from .lora import LoRA, LoRAConfig
 
 RESET_MODES = ("full", "magnitude", "random")

@@ -10,8 +10,9 @@ from torch import nn
 
 from ..spectral.cost import FORWARD_MODES
 from ..spectral.layer import SpectralLinear
-from ..spectral.sampling import SAMPLERS, counter_seed, iterations_per_round, select_indices
-from ..validation import is_int
+from .._util.seeding import counter_seed
+from ..spectral.sampling import SAMPLERS, iterations_per_round, select_indices
+from .._util.checks import is_int
 from .base import MethodConfig, ReplacingMethod, register_method, register_variant
 
 _SVD_DTYPES = {"float32": torch.float32, "float64": torch.float64}

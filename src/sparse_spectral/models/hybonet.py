@@ -36,7 +36,7 @@ from torch import nn
 
 from ..hyperbolic.layers import LorentzGraphConvolution
 from ..hyperbolic.lorentz import Lorentz, expmap0, pairwise_sqdist, random_normal, sqdist
-from ..scores import accuracy, average_precision, f1_binary, roc_auc
+from .scores import accuracy, average_precision, f1_binary, roc_auc
 from ..sparse_rows import SparseRows
 
 # Target spec for training methods: every LorentzLinear's inner nn.Linear (name suffix).

@@ -12,25 +12,9 @@ import math
 
 import torch
 
+from .._util.seeding import counter_seed
+
 SAMPLERS = ("weighted", "uniform", "sequential", "top-r")
-
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def counter_seed(*key: int) -> int:
-    """Mix integer counters into one 63-bit seed (stable across Python runs and platforms)."""
-    h = 0
-    for part in key:
-        h = _splitmix64(h ^ (int(part) & _MASK64))
-    return h & ((1 << 63) - 1)
-
 
 def sampling_probabilities(s: torch.Tensor, lam: float = 0.0) -> torch.Tensor:
     """``p_i = (1 - lam) s_i / sum(s) + lam / k`` in float64 on the CPU.

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_write_json
+from .._util.atomic import atomic_write_json
 from ..methods import SST_VARIANTS
 
 __all__ = ["ABLATION_FILE", "TASK_RUNNERS", "AblationVariant", "VariantRun",

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..accounting import count_parameters, memory_report
-from ..atomic import atomic_write_json
+from .._util.atomic import atomic_write_json
 from ..methods import make_method
 from ..training.loggers import JsonlLogger
 from ..training.loop import TrainingDiverged
@@ -300,7 +300,7 @@ def train_once(settings: GraphSettings, data=None, progress: bool = True) -> Gra
     }
     atomic_write_json(run_dir / "summary.json", summary)
     if s.save_embeddings and best_h is not None:
-        from ..atomic import atomic_write
+        from .._util.atomic import atomic_write
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:

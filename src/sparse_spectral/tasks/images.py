@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..accounting import count_parameters
-from ..atomic import atomic_write_json
+from .._util.atomic import atomic_write_json
 from ..methods import make_method
 from ..training.loggers import JsonlLogger, MultiLogger, TensorBoardLogger
 from ..training.loop import LoopSettings, train

@@ -29,8 +29,8 @@ from torch import nn
 from ..accounting import count_parameters
 from ..methods import make_method
 from ..methods.base import method_config_fields
-from ..pruning import prune_spectrum
-from ..atomic import atomic_write_json
+from ..spectral.pruning import prune_spectrum
+from .._util.atomic import atomic_write_json
 from ..targeting import find_target_modules
 from ..training.loggers import JsonlLogger, MultiLogger, TensorBoardLogger
 from ..training.loop import LoopSettings, train

@@ -63,7 +63,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..accounting import count_parameters
-from ..atomic import atomic_write_json
+from .._util.atomic import atomic_write_json
 from ..hyperbolic.optim import RIEMANNIAN_KINDS
 from ..methods import make_method
 from ..training.loggers import JsonlLogger, MultiLogger, TensorBoardLogger
@@ -372,7 +372,7 @@ def translate(model: nn.Module, sources: list[np.ndarray], vocab, *, beam_size: 
     Sentences are decoded in batches of similar length; ``beam_size = 1`` is greedy search.
     """
     from ..data.mt_batching import pad_rows
-    from ..decoding import beam_search, greedy_search
+    from ..models.decoding import beam_search, greedy_search
 
     was_training = model.training
     model.eval()

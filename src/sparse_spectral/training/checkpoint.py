@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from ..atomic import atomic_write
+from .._util.atomic import atomic_write
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"

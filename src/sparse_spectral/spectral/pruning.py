@@ -8,9 +8,9 @@ import math
 import torch
 from torch import nn
 
-from .spectral.layer import SpectralLinear, thin_svd
-from .spectral.lowrank import LowRankLinear
-from .targeting import find_target_modules, is_linear, linear_weight, replace_module
+from .layer import SpectralLinear, thin_svd
+from .lowrank import LowRankLinear
+from ..targeting import find_target_modules, is_linear, linear_weight, replace_module
 
 
 def kept_triplets(k: int, ratio: float) -> int:

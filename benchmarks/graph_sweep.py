@@ -1,6 +1,6 @@
 """HyboNet graph benchmark: data sets x tasks x methods x ranks x seeds, resumable.
 
-Every cell is one ``sparse_spectral.tasks.graph.run_train`` with HyboNet's per-data-set
+Every cell is one ``sparse_spectral.training.runner.train_run`` of the graph task with HyboNet's per-data-set
 settings (dimension 16, early stopping on validation, test at the best validation epoch), run
 in a worker process with one thread. A finished cell leaves its run folder under ``<out>/runs/
 <data>-<task>/<method>[-r<rank>]/seed<seed>/`` and a compact record (its summary without the
@@ -110,13 +110,15 @@ def run_cell(out: str, split: str, data_dir: str | None, cell: tuple,
              lr: float | None = None) -> dict:
     """Train one cell in this (worker) process; return its summary. ``lr`` None: HyboNet's
     learning rate for the data set and task."""
-    from sparse_spectral.tasks.graph import GraphSettings, run_train
+    from sparse_spectral.tasks.graph import GRAPH, GraphSettings
+    from sparse_spectral.training.runner import train_run
 
     dataset, task, method, rank, seed = cell
-    settings = GraphSettings(dataset=dataset, task=task, data_dir=data_dir, split=split,
-                             method=method, rank=max(rank, 1), seed=seed, lr=lr,
-                             output_dir=str(cell_dir(Path(out), *cell)), save_embeddings=False)
-    return run_train(settings, progress=False)
+    settings = GraphSettings.from_dict(dict(
+        dataset=dataset, task=task, data_dir=data_dir, split=split, method=method,
+        rank=max(rank, 1), seed=seed, lr=lr, output_dir=str(cell_dir(Path(out), *cell)),
+        save_embeddings=False))
+    return train_run(GRAPH, settings, progress=False).summary
 
 
 # ---------------------------------------------------------------------- aggregation

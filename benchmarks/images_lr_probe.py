@@ -18,7 +18,9 @@ import argparse
 
 import torch
 
-from sparse_spectral.tasks.images import ImagesSettings, run_compare
+from sparse_spectral.report import render
+from sparse_spectral.tasks.images import IMAGES, ImagesSettings
+from sparse_spectral.training.compare import run_compare
 
 
 def main() -> None:
@@ -29,11 +31,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     for lr in (float(v) for v in args.lrs.split(",")):
-        settings = ImagesSettings(data_dir=args.data_dir, lr=lr, hidden=[512, 512], rank=32,
-                                  epochs=2, batch_size=128, eval_every=400, warmup_steps=50,
-                                  output_dir=f"runs/lr_probe/lr{lr:g}",
-                                  method_options={"iteration_interval": 50})
-        run_compare(settings, args.methods.split(","), {}, progress=False)
+        settings = ImagesSettings.from_dict(dict(
+            data_dir=args.data_dir, lr=lr, hidden=[512, 512], rank=32, epochs=2,
+            batch_size=128, eval_every=400, warmup_steps=50, iteration_interval=50,
+            output_dir=f"runs/lr_probe/lr{lr:g}"))
+        run_compare(IMAGES, settings, args.methods.split(","), progress=False)
+        render(settings.output.output_dir)
 
 
 if __name__ == "__main__":

@@ -8,21 +8,26 @@ import numpy as np
 import pytest
 
 from sparse_spectral.cli import main
-from sparse_spectral.methods import SST_VARIANTS
-from sparse_spectral.tasks.ablate import (
+from sparse_spectral.cli.flags import parse_set
+from sparse_spectral.experiments.ablation import (
     AblationVariant,
-    _method_options,
     default_variants,
     pearson,
     run_ablation,
     select_variants,
-    settings_with_overrides,
     trace_correlation,
+    variant_settings,
 )
+from sparse_spectral.methods import SST_VARIANTS
+from sparse_spectral.report import render
+from sparse_spectral.tasks.graph import GraphSettings
+from sparse_spectral.tasks.images import IMAGES, ImagesSettings
+from sparse_spectral.tasks.registry import get_task
 
-TINY = {"dataset": "digits", "hidden": [16], "rank": 4, "epochs": 1, "batch_size": 64,
-        "warmup_steps": 2, "eval_every": 10, "log_every": 1, "lr": 3e-3,
-        "method_options": {"iteration_interval": 4}}
+TINY_VALUES = {"dataset": "digits", "hidden": [16], "rank": 4, "epochs": 1, "batch_size": 64,
+               "warmup_steps": 2, "eval_every": 10, "log_every": 1, "lr": 3e-3,
+               "method_options": {"iteration_interval": 4}}
+TINY = ImagesSettings.from_dict(TINY_VALUES)
 
 
 def test_pearson_matches_numpy_and_is_none_when_undefined():
@@ -55,28 +60,37 @@ def test_default_variants_cover_the_paper_ablation():
         select_variants(variants, ["sst-bogus"])
 
 
-def test_rewarmup_turns_staggering_off_for_sst_only():
-    rewarm = {"restart_warmup_steps": 5}
-    assert _method_options(rewarm, AblationVariant("sst", "sst", "g"))["stagger_resvd"] is False
-    assert "stagger_resvd" not in _method_options(rewarm, AblationVariant("r", "relora", "g"))
+def test_rewarmup_turns_staggering_off_for_sst_only(tmp_path):
+    rewarm = ImagesSettings.from_dict({"method_options": {"restart_warmup_steps": 5}})
+
+    def options(variant):
+        return variant_settings(rewarm, variant, tmp_path, None).method.options
+
+    assert options(AblationVariant("sst", "sst", "g"))["stagger_resvd"] is False
+    assert "stagger_resvd" not in options(AblationVariant("r", "relora", "g"))
+
+
+def test_t3_variant_sets_the_run_interval_over_the_base_one(tmp_path):
+    variant = next(v for v in default_variants([7]) if v.label == "sst T3=7")
+    run = variant_settings(TINY, variant, tmp_path / "v", 1e-2)
+    assert run.method.interval == 7 and TINY.method.interval == 4
+    assert run.optim.lr == 1e-2 and run.output.output_dir == str(tmp_path / "v")
 
 
 def test_overrides_parse_json_values_and_method_options():
-    out = settings_with_overrides({"epochs": 5, "method_options": {"sampler": "weighted"}},
-                                  ["epochs=1", "dataset=digits",
-                                   "method_options.iteration_interval=7"])
+    out = parse_set(["epochs=1", "dataset=digits", "method.options.sampler=uniform"])
     assert out == {"epochs": 1, "dataset": "digits",
-                   "method_options": {"sampler": "weighted", "iteration_interval": 7}}
+                   "method": {"options": {"sampler": "uniform"}}}
     with pytest.raises(ValueError, match="must look like key=value"):
-        settings_with_overrides({}, ["epochs"])
+        parse_set(["epochs"])
 
 
 def test_unknown_task_and_bad_variant_lr_are_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown ablation task 'cv'; allowed: \['graph', "
-                                         r"'images', 'lm', 'mt'\]"):
-        run_ablation("cv", TINY, default_variants(), tmp_path)
+    with pytest.raises(ValueError, match=r"unknown task 'cv'; available: graph, images, lm, "
+                                         r"mt"):
+        get_task("cv")
     with pytest.raises(ValueError, match=r"variant_lr names \['lora'\] match no variant"):
-        run_ablation("images", TINY, [AblationVariant("sst", "sst", "g")], tmp_path,
+        run_ablation(IMAGES, TINY, [AblationVariant("sst", "sst", "g")], tmp_path,
                      variant_lr={"lora": 1e-3})
 
 
@@ -84,10 +98,11 @@ def test_tiny_images_ablation_writes_table_and_plots(tmp_path):
     variants = select_variants(default_variants([2]),
                                ["sst", "sst-uniform", "sst-random-init", "sst T3=2", "full",
                                 "relora"])
-    results = run_ablation("images", TINY, variants, tmp_path / "abl", progress=False,
+    results = run_ablation(IMAGES, TINY, variants, tmp_path / "abl", progress=False,
                            variant_lr={"full": 1e-3})
+    render(tmp_path / "abl")
     assert results["variants"]["full"]["lr"] == 1e-3
-    assert results["variants"]["sst"]["lr"] == TINY["lr"]
+    assert results["variants"]["sst"]["lr"] == TINY_VALUES["lr"]
     saved = json.loads((tmp_path / "abl" / "ablation.json").read_text())
     assert saved["order"] == [v.label for v in variants]
     assert saved["metric"] == "test accuracy" and saved["higher_is_better"] is True
@@ -107,15 +122,18 @@ def test_tiny_images_ablation_writes_table_and_plots(tmp_path):
         assert (tmp_path / "abl" / name).stat().st_size > 1000
     # Each variant trained in its own folder with its own options.
     summary = json.loads((tmp_path / "abl" / "sst_T3=2" / "summary.json").read_text())
-    assert summary["settings"]["method_options"]["iteration_interval"] == 2
+    assert summary["settings"]["method"]["interval"] == 2
 
 
 def test_tiny_graph_ablation_logs_grad_norms_per_epoch(reference_data, tmp_path):
-    settings = {"dataset": "disease", "task": "lp", "data_dir": str(reference_data),
-                "epochs": 6, "min_epochs": 0, "patience": 100, "lr": 0.05, "rank": 2,
-                "method_options": {"iteration_interval": 2}}
+    settings = GraphSettings.from_dict({
+        "dataset": "disease", "task": "lp", "data_dir": str(reference_data), "epochs": 6,
+        "min_epochs": 0, "patience": 100, "lr": 0.05, "rank": 2,
+        "method_options": {"iteration_interval": 2}})
     variants = select_variants(default_variants(), ["sst", "sst-uniform", "full", "relora"])
-    results = run_ablation("graph", settings, variants, tmp_path / "g", progress=False)
+    results = run_ablation(get_task("graph"), settings, variants, tmp_path / "g",
+                           progress=False)
+    render(tmp_path / "g")
     assert results["higher_is_better"] is True
     for label in ("sst", "sst-uniform", "full", "relora"):
         entry = results["variants"][label]

@@ -52,20 +52,30 @@ def test_demo_rejects_bad_rank(capsys):
 
 
 @pytest.mark.parametrize("task", ["lm", "mt", "graph", "images"])
-@pytest.mark.parametrize("command", ["train", "compare"])
-def test_threads_flag_sets_torch_threads(task, command):
+@pytest.mark.parametrize("command", ["train", "compare", "ablate"])
+def test_parsing_flags_has_no_side_effect_on_threads(task, command):
     import torch
 
-    from sparse_spectral import cli, cli_images
+    from sparse_spectral.cli import build_parser
+    from sparse_spectral.cli.flags import settings_from_args
+    from sparse_spectral.tasks.registry import get_task
 
-    settings_of = {"lm": cli.lm_settings_from_args, "mt": cli.mt_settings_from_args,
-                   "graph": cli.graph_settings_from_args,
-                   "images": cli_images.images_settings_from_args}[task]
+    before = torch.get_num_threads()
+    args = build_parser().parse_args([command, task, "--threads", "3"])
+    settings_from_args(args, get_task(task).settings_class)
+    assert torch.get_num_threads() == before and args.threads == 3
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_the_command_applies_the_thread_count(command, tmp_path):
+    import torch
+
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        args = cli.build_parser().parse_args([command, task, "--threads", "3"])
-        settings_of(args)
-        assert torch.get_num_threads() == 3
+        assert main([command, "images", "--dataset", "digits", "--hidden", "8", "--rank", "2",
+                     "--epochs", "0.1", "--batch_size", "64", "--threads", "2",
+                     "--no_progress", "--output_dir", str(tmp_path / "run")]) == 0
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -11,8 +10,19 @@ import pytest
 from sparse_spectral.cli import main
 from sparse_spectral.hyperbolic import random_normal
 from sparse_spectral.report_graph import gap_shares, load_graph_results
-from sparse_spectral.tasks.graph import (HYBONET_DEFAULTS, GraphSettings, load_data,
-                                         poincare_projection, run_compare, train_once)
+from sparse_spectral.tasks.graph import (GRAPH, HYBONET_DEFAULTS, GraphSettings, load_data,
+                                         poincare_projection)
+from sparse_spectral.training.runner import train_run, with_run
+
+
+def train_once(settings, data, progress=False):
+    return train_run(GRAPH, settings, data=data, progress=progress)
+
+
+def run_compare(settings, methods, seeds, progress=False):
+    from engine_helpers import compare_and_render
+
+    return compare_and_render(GRAPH, settings, methods, seeds=seeds, progress=progress)
 
 METHODS = ["full", "lora", "relora", "galore", "sst"]
 
@@ -25,7 +35,7 @@ def tiny(reference_data, tmp_path, dataset, task, **overrides) -> GraphSettings:
     if (dataset, task) == ("airport", "nc"):
         values["num_layers"] = 3  # two graph layers instead of five: faster
     values.update(overrides)
-    return GraphSettings(**values)
+    return GraphSettings.from_dict(values)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +72,7 @@ def test_same_seed_same_run_and_negatives_from_a_copy(reference_data, tmp_path, 
     second = train_once(settings, data, progress=False).summary
     assert np.array_equal(data.rng.get_state()[1], state)
     assert first["curve"] == second["curve"] and first["test"] == second["test"]
-    other = train_once(dataclasses.replace(settings, seed=7), data, progress=False).summary
+    other = train_once(with_run(settings, seed=7), data, progress=False).summary
     assert other["curve"] != first["curve"]
 
 
@@ -124,9 +134,11 @@ def test_poincare_projection_stays_in_disk():
 
 def test_settings_take_hybonet_defaults_and_overrides():
     resolved = GraphSettings(dataset="cora", task="nc").resolved()
-    assert (resolved.lr, resolved.num_layers, resolved.dropout, resolved.weight_decay,
-            resolved.margin, resolved.grad_clip) == (0.02, 3, 0.9, 1e-2, 1.0, 1.0)
-    assert GraphSettings(dataset="airport", task="nc", lr=0.1).resolved().lr == 0.1
+    assert (resolved.optim.lr, resolved.num_layers, resolved.dropout,
+            resolved.optim.weight_decay, resolved.margin, resolved.optim.grad_clip) == \
+        (0.02, 3, 0.9, 1e-2, 1.0, 1.0)
+    assert GraphSettings.from_dict(dict(dataset="airport", task="nc", lr=0.1)).resolved() \
+        .optim.lr == 0.1
     assert set(HYBONET_DEFAULTS) >= {(d, t) for d in ("cora", "airport", "disease")
                                      for t in ("nc", "lp")}
     with pytest.raises(ValueError, match="dataset='pubmed' is unknown; allowed: cora"):
@@ -163,4 +175,4 @@ def test_cli_train_graph_runs(reference_data, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "sst: best val epoch" in out and "test roc" in out
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["settings"]["rank"] == 2
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["settings"]["method"]["rank"] == 2

@@ -7,23 +7,30 @@ import json
 import pytest
 import torch
 
+from engine_helpers import compare_and_render, train_summary
 from sparse_spectral.cli import main
 from sparse_spectral.tasks.images import (
+    IMAGES,
     ImagesSettings,
-    build_model_and_method,
     epoch_batches,
     evaluate,
     prepare_data,
-    run_compare,
-    run_train,
 )
+
+
+def run_train(settings, **kw):
+    return train_summary(IMAGES, settings, **kw)
+
+
+def run_compare(settings, methods, method_lr, seeds=None, progress=True):
+    return compare_and_render(IMAGES, settings, methods, method_lr, seeds, progress)
 
 
 def digits(tmp_path, **changes):
     values = dict(dataset="digits", hidden=[32, 32], rank=4, epochs=4, batch_size=32,
                   warmup_steps=5, eval_every=20, output_dir=str(tmp_path / "run"),
                   method_options={"iteration_interval": 10})
-    return ImagesSettings(**{**values, **changes})
+    return ImagesSettings.from_dict({**values, **changes})
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -36,7 +43,7 @@ def digits(tmp_path, **changes):
 ])
 def test_bad_settings_name_the_value(changes, message):
     with pytest.raises(ValueError, match=message):
-        ImagesSettings(**changes)
+        ImagesSettings.from_dict(changes)
 
 
 def test_hidden_widths_from_text_and_batches_cover_each_row_once():
@@ -51,7 +58,7 @@ def test_hidden_widths_from_text_and_batches_cover_each_row_once():
 def test_digits_training_improves_on_untrained_model(tmp_path, method):
     settings = digits(tmp_path, method=method, lr=3e-3)
     data = prepare_data(settings)
-    model, _ = build_model_and_method(settings, data)
+    model = IMAGES.build_model(settings, data)
     before = evaluate(model, *data.splits["validation"])
     summary = run_train(settings, progress=False, data=data)
     assert summary["val_loss"] < before["loss"] - 0.5
@@ -64,10 +71,10 @@ def test_digits_training_improves_on_untrained_model(tmp_path, method):
 
 
 def test_fashion_mnist_short_run_learns(tmp_path, reference_data):
-    settings = ImagesSettings(data_dir=str(reference_data), hidden=[64], rank=8, epochs=None,
-                              num_training_steps=60, batch_size=64, warmup_steps=5,
-                              eval_every=60, train_limit=4000, lr=3e-3,
-                              output_dir=str(tmp_path / "fm"))
+    settings = ImagesSettings.from_dict(dict(
+        data_dir=str(reference_data), hidden=[64], rank=8, epochs=None, num_training_steps=60,
+        batch_size=64, warmup_steps=5, eval_every=60, train_limit=4000, lr=3e-3,
+        output_dir=str(tmp_path / "fm")))
     summary = run_train(settings, progress=False)
     assert summary["dataset"] == "Fashion-MNIST"
     assert summary["test_accuracy"] > 0.5
@@ -101,7 +108,7 @@ def test_cli_train_images(tmp_path, capsys):
     assert code == 0
     assert "sst: test accuracy" in capsys.readouterr().out
     summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
-    assert summary["settings"]["method_options"] == {"iteration_interval": 5}
+    assert summary["settings"]["method"]["interval"] == 5
 
 
 def test_cli_reports_missing_fashion_mnist(tmp_path, capsys, monkeypatch):

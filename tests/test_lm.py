@@ -10,9 +10,18 @@ import torch
 from safetensors.torch import load_file
 
 import sparse_spectral.tasks.lm as lm
+from engine_helpers import compare_and_render, train_summary
 from sparse_spectral.cli import main
-from sparse_spectral.tasks.lm import LMSettings, run_compare, run_train
+from sparse_spectral.tasks.lm import LM, LMSettings
 from sparse_spectral.training.checkpoint import latest_checkpoint
+
+
+def run_train(settings, **kw):
+    return train_summary(LM, settings, **kw)
+
+
+def run_compare(settings, methods, method_lr, progress=True):
+    return compare_and_render(LM, settings, methods, method_lr, progress=progress)
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
@@ -36,7 +45,7 @@ def _settings(corpus_file, tmp_path, **kw) -> LMSettings:
     values = dict(text=str(corpus_file), model="gpt_micro", rank=4, block_size=16, batch_size=4,
                   num_training_steps=6, warmup_steps=2, eval_every=3, eval_tokens=512,
                   output_dir=str(tmp_path / "run"), method_options={"iteration_interval": 2})
-    return LMSettings(**(values | kw))
+    return LMSettings.from_dict(values | kw)
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "relora", "galore", "sst"])
@@ -127,9 +136,9 @@ def test_cli_config_file_and_overrides(corpus_file, tmp_path, capsys):
     config.write_text('method = "lora"\nrank = 3\nlr = 0.002\n')
     assert _cli(corpus_file, tmp_path, "--config", str(config), "--rank", "2") == 0
     state = torch.load(latest_checkpoint(tmp_path / "cli") / "state.pt", weights_only=True)
-    assert state["settings"]["method"] == "lora"
-    assert state["settings"]["rank"] == 2  # the flag wins over the file
-    assert state["settings"]["lr"] == 0.002
+    assert state["settings"]["method"]["name"] == "lora"
+    assert state["settings"]["method"]["rank"] == 2  # the flag wins over the file
+    assert state["settings"]["optim"]["lr"] == 0.002
     assert "lora: val ppl" in capsys.readouterr().out
 
 
@@ -162,17 +171,18 @@ def test_cli_unreadable_text_and_too_small_corpus(tmp_path, capsys):
 
 def test_example_config_parses():
     """The main job's config file maps onto settings, methods and learning rates."""
-    from sparse_spectral.cli import _parse_method_lr, build_parser, lm_settings_from_args
+    from sparse_spectral.cli import build_parser
+    from sparse_spectral.cli.commands import lr_table
+    from sparse_spectral.cli.flags import settings_from_args
 
     config = Path(__file__).resolve().parents[1] / "examples" / "lm_compare_cpu.toml"
     args = build_parser().parse_args(["compare", "lm", "--config", str(config),
                                       "--num_training_steps", "7"])
-    settings, extras = lm_settings_from_args(args)
-    assert settings.num_training_steps == 7 and settings.model == "gpt_cpu"
-    assert settings.method_options == {"iteration_interval": 100}
+    settings, extras, _ = settings_from_args(args, LMSettings)
+    assert settings.schedule.num_training_steps == 7 and settings.model == "gpt_cpu"
+    assert settings.method.interval == 100 and settings.method.options == {}
     assert extras["methods"] == "full,lora,relora,galore,sst"
-    assert set(_parse_method_lr(extras["method_lr"])) == {"full", "lora", "relora", "galore",
-                                                          "sst"}
+    assert set(lr_table(extras["method_lr"])) == {"full", "lora", "relora", "galore", "sst"}
 
 
 def test_bad_schedule_fails_before_writing_anything(corpus_file, tmp_path):

@@ -13,16 +13,25 @@ from sparse_spectral.cli import main
 from sparse_spectral.methods import make_method
 from sparse_spectral.report_mt import bleu_gap_closed
 from sparse_spectral.tasks.mt import (
+    MT,
     MTSettings,
-    build_model_and_method,
     corpus_bleu,
     evaluate_loss,
     mt_lr_lambda,
     prepare_data,
-    _train_run,
-    run_train,
 )
 from sparse_spectral.training.checkpoint import latest_checkpoint
+from sparse_spectral.training.runner import build_method, train_run
+
+
+def run_train(settings, **kw):
+    return train_run(MT, settings, **kw).summary
+
+
+def converted_model(settings, data):
+    """The untrained model of a run, converted by its method."""
+    model = MT.build_model(settings, data)
+    return build_method(MT, settings, model).prepare(model)
 
 TINY = dict(vocab_size=400, train_pairs=600, eval_pairs=30, d_model=32, num_heads=2,
             num_layers=1, max_tokens=1024, num_training_steps=30, warmup_steps=5,
@@ -36,15 +45,15 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def _settings(reference_data, tmp_path, **kw) -> MTSettings:
-    return MTSettings(**(TINY | {"data_dir": str(reference_data),
-                                 "output_dir": str(tmp_path / "run")} | kw))
+    return MTSettings.from_dict(TINY | {"data_dir": str(reference_data),
+                                        "output_dir": str(tmp_path / "run")} | kw)
 
 
 @pytest.mark.parametrize("method", ["full", "sst"])
 def test_tiny_training_improves_validation_loss(method, reference_data, tmp_path):
     settings = _settings(reference_data, tmp_path, method=method)
     data = prepare_data(settings)
-    untrained, _ = build_model_and_method(settings, data.vocab.vocab_size, data.ids.pad)
+    untrained = converted_model(settings, data)
     before = evaluate_loss(untrained.eval(), data.splits["validation"], data.ids, 1024)["loss"]
     summary = run_train(settings, progress=False, data=data)
     curve = [p["val_loss"] for p in summary["curve"]]
@@ -76,9 +85,10 @@ def test_hyperbolic_training_improves_validation_loss_on_the_manifold(reference_
 
     settings = _settings(reference_data, tmp_path, **HYPER)
     data = prepare_data(settings)
-    untrained, _ = build_model_and_method(settings, data.vocab.vocab_size, data.ids.pad)
+    untrained = converted_model(settings, data)
     before = evaluate_loss(untrained.eval(), data.splits["validation"], data.ids, 1024)["loss"]
-    summary, model, method = _train_run(settings, False, False, data)
+    outcome = train_run(MT, settings, data=data, progress=False)
+    summary, model, method = outcome.summary, outcome.model, outcome.method
     curve = [p["val_loss"] for p in summary["curve"]]
     assert curve[-1] < curve[0] < before
     assert summary["model"] == "hyperbolic" and 0 <= summary["test_bleu"] <= 100
@@ -96,15 +106,15 @@ def test_hyperbolic_training_improves_validation_loss_on_the_manifold(reference_
 
 
 def test_model_family_defaults_and_a_bad_model_value(reference_data, tmp_path, capsys):
-    euclid, hyper = MTSettings(), MTSettings(model="hyperbolic")
+    euclid, hyper = MTSettings(), MTSettings.from_dict(dict(model="hyperbolic"))
     assert (euclid.model_dropout, euclid.tied) == (0.1, True)
     assert (hyper.model_dropout, hyper.tied) == (0.0, False)  # HyboNet's IWSLT run
-    assert MTSettings(model="hyperbolic", dropout=0.2, tie_embeddings=True).tied
+    assert MTSettings.from_dict(dict(model="hyperbolic", dropout=0.2, tie_embeddings=True)).tied
     with pytest.raises(ValueError, match=r"attention_dropout=0.2 is a setting of "
                                          r"model='hyperbolic' only"):
-        MTSettings(attention_dropout=0.2)
+        MTSettings.from_dict(dict(attention_dropout=0.2))
     with pytest.raises(ValueError, match=r"riemannian='sgd' is unknown.*hybonet"):
-        MTSettings(model="hyperbolic", riemannian="sgd")
+        MTSettings.from_dict(dict(model="hyperbolic", riemannian="sgd"))
     out = tmp_path / "bad"
     assert main(["train", "mt", "--model", "poincare", "--data-dir", str(reference_data),
                  "--output_dir", str(out)]) == 2
@@ -156,7 +166,7 @@ def test_bleu_of_a_perfect_hypothesis_is_100(reference_data):
 
 def test_noam_schedule_and_the_methods_restart_factor():
     d, w, factor = 64, 40, 5.0
-    settings = MTSettings(schedule="noam", lr=factor, d_model=d, warmup_steps=w)
+    settings = MTSettings.from_dict(dict(schedule="noam", lr=factor, d_model=d, warmup_steps=w))
     multiplier = mt_lr_lambda(make_method("full"), 200, w)
     for s in (1, 10, 40, 41, 150):  # LambdaLR index t = s - 1
         noam = factor * d ** -0.5 * min(s ** -0.5, s * w ** -1.5)
@@ -214,8 +224,8 @@ def test_missing_data_and_bad_settings(tmp_path, capsys, monkeypatch):
     assert main(["train", "mt", "--output_dir", str(tmp_path / "x")]) == 2
     assert "--data-dir" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"model='transformer' is unknown.*euclidean"):
-        MTSettings(model="transformer")
+        MTSettings.from_dict(dict(model="transformer"))
     with pytest.raises(ValueError, match="epochs=0"):
-        MTSettings(epochs=0)
+        MTSettings.from_dict(dict(epochs=0))
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['block_size'\]"):
         MTSettings.from_dict({"block_size": 3})

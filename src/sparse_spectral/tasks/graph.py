@@ -1,22 +1,19 @@
 """Hyperbolic graph models (HyboNet) trained with any method: NC and LP, full batch.
 
-``run_train`` trains one method with one seed and writes a run folder::
+The ``graph`` task (:data:`GRAPH`) runs through the one loop; a run folder holds
+``metrics.jsonl`` (train and validation lines per epoch), ``checkpoints/`` (``--resume``
+works as for every task), ``summary.json`` (best-val epoch, its val and test metrics) and
+``embeddings.npy``.
 
-    <output_dir>/metrics.jsonl   one JSON line per epoch (train loss, val metrics)
-    <output_dir>/summary.json    best-val epoch, its val and test metrics, sizes, timings
-
-``run_compare`` trains several methods over several seeds on the same data and writes
-``results.json``, ``report.md`` and the plots (:mod:`sparse_spectral.report_graph`).
-
-The loop is HyboNet's ``gcn/train.py`` (reference/hybonet.md section 2.8): every epoch one
-full-batch step (encode all nodes, loss on the train split, clip, step), then the learning
-rate scheduler (``StepLR(step_size=lr_reduce_freq or epochs, gamma)``: constant in practice),
-then an evaluation on the validation split. A strictly better validation score (F1 for NC,
+The schedule is HyboNet's ``gcn/train.py`` (reference/hybonet.md section 2.8): every epoch
+one full-batch step (encode all nodes, loss on the train split, clip, step), the learning
+rate ``gamma ** (epoch // lr_reduce_freq)`` (``StepLR``; constant by default), then an
+evaluation on the validation split. A strictly better validation score (F1 for NC,
 ``(ROC + AP) / 2`` for LP) computes the test metrics at that epoch; training stops once
 ``patience`` evaluations passed without improvement and ``epoch > min_epochs``. Reported:
 the best validation metrics and the test metrics of that epoch.
 
-Seeds: ``seed`` seeds torch (initialisation, dropout) and numpy's global RNG; the split uses
+Seeds: ``seed`` seeds torch (initialisation, dropout); the split uses
 ``split_seed`` (1234 in every HyboNet script), and LP training negatives are drawn from a
 copy of ``GraphData.rng``, the numpy stream HGCN samples them from (HGCN re-seeds numpy with
 ``split_seed`` while splitting, so its negatives do not depend on ``--seed``).
@@ -27,7 +24,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,11 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..accounting import count_parameters, memory_report
-from .._util.atomic import atomic_write_json
-from ..methods import make_method
-from ..training.loggers import JsonlLogger
-from ..training.loop import TrainingDiverged
+from ..methods import method_config_fields
+from ..training.config import MethodChoice, OptimSettings, OutputSettings, TaskSettings, _help
+from .base import Batches, Headline, TaskBase
+from .registry import register_task
 
 #: HyboNet's per-data-set settings (``gcn/run.*.sh``, reference/hybonet.md section 2.9).
 #: Disease NC and CiteSeer have no official script; they take the Disease LP / Cora values
@@ -61,7 +56,8 @@ HYBONET_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 # CiteSeer has no HyboNet script: it uses Cora's settings.
 HYBONET_DEFAULTS[("citeseer", "nc")] = dict(HYBONET_DEFAULTS[("cora", "nc")])
 HYBONET_DEFAULTS[("citeseer", "lp")] = dict(HYBONET_DEFAULTS[("cora", "lp")])
-_TUNED = ("lr", "num_layers", "act", "dropout", "weight_decay", "margin", "grad_clip")
+_MODEL_TUNED = ("num_layers", "act", "dropout", "margin")
+_OPTIM_TUNED = ("lr", "weight_decay", "grad_clip")
 
 #: Steps between subspace refreshes of SST, ReLoRA* and GaLore (SST's default T3).
 DEFAULT_T3 = 50
@@ -74,48 +70,81 @@ HEADLINE_METRIC = {"nc": "f1", "lp": "roc"}
 
 
 @dataclass
-class GraphSettings:
-    """Everything that defines a graph run (CLI flags map 1:1 onto these).
+class GraphSchedule:
+    """HyboNet's epochs, early stopping and step decay (one full-batch step per epoch)."""
 
-    Fields left at ``None`` in the "HyboNet per data set" group take the value of
-    :data:`HYBONET_DEFAULTS` for ``(dataset, task)``; :meth:`resolved` fills them in.
+    epochs: int = field(default=5000, metadata=_help("training epochs (one step each)"))
+    min_epochs: int = field(default=100, metadata=_help("never stop early before this epoch"))
+    patience: int = field(default=500, metadata=_help(
+        "stop after this many evaluations without a better validation score"))
+    lr_reduce_freq: int | None = field(default=None, metadata=_help(
+        "epochs between learning-rate decays by gamma (default: never)"))
+    gamma: float = field(default=0.5, metadata=_help("learning-rate decay factor"))
+
+    def __post_init__(self):
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs={self.epochs!r} must be an int >= 1")
+        for name in ("min_epochs", "patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
+        if self.lr_reduce_freq is not None and self.lr_reduce_freq < 1:
+            raise ValueError(f"lr_reduce_freq={self.lr_reduce_freq!r} must be None or >= 1")
+
+
+@dataclass
+class GraphEval:
+    """Evaluation on the validation split every ``eval_freq`` epochs (HGCN's name)."""
+
+    eval_every: int = field(default=1, metadata=_help("epochs between evaluations",
+                                                      flag="eval_freq"))
+
+    def __post_init__(self):
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) \
+                or self.eval_every < 1:
+            raise ValueError(f"eval_freq={self.eval_every!r} must be an int >= 1")
+
+
+_HYBONET = "(default: HyboNet's value for the data set)"
+
+
+@dataclass
+class GraphSettings(TaskSettings):
+    """Everything that defines a graph run (one flag per field).
+
+    Fields left at ``None`` that :data:`HYBONET_DEFAULTS` sets per ``(dataset, task)`` (the
+    model's ``num_layers``, ``act``, ``dropout``, ``margin`` and the optimizer's ``lr``,
+    ``weight_decay``, ``grad_clip``) take its value; :meth:`resolved` fills them in.
     ``grad_clip = 0`` means no clipping; ``act = "none"`` means no activation.
     """
 
     # data
-    dataset: str = "cora"
-    task: str = "nc"
-    data_dir: str | None = None
-    split: str = "corrected"
-    split_seed: int = 1234
+    dataset: str = field(default="cora", metadata=_help("cora, citeseer, airport or disease"))
+    task: str = field(default="nc", metadata=_help("nc (node classification) or lp (links)"))
+    data_dir: str | None = field(default=None, metadata=_help(
+        "data directory (default $SST_DATA_DIR)"))
+    split: str = field(default="corrected", metadata=_help(
+        "corrected or hgcn (HGCN/HyboNet's split, quirks kept)"))
+    split_seed: int = field(default=1234, metadata=_help("seed of the split (HyboNet's 1234)"))
     # model
-    dim: int = 16
-    bias: bool = True
-    k: float = 1.0
-    # HyboNet per data set (None: HYBONET_DEFAULTS)
-    lr: float | None = None
-    num_layers: int | None = None
-    act: str | None = None
-    dropout: float | None = None
-    weight_decay: float | None = None
-    margin: float | None = None
-    grad_clip: float | None = None
-    # method
-    method: str = "sst"
-    rank: int = 2
-    method_options: dict[str, Any] = field(default_factory=dict)
-    riemannian: str = "hybonet"
-    # schedule and early stopping (HyboNet's defaults)
-    epochs: int = 5000
-    min_epochs: int = 100
-    patience: int = 500
-    eval_freq: int = 1
-    lr_reduce_freq: int | None = None
-    gamma: float = 0.5
-    seed: int = 1234
-    # output
-    output_dir: str = "runs/graph"
-    save_embeddings: bool = True
+    dim: int = field(default=16, metadata=_help("hyperboloid dimension of the embeddings"))
+    bias: bool = field(default=True, metadata=_help("LorentzLinear and class biases"))
+    k: float = field(default=1.0, metadata=_help("curvature parameter"))
+    num_layers: int | None = field(default=None, metadata=_help(f"layers {_HYBONET}"))
+    act: str | None = field(default=None, metadata=_help(f"none or relu {_HYBONET}"))
+    dropout: float | None = field(default=None, metadata=_help(f"dropout {_HYBONET}"))
+    margin: float | None = field(default=None, metadata=_help(f"loss margin {_HYBONET}"))
+    riemannian: str = field(default="hybonet", metadata=_help(
+        "Riemannian Adam of the manifold parameters: hybonet or geoopt"))
+    save_embeddings: bool = field(default=True, metadata=_help(
+        "write the best-validation embeddings to embeddings.npy"))
+    seed: int = field(default=1234, metadata=_help("seed of initialisation and dropout"))
+    method: MethodChoice = field(default_factory=lambda: MethodChoice(rank=2,
+                                                                      interval=DEFAULT_T3))
+    optim: OptimSettings = field(default_factory=lambda: OptimSettings(
+        lr=None, weight_decay=None, grad_clip=None))
+    schedule: GraphSchedule = field(default_factory=GraphSchedule)
+    eval: GraphEval = field(default_factory=GraphEval)
+    output: OutputSettings = field(default_factory=lambda: OutputSettings(output_dir="runs/graph"))
 
     def __post_init__(self):
         from ..data.graphs import GRAPH_DATASETS, GRAPH_TASKS, SPLITS
@@ -125,29 +154,18 @@ class GraphSettings:
                                      ("split", self.split, SPLITS)):
             if value not in allowed:
                 raise ValueError(f"{kind}={value!r} is unknown; allowed: {', '.join(allowed)}")
-        for name in ("epochs", "eval_freq", "dim", "rank"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an int >= 1")
-        for name in ("min_epochs", "patience"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"dim={self.dim!r} must be an int >= 1")
         if self.act is not None and self.act not in ("none", "relu"):
             raise ValueError(f"act={self.act!r} is unknown; allowed: none, relu")
 
-    def resolved(self) -> "GraphSettings":
+    def resolved(self) -> GraphSettings:
         """A copy with every ``None`` HyboNet setting replaced by its per-data-set value."""
         defaults = HYBONET_DEFAULTS[(self.dataset, self.task)]
-        filled = {name: defaults[name] for name in _TUNED if getattr(self, name) is None}
-        return dataclasses.replace(self, **filled)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "GraphSettings":
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - allowed)
-        if unknown:
-            raise ValueError(f"unknown setting(s) {unknown}; allowed: {sorted(allowed)}")
-        return cls(**values)
+        own = {n: defaults[n] for n in _MODEL_TUNED if getattr(self, n) is None}
+        optim = {n: defaults[n] for n in _OPTIM_TUNED if getattr(self.optim, n) is None}
+        return dataclasses.replace(self, **own,
+                                   optim=dataclasses.replace(self.optim, **optim))
 
 
 # ---------------------------------------------------------------------- data, model, method
@@ -159,155 +177,26 @@ def load_data(settings: GraphSettings):
                       split=settings.split, seed=settings.split_seed)
 
 
-def method_settings(settings: GraphSettings) -> dict[str, Any]:
-    """The method's config: rank, seed, its options, and HyboNet's target layers.
-
-    Every method refreshes its subspace every ``iteration_interval`` steps (SST's T3,
-    default :data:`DEFAULT_T3`): ReLoRA*'s merge interval and GaLore's projection gap follow
-    it unless set themselves.
-    """
-    from ..models.hybonet import HYBONET_TARGETS
-    from .lm import method_settings as lm_method_settings
-
-    options = {"iteration_interval": DEFAULT_T3, **settings.method_options}
-    # The LM helper reads only method, method_options, rank and seed.
-    chosen = lm_method_settings(dataclasses.replace(settings, method_options=options))
-    return {**chosen, "target_modules": HYBONET_TARGETS}
-
-
 def _check_rank(model: torch.nn.Module, settings: GraphSettings) -> None:
     """Refuse a rank above the smallest target layer, naming the layer and the bound."""
     from ..methods.base import method_config_fields
     from ..models.hybonet import HYBONET_TARGETS
     from ..targeting import find_target_modules
 
-    if "rank" not in method_config_fields(settings.method):
+    if "rank" not in method_config_fields(settings.method.name):
         return
     for name, module in find_target_modules(model, HYBONET_TARGETS):
         out_f, in_f = module.weight.shape
-        if settings.rank > min(out_f, in_f):
+        if settings.method.rank > min(out_f, in_f):
             raise ValueError(
-                f"rank={settings.rank} is larger than layer {name!r} ({out_f} x {in_f}) of "
+                f"rank={settings.method.rank} is larger than layer {name!r} ({out_f} x {in_f}) of "
                 f"{settings.dataset} {settings.task.upper()} at dim {settings.dim}: the rank "
                 f"must be in [1, {min(out_f, in_f)}]")
-
-
-def build_model_and_method(settings: GraphSettings, data):
-    """HyboNet's model for ``data`` (seeded), converted by the method."""
-    from ..models.hybonet import HyboNetGraphModel
-
-    s = settings.resolved()
-    torch.manual_seed(s.seed)
-    model = HyboNetGraphModel(
-        s.task, data.num_features, data.num_classes if s.task == "nc" else None, dim=s.dim,
-        num_layers=s.num_layers, dropout=s.dropout, act=s.act, bias=s.bias, margin=s.margin,
-        k=s.k)
-    _check_rank(model, s)
-    method = make_method(s.method, **method_settings(s))
-    return method.prepare(model), method
 
 
 def selection_score(task: str, metrics: dict[str, float]) -> float:
     """HGCN's ``has_improved`` quantity: F1 (NC) or ``(ROC + AP) / 2`` (LP)."""
     return metrics["f1"] if task == "nc" else 0.5 * (metrics["roc"] + metrics["ap"])
-
-
-# ---------------------------------------------------------------------- one run
-@dataclass
-class GraphRun:
-    """What one training run leaves in memory besides its summary."""
-
-    summary: dict[str, Any]
-    model: torch.nn.Module
-    method: Any
-    embeddings: torch.Tensor  # (N, dim) points on the hyperboloid at the best-val epoch
-
-
-def run_train(settings: GraphSettings, data=None, progress: bool = True) -> dict[str, Any]:
-    """Train one method with one seed; write ``metrics.jsonl`` and ``summary.json``."""
-    return train_once(settings, data, progress).summary
-
-
-def train_once(settings: GraphSettings, data=None, progress: bool = True) -> GraphRun:
-    """:func:`run_train`, also returning the model, method and best embeddings."""
-    from ..hyperbolic import build_graph_optimizers
-    from ..models.hybonet import train_graph_step
-
-    s = settings.resolved()
-    data = data if data is not None else load_data(s)
-    np.random.seed(s.seed)
-    model, method = build_model_and_method(s, data)
-    optimizers = build_graph_optimizers(model, method, lr=s.lr, weight_decay=s.weight_decay,
-                                        riemannian=s.riemannian)
-    reduce_every = s.lr_reduce_freq or s.epochs
-    schedulers = [torch.optim.lr_scheduler.StepLR(o, step_size=reduce_every, gamma=s.gamma)
-                  for o in optimizers.optimizers]
-    rng = copy.deepcopy(data.rng)  # HGCN's negative-sampling stream, fresh for every run
-    trainable, total = count_parameters(model)
-    run_dir = Path(s.output_dir)
-    logger = JsonlLogger(run_dir / "metrics.jsonl")
-    grad_clip = s.grad_clip if s.grad_clip and s.grad_clip > 0 else None
-
-    best_score, best_epoch, best_val, best_test = -np.inf, 0, None, None
-    best_h, since_best, curve, step_times = None, 0, [], []
-    began = time.perf_counter()
-    epoch = 0
-    try:
-        for epoch in range(1, s.epochs + 1):
-            tick = time.perf_counter()
-            stats: dict[str, float] = {}
-            loss = train_graph_step(model, data, optimizers, method, epoch, grad_clip, rng,
-                                    stats)
-            for scheduler in schedulers:
-                scheduler.step()
-            step_times.append(time.perf_counter() - tick)
-            if not np.isfinite(loss):
-                raise TrainingDiverged(f"training loss is {loss} at epoch {epoch} "
-                                         f"({s.method}, lr {s.lr})")
-            if epoch % s.eval_freq:
-                continue
-            model.eval()
-            with torch.no_grad():
-                h = model(data.features, data.adj_norm)
-            val = model.metrics(h, data, "val")
-            score = selection_score(s.task, val)
-            point = {"epoch": epoch, "train_loss": loss, "grad_norm": stats["grad_norm"],
-                     **{f"val_{k}": v for k, v in val.items()}, "val_score": score}
-            curve.append(point)
-            logger.log_dict(point, epoch)
-            if score > best_score:  # strict, as HGCN
-                best_score, best_epoch, best_val = score, epoch, val
-                best_test = model.metrics(h, data, "test")
-                best_h, since_best = h.detach().clone(), 0
-            else:
-                since_best += 1
-                if since_best >= s.patience and epoch > s.min_epochs:
-                    break
-            if progress and epoch % 100 == 0:
-                print(f"[{s.method} seed {s.seed}] epoch {epoch}: loss {loss:.4f}, val score "
-                      f"{score:.4f} (best {best_score:.4f} at {best_epoch})", flush=True)
-    finally:
-        logger.close()
-    memory = memory_report(model, optimizers.method)
-    summary = {
-        "method": s.method, "seed": s.seed, "settings": asdict(s),
-        "trainable_params": trainable, "total_params": total,
-        "grad_optimizer_bytes": memory.gradients + memory.optimizer_state,
-        "step_time_s": statistics.median(step_times) if step_times else 0.0,
-        "wall_time_s": time.perf_counter() - began, "epochs_run": epoch,
-        "best_epoch": best_epoch, "best_val_score": best_score,
-        "val": best_val, "test": best_test, "curve": curve,
-    }
-    atomic_write_json(run_dir / "summary.json", summary)
-    if s.save_embeddings and best_h is not None:
-        from .._util.atomic import atomic_write
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                np.save(f, best_h.numpy())
-
-        atomic_write(run_dir / "embeddings.npy", write)
-    return GraphRun(summary, model, method, best_h)
 
 
 # ---------------------------------------------------------------------- comparison
@@ -323,56 +212,6 @@ def aggregate_runs(runs: list[dict[str, Any]], task: str) -> dict[str, Any]:
     out.update({f"test_{k}": _mean_std([r["test"][k] for r in runs]) for k in keys})
     out["best_epoch"] = _mean_std([float(r["best_epoch"]) for r in runs])
     return out
-
-
-def run_compare(settings: GraphSettings, methods: list[str], seeds: list[int],
-                method_lr: dict[str, float] | None = None,
-                progress: bool = True) -> dict[str, Any]:
-    """Train each method with each seed on the same data; write results, report, plots."""
-    from ..report_graph import render_graph_report
-
-    method_lr = method_lr or {}
-    if not seeds:
-        raise ValueError("seeds must name at least one seed")
-    base = settings.resolved()
-    out = Path(base.output_dir)
-    data = load_data(base)
-    results: dict[str, Any] = {
-        "task": "graph",
-        "title": f"HyboNet {base.dataset} {base.task.upper()}, dim {base.dim}, rank "
-                 f"{base.rank}, {len(seeds)} seed(s), split {base.split}",
-        "settings": {**asdict(base), "methods": methods, "seeds": seeds,
-                     "method_lr": method_lr, "threads": torch.get_num_threads()},
-        "notes": list(data.notes),
-        "methods": {},
-    }
-    for name in methods:
-        runs = []
-        for seed in seeds:
-            run_settings = dataclasses.replace(
-                base, method=name, seed=seed, lr=method_lr.get(name, base.lr),
-                output_dir=str(out / name / f"seed{seed}"))
-            if progress:
-                print(f"== {name} seed {seed} (lr {run_settings.lr:g}) ==", flush=True)
-            run = train_once(run_settings, data, progress)
-            summary = dict(run.summary)
-            summary.pop("settings")
-            if seed == seeds[0]:
-                summary["embedding_2d"] = poincare_projection(run.embeddings, base.k)
-            runs.append(summary)
-        first = runs[0]
-        results["methods"][name] = {
-            "lr": method_lr.get(name, base.lr),
-            "trainable_params": first["trainable_params"], "total_params": first["total_params"],
-            "grad_optimizer_bytes": first["grad_optimizer_bytes"],
-            "step_time_s": statistics.median(r["step_time_s"] for r in runs),
-            **aggregate_runs(runs, base.task), "runs": runs,
-        }
-        if base.task == "nc":
-            results["labels"] = data.labels.tolist()
-        atomic_write_json(out / "results.json", results)  # partial results survive a crash
-    render_graph_report(out)
-    return results
 
 
 def poincare_projection(points: torch.Tensor | None, k: float = 1.0) -> list[list[float]] | None:
@@ -400,3 +239,219 @@ def poincare_projection(points: torch.Tensor | None, k: float = 1.0) -> list[lis
         _, _, vh = torch.linalg.svd(ball, full_matrices=False)
         ball = ball @ vh[:2].T
     return ball.float().tolist()
+
+
+# ---------------------------------------------------------------------- early stopping
+class EarlyStopping:
+    """HGCN's model selection as the loop's evaluation hook.
+
+    Called as the loop's ``eval_fn`` (in eval mode, no grad): encodes every node, scores the
+    validation split and, on a strictly better score, the test split at that epoch (and keeps
+    the embeddings). :meth:`after_eval` then says whether to stop: ``patience`` evaluations
+    without improvement once past ``min_epochs``. Its state is checkpointed with the run.
+    """
+
+    def __init__(self, settings: GraphSettings, data):
+        self.task, self.data = settings.task, data
+        self.patience, self.min_epochs = settings.schedule.patience, settings.schedule.min_epochs
+        self.best_score, self.best_epoch, self.since_best = -np.inf, 0, 0
+        self.best_val: dict | None = None
+        self.best_test: dict | None = None
+        self.best_h: torch.Tensor | None = None
+        self.curve: list[dict[str, float]] = []
+        self._pending: tuple | None = None
+
+    def __call__(self, model) -> dict[str, float]:
+        h = model(self.data.features, self.data.adj_norm)
+        val = model.metrics(h, self.data, "val")
+        score = selection_score(self.task, val)
+        test = model.metrics(h, self.data, "test") if score > self.best_score else None
+        self._pending = (val, score, test, h)
+        return {**{f"val_{k}": v for k, v in val.items()}, "val_score": score}
+
+    def after_eval(self, step: int, metrics: dict[str, float], train: dict[str, float]) -> bool:
+        """Record the evaluation of ``step``; True when training should stop."""
+        val, score, test, h = self._pending
+        self.curve.append({"epoch": step, "train_loss": train["train_loss"],
+                           "grad_norm": train["grad_norm"], **metrics})
+        if score > self.best_score:  # strict, as HGCN
+            self.best_score, self.best_epoch, self.best_val, self.best_test = \
+                score, step, val, test
+            self.best_h, self.since_best = h.detach().clone(), 0
+            return False
+        self.since_best += 1
+        return self.since_best >= self.patience and step > self.min_epochs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_score": float(self.best_score), "best_epoch": self.best_epoch,
+                "since_best": self.since_best, "best_val": self.best_val,
+                "best_test": self.best_test, "best_h": self.best_h, "curve": self.curve}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        self.since_best, self.best_val = state["since_best"], state["best_val"]
+        self.best_test, self.best_h = state["best_test"], state["best_h"]
+        self.curve = list(state["curve"])
+
+
+class NegativeSampler:
+    """HGCN's numpy stream for LP training negatives, with a checkpointable state."""
+
+    def __init__(self, rng: np.random.RandomState | None):
+        self.rng = copy.deepcopy(rng)  # a fresh copy for every run
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.rng is None:
+            return {}
+        state = self.rng.get_state(legacy=False)
+        return {"key": torch.from_numpy(state["state"]["key"].astype(np.int64)),
+                "pos": int(state["state"]["pos"]), "has_gauss": int(state["has_gauss"]),
+                "gauss": float(state["gauss"])}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.rng is not None:
+            self.rng.set_state({"bit_generator": "MT19937",
+                                "state": {"key": state["key"].numpy().astype(np.uint32),
+                                          "pos": state["pos"]},
+                                "has_gauss": state["has_gauss"], "gauss": state["gauss"]})
+
+
+# ---------------------------------------------------------------------- the task
+class GraphTask(TaskBase):
+    """``sst train|compare|ablate graph``: HyboNet NC and LP, full batch, early stopping.
+
+    One full-batch step per epoch through the one loop: the batch is constant (features and
+    adjacency), the loss draws LP negatives from :class:`NegativeSampler`, the learning rate
+    is HyboNet's step decay times the method's restart factor, and :class:`EarlyStopping` is
+    the evaluation hook.
+    """
+
+    name = "graph"
+    description = "hyperbolic graph models (HyboNet): node classification, link prediction"
+    settings_class = GraphSettings
+
+    def headline(self, settings: GraphSettings) -> Headline:
+        metric = HEADLINE_METRIC[settings.task]
+        label = {"f1": "test F1", "roc": "test ROC-AUC"}[metric]
+        return Headline(f"test_{metric}", label, higher_is_better=True)
+
+    def prepare_data(self, settings: GraphSettings):
+        return load_data(settings)
+
+    def build_model(self, settings: GraphSettings, data):
+        from ..models.hybonet import HyboNetGraphModel
+
+        s = settings.resolved()
+        torch.manual_seed(s.seed)
+        model = HyboNetGraphModel(
+            s.task, data.num_features, data.num_classes if s.task == "nc" else None,
+            dim=s.dim, num_layers=s.num_layers, dropout=s.dropout, act=s.act, bias=s.bias,
+            margin=s.margin, k=s.k)
+        _check_rank(model, s)
+        return model
+
+    def default_targets(self, settings, model) -> dict:
+        from ..models.hybonet import HYBONET_TARGETS
+
+        return {"target_modules": HYBONET_TARGETS}
+
+    def batches(self, settings: GraphSettings, data) -> Batches:
+        inputs = (data.features, data.adj_norm)
+        sampler = NegativeSampler(data.rng)
+        return Batches(settings.schedule.epochs, lambda step, micro: (inputs, sampler), 0,
+                       state=sampler)
+
+    def loop_settings(self, settings: GraphSettings, batches: Batches):
+        from ..training.loop import LoopSettings
+
+        s = settings.resolved()
+        return LoopSettings(num_training_steps=batches.steps, lr=s.optim.lr,
+                            weight_decay=s.optim.weight_decay, warmup_steps=0,
+                            grad_clip=s.optim.grad_clip, eval_every=s.eval.eval_every,
+                            save_every=s.output.save_every, log_every=s.eval.eval_every,
+                            evaluate_last=False, print_every_evals=100)
+
+    def lr_lambda(self, settings: GraphSettings, method, steps: int):
+        every, gamma = settings.schedule.lr_reduce_freq or steps, settings.schedule.gamma
+        return lambda t: gamma ** (t // every) * method.restart_factor(t)
+
+    def optimizer_builder(self, settings: GraphSettings):
+        from ..hyperbolic.optim import build_hyperbolic_optimizer
+
+        def build(model, method, lr: float, weight_decay: float):
+            return build_hyperbolic_optimizer(model, method, lr=lr, weight_decay=weight_decay,
+                                              riemannian=settings.riemannian)
+
+        return build
+
+    def loss(self, settings, data):
+        def loss_fn(model, inputs, sampler: NegativeSampler):
+            return model.loss(model(*inputs), data, "train", sampler.rng)
+
+        return loss_fn
+
+    def evaluator(self, settings: GraphSettings, data) -> EarlyStopping:
+        return EarlyStopping(settings, data)
+
+    def finish(self, settings: GraphSettings, data, model, method, result,
+               batches: Batches) -> dict:
+        stopping = result.evaluator
+        if settings.save_embeddings and stopping.best_h is not None:
+            _save_embeddings(Path(settings.output.output_dir) / "embeddings.npy",
+                             stopping.best_h)
+        return {"seed": settings.seed, "graph_task": settings.task,
+                "settings": asdict(settings.resolved()),
+                "epochs_run": result.final_step, "best_epoch": stopping.best_epoch,
+                "best_val_score": stopping.best_score, "val": stopping.best_val,
+                "test": stopping.best_test, "curve": stopping.curve}
+
+    def title(self, settings: GraphSettings, data, seeds: list[int]) -> str:
+        s = settings.resolved()
+        return (f"HyboNet {s.dataset} {s.task.upper()}, dim {s.dim}, rank {s.method.rank}, "
+                f"{len(seeds)} seed(s), split {s.split}")
+
+    def results_extras(self, settings: GraphSettings, data) -> dict:
+        extras: dict[str, Any] = {"notes": list(data.notes)}
+        if settings.task == "nc":
+            extras["labels"] = data.labels.tolist()
+        return extras
+
+    def compare_extras(self, settings, data, outcome, first_seed: bool) -> dict:
+        if not first_seed:
+            return {}
+        return {"embedding_2d": poincare_projection(outcome.result.evaluator.best_h,
+                                                    settings.k)}
+
+    def aggregate(self, runs: list[dict], seeds: list[int]) -> dict:
+        first = runs[0]
+        return {"trainable_params": first["trainable_params"],
+                "total_params": first["total_params"],
+                "grad_optimizer_bytes": first["grad_optimizer_bytes"],
+                "step_time_s": statistics.median(r["step_time_s"] for r in runs),
+                **aggregate_runs(runs, first["graph_task"]), "runs": runs}
+
+    def ablation_record(self, summary: dict, run_dir) -> dict:
+        # One point per evaluated epoch; "step" is the epoch (full batch: a step per epoch).
+        curve = [{"step": p["epoch"], "val_loss": p["val_loss"], "val_score": p["val_score"]}
+                 for p in summary["curve"]]
+        trace = [{"step": p["epoch"], "grad_norm": p["grad_norm"]} for p in summary["curve"]]
+        return {"curve": curve, "grad_norm": trace,
+                "extra": {k: summary[k] for k in ("best_epoch", "val", "test")}}
+
+    def summary_line(self, summary: dict) -> str:
+        shown = ", ".join(f"{k} {summary['test'][k]:.4f}" for k in REPORTED[summary["graph_task"]])
+        return (f"best val epoch {summary['best_epoch']} of {summary['epochs_run']}; "
+                f"test {shown}")
+
+
+def _save_embeddings(path: Path, points: torch.Tensor) -> None:
+    from .._util.atomic import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, points.numpy())
+
+    atomic_write(path, write)
+
+
+GRAPH = register_task(GraphTask())

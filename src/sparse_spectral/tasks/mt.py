@@ -1,14 +1,7 @@
 """Machine translation on Multi30k (German to English by default), trained by any method.
 
-``run_train`` trains one method and writes a run folder::
-
-    <output_dir>/metrics.jsonl    one JSON line per log / evaluation
-    <output_dir>/checkpoints/     step_XXXXXX/ directories + ``latest``
-    <output_dir>/summary.json     final figures, test BLEU with its sacreBLEU signature,
-                                  translation examples (written atomically at the end)
-
-``run_compare`` trains several methods under the same data, model, steps, seed and schedule
-and writes ``results.json`` plus the report (:mod:`sparse_spectral.report_mt`).
+The ``mt`` task (:data:`MT`); the engine writes its run folders (``summary.json`` adds test
+BLEU with its sacreBLEU signature and translation examples) and ``results.json``.
 
 Pipeline: the raw Multi30k splits (:mod:`..data.multi30k`), one joint byte-level BPE trained
 on both training sides and cached (:mod:`..data.bpe`), token-based batches
@@ -49,12 +42,10 @@ tokenisation); the signature is stored with the score.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -62,17 +53,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..accounting import count_parameters
-from .._util.atomic import atomic_write_json
 from ..hyperbolic.optim import RIEMANNIAN_KINDS
-from ..methods import make_method
-from ..training.loggers import JsonlLogger, MultiLogger, TensorBoardLogger
-from ..training.loop import LoopSettings, train
-from .lm import _resume_step, method_settings, weight_spectra
+from ..training.compare import weight_spectra
+from ..training.config import (
+    EvalSettings,
+    MethodChoice,
+    OptimSettings,
+    OutputSettings,
+    TaskSettings,
+    _help,
+)
+from .base import Batches, Headline, TaskBase
+from .registry import register_task
 
 MODEL_FAMILIES = ("euclidean", "hyperbolic")
 SCHEDULES = ("inverse_sqrt", "noam")
-DEFAULT_METHODS = ("full", "lora", "relora", "sst")
 # dropout=None: the Euclidean default, and HyboNet's IWSLT `-dropout 0` (run.iwslt.64.sh).
 DEFAULT_DROPOUT = {"euclidean": 0.1, "hyperbolic": 0.0}
 # attention_dropout=None on the hyperbolic model: HyboNet's `-attention_dropout 0.1`.
@@ -80,59 +75,79 @@ HYBONET_ATTENTION_DROPOUT = 0.1
 
 
 @dataclass
-class MTSettings:
-    """Everything that defines a translation run (CLI flags map 1:1 onto these)."""
+class TranslationSchedule:
+    """Inverse-sqrt warm-up/decay (or Noam's), over steps or epochs."""
+
+    kind: str = field(default="inverse_sqrt", metadata=_help(
+        "inverse_sqrt (lr = peak) or noam (lr = Noam's factor)", flag="schedule"))
+    num_training_steps: int = field(default=2000, metadata=_help("optimizer steps"))
+    warmup_steps: int = field(default=400, metadata=_help("linear warm-up steps"))
+    epochs: float | None = field(default=None, metadata=_help(
+        "train this many epochs (overrides num_training_steps)"))
+
+    def __post_init__(self):
+        for name in ("warmup_steps", "num_training_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an int >= 1")
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"schedule={self.kind!r} is unknown; allowed: {list(SCHEDULES)}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"epochs={self.epochs!r} must be > 0 (or None to use "
+                             f"num_training_steps)")
+
+
+@dataclass
+class MTSettings(TaskSettings):
+    """Everything that defines a translation run (one flag per field)."""
 
     # data
-    data_dir: str | None = None
-    source_lang: str = "de"
-    target_lang: str = "en"
-    vocab_size: int = 4000
-    train_pairs: int | None = None
-    eval_pairs: int | None = None
-    max_tokens: int = 4096
+    data_dir: str | None = field(default=None, metadata=_help(
+        "data directory holding multi30k/ (default $SST_DATA_DIR)"))
+    source_lang: str = field(default="de", metadata=_help("de or en"))
+    target_lang: str = field(default="en", metadata=_help("en or de"))
+    vocab_size: int = field(default=4000, metadata=_help("joint BPE vocabulary size"))
+    train_pairs: int | None = field(default=None, metadata=_help(
+        "use only the first N training pairs"))
+    eval_pairs: int | None = field(default=None, metadata=_help(
+        "use only the first N validation and test pairs"))
+    max_tokens: int = field(default=4096, metadata=_help("padded tokens per batch and side"))
     # model
-    model: str = "euclidean"
-    d_model: int = 64
-    num_heads: int = 4
-    num_layers: int = 3
-    d_ff: int | None = None
-    dropout: float | None = None  # None: the family's default (DEFAULT_DROPOUT)
-    attention_dropout: float | None = None  # hyperbolic only; None: HyboNet's 0.1
-    tie_embeddings: bool | None = None  # None: euclidean True, hyperbolic False (HyboNet)
-    riemannian: str = "hybonet"  # hyperbolic only: kind of the Riemannian Adam
-    # method
-    method: str = "sst"
-    rank: int = 8
-    method_options: dict[str, Any] = field(default_factory=dict)
-    # optimisation
-    schedule: str = "inverse_sqrt"
-    lr: float = 2e-3
-    warmup_steps: int = 400
-    num_training_steps: int = 2000
-    epochs: float | None = None
-    grad_accumulation: int = 1
-    label_smoothing: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    eval_every: int = 200
-    save_every: int = 0
-    seed: int = 0
+    model: str = field(default="euclidean", metadata=_help(
+        "euclidean or hyperbolic (HyboNet's Lorentz Transformer)"))
+    d_model: int = field(default=64, metadata=_help("model width"))
+    num_heads: int = field(default=4, metadata=_help("attention heads"))
+    num_layers: int = field(default=3, metadata=_help("encoder layers = decoder layers"))
+    d_ff: int | None = field(default=None, metadata=_help(
+        "feed-forward width (default 4 * d_model)"))
+    dropout: float | None = field(default=None, metadata=_help(
+        "default: 0.1 (euclidean), 0.0 (hyperbolic, HyboNet's IWSLT run)"))
+    attention_dropout: float | None = field(default=None, metadata=_help(
+        "hyperbolic only: dropout on the Q/K/V inputs (default 0.1, HyboNet's)"))
+    tie_embeddings: bool | None = field(default=None, metadata=_help(
+        "share target embedding and output table (default: true for euclidean, false for "
+        "hyperbolic as HyboNet)"))
+    riemannian: str = field(default="hybonet", metadata=_help(
+        "hyperbolic only: Riemannian Adam of the manifold tables, hybonet or geoopt"))
+    # training
+    grad_accumulation: int = field(default=1, metadata=_help("micro-batches per step"))
+    label_smoothing: float = field(default=0.1, metadata=_help("training label smoothing"))
     # decoding and evaluation
-    beam_size: int = 4
-    length_penalty: float = 1.0
-    max_len_a: float = 1.2
-    max_len_b: float = 10.0
-    decode_batch_size: int = 200
-    num_examples: int = 5
-    # output
-    output_dir: str = "runs/mt"
-    tensorboard: bool = False
+    beam_size: int = field(default=4, metadata=_help("test decoding beam (1: greedy)"))
+    length_penalty: float = field(default=1.0, metadata=_help("GNMT length-penalty alpha"))
+    max_len_a: float = field(default=1.2, metadata=_help("max length a |src| + b: a"))
+    max_len_b: float = field(default=10.0, metadata=_help("max length a |src| + b: b"))
+    decode_batch_size: int = field(default=200, metadata=_help("sentences per decoding batch"))
+    num_examples: int = field(default=5, metadata=_help("test translations kept in the summary"))
+    method: MethodChoice = field(default_factory=lambda: MethodChoice(rank=8))
+    optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=2e-3))
+    schedule: TranslationSchedule = field(default_factory=TranslationSchedule)
+    eval: EvalSettings = field(default_factory=lambda: EvalSettings(eval_every=200))
+    output: OutputSettings = field(default_factory=lambda: OutputSettings(output_dir="runs/mt"))
 
     def __post_init__(self):
         for name in ("vocab_size", "max_tokens", "d_model", "num_heads", "num_layers",
-                     "warmup_steps", "num_training_steps", "grad_accumulation", "beam_size",
-                     "decode_batch_size"):
+                     "grad_accumulation", "beam_size", "decode_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be an int >= 1")
@@ -142,11 +157,6 @@ class MTSettings:
                 raise ValueError(f"{name}={value!r} must be None or an int >= 1")
         if self.model not in MODEL_FAMILIES:
             raise ValueError(f"model={self.model!r} is unknown; allowed: {list(MODEL_FAMILIES)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule={self.schedule!r} is unknown; allowed: {list(SCHEDULES)}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise ValueError(f"epochs={self.epochs!r} must be > 0 (or None to use "
-                             f"num_training_steps)")
         for name in ("dropout", "attention_dropout"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
@@ -175,24 +185,8 @@ class MTSettings:
     @property
     def peak_lr(self) -> float:
         """The learning rate at the end of warm-up (see the module docstring)."""
-        if self.schedule == "noam":
-            return self.lr * (self.d_model * self.warmup_steps) ** -0.5
-        return self.lr
-
-    def loop_settings(self, num_training_steps: int | None = None) -> LoopSettings:
-        return LoopSettings(
-            num_training_steps=num_training_steps or self.num_training_steps, lr=self.peak_lr,
-            weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
-            grad_clip=self.grad_clip, grad_accumulation=self.grad_accumulation,
-            eval_every=self.eval_every, save_every=self.save_every)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> MTSettings:
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - allowed)
-        if unknown:
-            raise ValueError(f"unknown setting(s) {unknown}; allowed: {sorted(allowed)}")
-        return cls(**values)
+        lr, warmup = self.optim.lr, self.schedule.warmup_steps
+        return lr * (self.d_model * warmup) ** -0.5 if self.schedule.kind == "noam" else lr
 
 
 # ---------------------------------------------------------------------- schedule
@@ -321,13 +315,6 @@ def optimizer_builder(settings: MTSettings) -> Callable[..., torch.optim.Optimiz
     return build
 
 
-def build_model_and_method(settings: MTSettings, vocab_size: int, pad_id: int):
-    """The translation model, converted by the method (targets: every inner linear map)."""
-    model = model_builder(settings.model)(settings, vocab_size, pad_id)
-    method = make_method(settings.method, **method_settings(settings))
-    return method.prepare(model), method
-
-
 # ---------------------------------------------------------------------- loss and evaluation
 def translation_loss(model: nn.Module, src: torch.Tensor, tgt_in: torch.Tensor,
                      tgt_out: torch.Tensor, pad_id: int, label_smoothing: float = 0.0,
@@ -408,132 +395,124 @@ def corpus_bleu(hypotheses: list[str], references: list[str]) -> tuple[float, st
     return float(score.score), str(metric.get_signature())
 
 
-# ---------------------------------------------------------------------- one run
-def run_train(settings: MTSettings, resume: bool = False, progress: bool = True,
-              data: MTData | None = None) -> dict[str, Any]:
-    """Train one method; write metrics, checkpoints and ``summary.json``; return the summary."""
-    return _train_run(settings, resume, progress, data)[0]
+# ---------------------------------------------------------------------- the task
+class Translation(TaskBase):
+    """``sst train|compare|ablate mt``: Multi30k, Euclidean or Lorentz Transformers."""
+
+    name = "mt"
+    description = "Multi30k translation, Euclidean or hyperbolic (HyboNet) Transformer"
+    settings_class = MTSettings
+    default_methods = ("full", "lora", "relora", "sst")
+    seed_metrics = ("val_loss", "val_ppl", "test_loss", "test_ppl", "test_bleu")
+    ablation_extras = ("val_ppl", "bleu_signature")
+
+    def headline(self, settings) -> Headline:
+        return Headline("test_bleu", "test BLEU", higher_is_better=True)
+
+    def check(self, settings: MTSettings) -> None:
+        model_builder(settings.model)  # fail on the model family before touching data
+
+    prepare_data = staticmethod(prepare_data)
+
+    def batches(self, settings: MTSettings, data: MTData) -> Batches:
+        from ..data.mt_batching import EpochBatches
+
+        split, ids = data.splits["train"], data.ids
+        epochs = EpochBatches(split.source, split.target, ids, settings.max_tokens, settings.seed)
+        accumulation = settings.grad_accumulation
+        counters = {"target_tokens": 0}
+        steps = settings.schedule.num_training_steps
+        if settings.schedule.epochs is not None:
+            steps = max(1, math.ceil(settings.schedule.epochs * len(epochs) / accumulation))
+
+        def batch_fn(step: int, micro: int):
+            batch = epochs.batch((step - 1) * accumulation + micro)
+            counters["target_tokens"] += batch.target_tokens
+            return (batch.src, batch.tgt_in), batch.tgt_out
+
+        # Batches vary in size: the live log's tokens/s uses the mean batch; the summary's
+        # target_tokens_per_s counts the tokens actually trained (``counters``).
+        mean_tokens = epochs.target_tokens / len(epochs) * accumulation
+        return Batches(steps, batch_fn, round(mean_tokens), accumulation,
+                       info={"batches_per_epoch": len(epochs)}, counters=counters)
+
+    def loop_settings(self, settings: MTSettings, batches: Batches):
+        from ..training.runner import loop_settings
+
+        return loop_settings(settings, batches.steps, batches.grad_accumulation,
+                             lr=settings.peak_lr)
+
+    def build_model(self, settings: MTSettings, data: MTData) -> nn.Module:
+        return model_builder(settings.model)(settings, data.vocab.vocab_size, data.ids.pad)
+
+    def lr_lambda(self, settings: MTSettings, method, steps: int):
+        return mt_lr_lambda(method, steps, settings.schedule.warmup_steps)
+
+    optimizer_builder = staticmethod(lambda settings: optimizer_builder(settings))
+
+    def loss(self, settings: MTSettings, data: MTData):
+        pad, smoothing = data.ids.pad, settings.label_smoothing
+
+        def loss_fn(model: nn.Module, inputs, targets) -> torch.Tensor:
+            return translation_loss(model, *inputs, targets, pad, smoothing)
+
+        return loss_fn
+
+    def evaluator(self, settings: MTSettings, data: MTData):
+        def evaluate(model: nn.Module) -> dict[str, float]:
+            result = evaluate_loss(model, data.splits["validation"], data.ids,
+                                   settings.max_tokens)
+            return {"val_loss": result["loss"], "val_ppl": result["ppl"]}
+
+        return evaluate
+
+    def finish(self, settings: MTSettings, data: MTData, model, method, result,
+               batches: Batches) -> dict:
+        per_epoch, accumulation = batches.info["batches_per_epoch"], batches.grad_accumulation
+        seconds = sum(result.step_times)
+        figures = {
+            "model": settings.model,
+            "epochs_trained": result.final_step * accumulation / per_epoch,
+            "target_tokens_per_s": (batches.counters["target_tokens"] / seconds
+                                    if seconds else None),
+            "epoch_time_s": (seconds / len(result.step_times) * per_epoch / accumulation
+                             if result.step_times else None),
+            "vocab_size": data.vocab.vocab_size, "peak_lr": settings.peak_lr,
+        }
+        model.eval()
+        val = evaluate_loss(model, data.splits["validation"], data.ids, settings.max_tokens)
+        test = evaluate_loss(model, data.splits["test"], data.ids, settings.max_tokens)
+        decode_began = time.perf_counter()
+        test_split = data.splits["test"]
+        hypotheses = translate(model, test_split.source, data.vocab,
+                               beam_size=settings.beam_size, alpha=settings.length_penalty,
+                               max_len_a=settings.max_len_a, max_len_b=settings.max_len_b,
+                               batch_size=settings.decode_batch_size)
+        bleu, signature = corpus_bleu(hypotheses, list(test_split.target_text))
+        figures.update({
+            "val_loss": val["loss"], "val_ppl": val["ppl"], "test_loss": test["loss"],
+            "test_ppl": test["ppl"], "test_bleu": bleu, "bleu_signature": signature,
+            "decoding": {"beam_size": settings.beam_size,
+                         "length_penalty": settings.length_penalty,
+                         "max_len_a": settings.max_len_a, "max_len_b": settings.max_len_b,
+                         "seconds": time.perf_counter() - decode_began},
+            "examples": [{"source": test_split.source_text[i],
+                          "reference": test_split.target_text[i], "hypothesis": hypotheses[i]}
+                         for i in range(min(settings.num_examples, len(test_split)))],
+        })
+        return figures
+
+    def title(self, settings: MTSettings, data: MTData, seeds: list[int]) -> str:
+        d, layers = settings.d_model, settings.num_layers
+        return (f"{settings.model} Transformer (d_model {d}, {layers}+{layers} layers) on "
+                f"{data.name}, rank {settings.method.rank}")
+
+    def compare_extras(self, settings, data, outcome, first_seed: bool) -> dict:
+        return {"spectra": weight_spectra(outcome.model, outcome.method)} if first_seed else {}
+
+    def summary_line(self, summary: dict) -> str:
+        return (f"test BLEU {summary['test_bleu']:.2f} ({summary['bleu_signature']}), "
+                f"val ppl {summary['val_ppl']:.3f}")
 
 
-def _total_steps(settings: MTSettings, batches_per_epoch: int) -> int:
-    if settings.epochs is None:
-        return settings.num_training_steps
-    return max(1, math.ceil(settings.epochs * batches_per_epoch / settings.grad_accumulation))
-
-
-def _train_run(settings: MTSettings, resume: bool, progress: bool, data: MTData | None):
-    """:func:`run_train`, also returning the trained model and its method."""
-    from ..data.mt_batching import EpochBatches
-
-    model_builder(settings.model)  # fail on the model family before touching data or files
-    if settings.epochs is None:
-        settings.loop_settings()  # validate the schedule before touching data or files
-    data = data or prepare_data(settings)
-    ids = data.ids
-    train_split, val_split = data.splits["train"], data.splits["validation"]
-    batches = EpochBatches(train_split.source, train_split.target, ids, settings.max_tokens,
-                           settings.seed)
-    total_steps = _total_steps(settings, len(batches))
-    loop_settings = settings.loop_settings(total_steps)
-    run_dir = Path(settings.output_dir)
-    model, method = build_model_and_method(settings, data.vocab.vocab_size, ids.pad)
-    trainable, total = count_parameters(model)
-    loggers = [JsonlLogger(run_dir / "metrics.jsonl", resume_step=_resume_step(run_dir, resume))]
-    if settings.tensorboard:
-        loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
-    logger = MultiLogger(*loggers)
-    trained_tokens = [0]
-
-    def batch_fn(step: int, micro: int):
-        batch = batches.batch((step - 1) * settings.grad_accumulation + micro)
-        trained_tokens[0] += batch.target_tokens
-        return (batch.src, batch.tgt_in), batch.tgt_out
-
-    def loss_fn(m: nn.Module, inputs, targets) -> torch.Tensor:
-        return translation_loss(m, *inputs, targets, ids.pad, settings.label_smoothing)
-
-    def eval_fn(m: nn.Module) -> dict[str, float]:
-        result = evaluate_loss(m, val_split, ids, settings.max_tokens)
-        return {"val_loss": result["loss"], "val_ppl": result["ppl"]}
-
-    # Batches vary in size: the live log's tokens/s uses the mean batch; the summary's
-    # target_tokens_per_s counts the tokens actually trained.
-    mean_tokens = batches.target_tokens / len(batches) * settings.grad_accumulation
-    began = time.perf_counter()
-    try:
-        result = train(model, method, batch_fn=batch_fn, loss_fn=loss_fn, eval_fn=eval_fn,
-                       settings=loop_settings, run_dir=run_dir, logger=logger,
-                       checkpoint_settings=asdict(settings), resume=resume,
-                       tokens_per_step=round(mean_tokens), progress=progress,
-                       lr_lambda=mt_lr_lambda(method, total_steps, settings.warmup_steps),
-                       build_optimizer=optimizer_builder(settings))
-    finally:
-        logger.close()
-    train_seconds = sum(result.step_times)
-    summary = {
-        "method": settings.method, "model": settings.model, "settings": asdict(settings),
-        "trainable_params": trainable, "total_params": total,
-        "grad_optimizer_bytes": result.grad_optimizer_bytes,
-        "step_time_s": result.median_step_time, "final_step": result.final_step,
-        "num_training_steps": total_steps, "batches_per_epoch": len(batches),
-        "epochs_trained": result.final_step * settings.grad_accumulation / len(batches),
-        "target_tokens_per_s": trained_tokens[0] / train_seconds if train_seconds else None,
-        "epoch_time_s": (train_seconds / len(result.step_times) * len(batches)
-                         / settings.grad_accumulation) if result.step_times else None,
-        "vocab_size": data.vocab.vocab_size, "peak_lr": settings.peak_lr,
-    }
-    model.eval()
-    val = evaluate_loss(model, val_split, ids, settings.max_tokens)
-    test = evaluate_loss(model, data.splits["test"], ids, settings.max_tokens)
-    decode_began = time.perf_counter()
-    test_split = data.splits["test"]
-    hypotheses = translate(model, test_split.source, data.vocab, beam_size=settings.beam_size,
-                           alpha=settings.length_penalty, max_len_a=settings.max_len_a,
-                           max_len_b=settings.max_len_b, batch_size=settings.decode_batch_size)
-    bleu, signature = corpus_bleu(hypotheses, list(test_split.target_text))
-    summary.update({
-        "val_loss": val["loss"], "val_ppl": val["ppl"], "test_loss": test["loss"],
-        "test_ppl": test["ppl"], "test_bleu": bleu, "bleu_signature": signature,
-        "decoding": {"beam_size": settings.beam_size, "length_penalty": settings.length_penalty,
-                     "max_len_a": settings.max_len_a, "max_len_b": settings.max_len_b,
-                     "seconds": time.perf_counter() - decode_began},
-        "wall_time_s": time.perf_counter() - began,
-        "curve": [{"step": e["step"], "val_loss": e["val_loss"]} for e in result.evaluations],
-        "examples": [{"source": test_split.source_text[i],
-                      "reference": test_split.target_text[i], "hypothesis": hypotheses[i]}
-                     for i in range(min(settings.num_examples, len(test_split)))],
-    })
-    atomic_write_json(run_dir / "summary.json", summary)
-    return summary, model, method
-
-
-# ---------------------------------------------------------------------- comparison
-def run_compare(settings: MTSettings, methods: list[str], method_lr: dict[str, float],
-                progress: bool = True) -> dict[str, Any]:
-    """Train each method under the same settings; write ``results.json`` and the report."""
-    from ..report_mt import render_mt_report
-
-    model_builder(settings.model)
-    out = Path(settings.output_dir)
-    data = prepare_data(settings)
-    d = settings.d_model
-    results: dict[str, Any] = {
-        "task": "mt",
-        "title": f"{settings.model} Transformer (d_model {d}, {settings.num_layers}+"
-                 f"{settings.num_layers} layers) on {data.name}, rank {settings.rank}",
-        "settings": {**asdict(settings), "methods": methods, "method_lr": method_lr,
-                     "threads": torch.get_num_threads()},
-        "methods": {},
-    }
-    for name in methods:
-        run = dataclasses.replace(settings, method=name, lr=method_lr.get(name, settings.lr),
-                                  output_dir=str(out / name))
-        print(f"== {name} (lr {run.lr:g}) ==", flush=True)
-        summary, model, method = _train_run(run, resume=False, progress=progress, data=data)
-        summary.pop("settings")
-        summary["lr"] = run.lr
-        summary["spectra"] = weight_spectra(model, method)
-        results["methods"][name] = summary
-        atomic_write_json(out / "results.json", results)  # partial results survive a crash
-    render_mt_report(out)
-    return results
+MT = register_task(Translation())

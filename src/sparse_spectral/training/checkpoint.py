@@ -33,8 +33,13 @@ def checkpoint_root(run_dir: str | os.PathLike) -> Path:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, optimizer,
-                    scheduler, method, settings: dict[str, Any]) -> Path:
-    """Write checkpoint ``step`` of a run and make it the latest; return its directory."""
+                    scheduler, method, settings: dict[str, Any],
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write checkpoint ``step`` of a run and make it the latest; return its directory.
+
+    ``extra``: the state dicts of what else the run depends on (batch streams, evaluation
+    hooks), by name; restored by :func:`restore_checkpoint`'s ``stateful``.
+    """
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
@@ -48,6 +53,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, opt
             "method": method.state_dict(),
             "rng": torch.get_rng_state(),
             "settings": settings,
+            "extra": extra or {},
             "environment": {"torch": str(torch.__version__), "threads": torch.get_num_threads()},
         }, tmp / STATE_FILE)
         if final.exists():  # re-saving a step (e.g. after a resume): replace it whole
@@ -78,12 +84,16 @@ def read_checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def restore_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer, scheduler,
-                       method) -> int:
+                       method, stateful: dict[str, Any] | None = None) -> int:
     """Load a checkpoint into already-built objects; return its step.
 
     ``model`` must already be prepared by ``method`` (same settings). Order matters: model
     tensors first, then the method (which checks its selections against them), then the
-    optimizer and scheduler, then the RNG.
+    optimizer and scheduler, then the RNG. ``stateful``: objects with ``load_state_dict``
+    saved as ``extra`` by :func:`save_checkpoint`, by name.
+
+    Raises:
+        ValueError: the checkpoint lacks the state of one of ``stateful``.
     """
     path = Path(path)
     state = read_checkpoint_state(path)
@@ -93,6 +103,12 @@ def restore_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer, sch
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
+    saved_extra = state.get("extra", {})
+    for name, obj in (stateful or {}).items():
+        if name not in saved_extra:
+            raise ValueError(f"checkpoint {path} has no {name!r} state to resume from "
+                             f"(it has: {sorted(saved_extra) or 'none'})")
+        obj.load_state_dict(saved_extra[name])
     saved_threads = state["environment"]["threads"]
     if saved_threads != torch.get_num_threads():
         warnings.warn(f"checkpoint was written with {saved_threads} threads, resuming with "

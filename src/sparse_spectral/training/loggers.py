@@ -88,3 +88,16 @@ class MultiLogger:
     def close(self) -> None:
         for logger in self.loggers:
             logger.close()
+
+
+def metric_trace(run_dir: str | os.PathLike, key: str) -> list[dict[str, float]]:
+    """``[{"step", key}, ...]`` for every line of ``<run_dir>/metrics.jsonl`` that has ``key``.
+
+    Non-finite values are logged as text (``"nan"``, ``"inf"``); ``float()`` reads both.
+    """
+    trace = []
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if key in record:
+            trace.append({"step": record["step"], key: float(record[key])})
+    return trace

@@ -1,8 +1,13 @@
-"""A task-agnostic training loop that talks to methods only through their life cycle.
+"""The one training loop: every task, every method, through the method's life cycle.
 
-Every batch is a pure function of the step (``batch_fn(step, micro)``), the methods sample
-from counter-seeded generators, and checkpoints hold the optimizer, scheduler, method state
-and torch RNG, so a resumed run continues bit-exactly on CPU at the same thread count.
+Every batch is a pure function of the step (``batch_fn(step, micro)``, plus a checkpointed
+``batch_state`` where a task draws from a stream, e.g. graph's negative sampler), the
+methods sample from counter-seeded generators, and checkpoints hold the optimizer,
+scheduler, method state, torch RNG, batch state and evaluation-hook state, so a resumed run
+continues bit-exactly on CPU at the same thread count.
+
+Full-batch training (graph) is a step with a constant batch; early stopping is an
+evaluation hook: an ``eval_fn`` with ``after_eval(step, metrics, train) -> stop``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch import nn
 
 from ..accounting import memory_report
 from .checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from .schedules import method_lr_lambda
 from .loggers import MetricLogger
 
 
@@ -41,6 +47,10 @@ class LoopSettings:
     eval_every: int = 100
     save_every: int = 0
     log_every: int = 10
+    #: Evaluate after the last step even when ``eval_every`` does not divide it.
+    evaluate_last: bool = True
+    #: Print every n-th evaluation (graph evaluates every epoch).
+    print_every_evals: int = 1
 
     def __post_init__(self):
         for name in ("num_training_steps", "grad_accumulation"):
@@ -66,6 +76,8 @@ class TrainResult:
     step_times: list[float] = field(default_factory=list)
     grad_optimizer_bytes: int = 0
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    evaluator: Any = None  # set by the runner: the task's eval_fn (e.g. its early stopping)
 
     @property
     def median_step_time(self) -> float:
@@ -80,7 +92,8 @@ def train(model: nn.Module, method, *,
           checkpoint_settings: dict[str, Any] | None = None, resume: bool = False,
           tokens_per_step: int = 0, progress: bool = True,
           lr_lambda: Callable[[int], float] | None = None,
-          build_optimizer: Callable[..., torch.optim.Optimizer] | None = None) -> TrainResult:
+          build_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+          batch_state: Any = None) -> TrainResult:
     """Train ``model`` (already prepared by ``method``) for ``settings.num_training_steps``.
 
     Args:
@@ -88,7 +101,10 @@ def train(model: nn.Module, method, *,
             arguments (that is what makes resume exact).
         loss_fn: ``(model, inputs, targets) -> scalar loss`` (mean over the micro-batch).
         eval_fn: ``model -> {"val_loss": ..., ...}``, called every ``eval_every`` steps and
-            at the end, in eval mode under ``torch.no_grad``.
+            at the end, in eval mode under ``torch.no_grad``. If it also has
+            ``after_eval(step, metrics, train) -> bool`` (``train``: that step's
+            ``train_loss`` and ``grad_norm``), a True stops training after that step (early
+            stopping); its ``state_dict``/``load_state_dict`` go into checkpoints.
         run_dir: checkpoints go to ``run_dir/checkpoints``.
         checkpoint_settings: JSON-able description of the run, stored in checkpoints.
         resume: continue from ``run_dir``'s latest checkpoint (error if there is none).
@@ -100,6 +116,8 @@ def train(model: nn.Module, method, *,
             parameters passes :func:`~..hyperbolic.optim.build_hyperbolic_optimizer` (the
             method's optimizer plus a Riemannian Adam, as one optimizer). The result is what
             checkpoints save and ``method.after_step`` receives.
+        batch_state: an object with ``state_dict``/``load_state_dict`` that ``batch_fn`` or
+            ``loss_fn`` draws from (checkpointed), or None.
 
     Raises:
         TrainingDiverged: on a non-finite loss; the last good checkpoint stays the latest.
@@ -111,16 +129,19 @@ def train(model: nn.Module, method, *,
         optimizer = build_optimizer(model, method, lr=settings.lr,
                                     weight_decay=settings.weight_decay)
     if lr_lambda is None:
-        lr_lambda = method.lr_lambda(settings.num_training_steps, settings.warmup_steps,
-                                     settings.min_lr_ratio)
+        lr_lambda = method_lr_lambda(method, settings.num_training_steps,
+                                     settings.warmup_steps, settings.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     config = checkpoint_settings if checkpoint_settings is not None else asdict(settings)
+    stateful = {"batches": batch_state,
+                "evaluation": eval_fn if hasattr(eval_fn, "state_dict") else None}
+    stateful = {key: obj for key, obj in stateful.items() if obj is not None}
     start = 0
     if resume:
         path = latest_checkpoint(run_dir)
         if path is None:
             raise FileNotFoundError(f"--resume: {run_dir} has no checkpoint to resume from")
-        start = restore_checkpoint(path, model, optimizer, scheduler, method)
+        start = restore_checkpoint(path, model, optimizer, scheduler, method, stateful)
     result = TrainResult(final_step=start)
     bar = _progress_bar(settings.num_training_steps, start, progress)
     for step in range(start + 1, settings.num_training_steps + 1):
@@ -156,24 +177,37 @@ def train(model: nn.Module, method, *,
         if settings.log_every and (step % settings.log_every == 0 or step == start + 1):
             logger.log_dict({"train_loss": total_loss, "lr": lr, "grad_norm": grad_norm,
                              "tokens_per_s": tokens_per_s}, step)
+        last = step == settings.num_training_steps
         if (settings.eval_every and step % settings.eval_every == 0) \
-                or step == settings.num_training_steps:
+                or (last and settings.evaluate_last):
             metrics = _evaluate(model, eval_fn)
             result.evaluations.append({"step": step, **metrics})
             logger.log_dict(metrics, step)
-            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        if (settings.save_every and step % settings.save_every == 0) \
-                or step == settings.num_training_steps:
-            save_checkpoint(run_dir, step, model, optimizer, scheduler, method, config)
+            if len(result.evaluations) % settings.print_every_evals == 0:
+                bar.write(f"step {step}: "
+                          + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            if hasattr(eval_fn, "after_eval"):
+                result.stopped_early = bool(eval_fn.after_eval(
+                    step, metrics, {"train_loss": total_loss, "grad_norm": grad_norm}))
+        if (settings.save_every and step % settings.save_every == 0) or last \
+                or result.stopped_early:
+            save_checkpoint(run_dir, step, model, optimizer, scheduler, method, config,
+                            {key: obj.state_dict() for key, obj in stateful.items()})
+        if result.stopped_early:
+            break
     bar.close()
     return result
 
 
-def _clip(model: nn.Module, max_norm: float) -> float:
+def _clip(model: nn.Module, max_norm: float | None) -> float:
+    """Clip the global gradient norm at ``max_norm`` (None or 0: no clip); return the norm.
+
+    Without a limit the norm is measured by the same call with ``max_norm = inf``, so the
+    logged norm is one definition whether or not a run clips (the scale factor is 1.0).
+    """
     params = [p for p in model.parameters() if p.grad is not None]
-    if max_norm and max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+    limit = max_norm if max_norm and max_norm > 0 else math.inf
+    return float(torch.nn.utils.clip_grad_norm_(params, limit))
 
 
 @torch.no_grad()

@@ -1,0 +1,111 @@
+"""The ``sst`` command: the parser and the entry point.
+
+    sst --version
+    sst info | models | methods | tasks
+    sst train TASK  [--config FILE] [--set KEY=VALUE] [flags]     TASK: lm, mt, graph, images
+    sst compare TASK --methods full,lora,relora,galore,sst --seeds 0,1,2 [flags]
+    sst ablate TASK --config examples/ablate_TASK_cpu.toml
+    sst report DIR
+    sst demo
+
+Every task's flags are generated from its settings dataclass (cli/flags.py); settings come
+from the dataclass defaults, then a ``--config`` file (TOML or YAML), then ``--set``, then
+the flags, in that order of precedence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .._version import __version__
+from . import commands
+from .flags import add_common_flags, add_method_option_flags, add_settings_flags
+
+
+def _add_task_parsers(sub, command: str, help_text: str, func) -> None:
+    from ..tasks.registry import available_tasks, get_task
+
+    parser = sub.add_parser(command, help=help_text)
+    tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    for name in available_tasks():
+        task = get_task(name)
+        p = tasks.add_parser(name, help=f"{task.description}: {help_text}",
+                             description=f"{task.description}: {help_text}")
+        add_common_flags(p)
+        if command == "train":
+            p.add_argument("--resume", action="store_true",
+                           help="continue from the latest checkpoint in --output_dir")
+        if command == "compare":
+            p.add_argument("--methods", default=None,
+                           help=f"comma-separated (default {','.join(task.default_methods)})")
+            p.add_argument("--seeds", default=None,
+                           help="comma-separated seeds; figures are means +- std over seeds "
+                                "(default: --seed)")
+            p.add_argument("--method_lr", default=None,
+                           help="per-method learning rates, e.g. sst=3e-3,lora=2e-3")
+        if command == "ablate":
+            p.add_argument("--variants", default=None,
+                           help="comma-separated variant labels (default: all), e.g. "
+                                "sst,sst-uniform,full,relora")
+            p.add_argument("--iteration_intervals", default=None,
+                           help="extra T3 values, comma-separated (variants 'sst T3=N')")
+            p.add_argument("--iterations_per_round", default=None,
+                           help="extra T2 values, comma-separated (variants 'sst T2=N')")
+            p.add_argument("--variant_lr", default=None,
+                           help="learning rates by variant label or method, e.g. "
+                                "full=1e-3,relora=1e-2 (others use the settings' lr)")
+        add_settings_flags(p, task.settings_class)
+        add_method_option_flags(p)
+        if name == "lm" and command == "compare":
+            p.add_argument("--no_pruning", dest="pruning", action="store_false",
+                           default=argparse.SUPPRESS, help="skip the pruning curve")
+        p.set_defaults(func=func)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sst", description="Sparse Spectral Training")
+    parser.add_argument("--version", action="version", version=f"sparse-spectral {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, text in (("info", commands.cmd_info, "print versions, threads and device"),
+                             ("models", commands.cmd_models, "list the model presets"),
+                             ("methods", commands.cmd_methods, "list the training methods"),
+                             ("tasks", commands.cmd_tasks, "list the tasks")):
+        sub.add_parser(name, help=text).set_defaults(func=func)
+    report = sub.add_parser("report", help="re-render a report from the result files in DIR "
+                                           "(a comparison, an ablation or one run folder)")
+    report.add_argument("directory")
+    report.set_defaults(func=commands.cmd_report)
+    _add_task_parsers(sub, "train", "train one method", commands.cmd_train)
+    _add_task_parsers(sub, "compare", "train several methods side by side",
+                      commands.cmd_compare)
+    _add_task_parsers(sub, "ablate", "the paper's SST ablation", commands.cmd_ablate)
+    demo = sub.add_parser("demo", help="train an MLP on sklearn digits: full rank vs SST")
+    demo.add_argument("--methods", default="full,sst", help="comma-separated method names")
+    demo.add_argument("--rank", type=int, default=8, help="rank of every low-rank method")
+    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--width", type=int, default=256)
+    demo.add_argument("--lr", type=float, default=1e-3, help="learning rate of full rank")
+    demo.add_argument("--lr_sst", type=float, default=3e-3, help="learning rate of SST")
+    demo.add_argument("--iteration_interval", type=int, default=20, help="SST's T3")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--threads", type=int, default=None)
+    demo.add_argument("--output_dir", default="runs/demo")
+    demo.set_defaults(func=commands.cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..data.paths import DataUnavailableError
+    from ..training.loop import TrainingDiverged
+
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, DataUnavailableError, TrainingDiverged) as err:
+        print(f"sst: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

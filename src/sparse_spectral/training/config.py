@@ -1,0 +1,266 @@
+"""Composed run settings: shared sections nested in each task's settings.
+
+Every task's settings dataclass (``tasks/*.py``) keeps only its own fields and nests the
+shared sections below (``optim``, ``schedule``, ``eval``, ``output``, ``method``); a task
+whose schedule or evaluation differs (translation's inverse-sqrt schedule, graph's early
+stopping) nests its own class under the same section name.
+
+One generic :func:`from_dict` builds any of them from nested mappings (TOML/YAML sections:
+``[optim] lr = 1e-3``) or flat keys (``lr = 1e-3``: every field name is unique across a
+task's sections, so a flat key names one field), and names every unknown key with the
+allowed ones in one error. Field metadata carries the help text and, where the community
+spelling differs from the field name, the flag (``metadata={"flag": "iteration_interval"}``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._util.checks import is_int
+
+__all__ = ["EvalSettings", "MethodChoice", "OptimSettings", "OutputSettings",
+           "ScheduleSettings", "TaskSettings", "field_paths", "flag_name", "from_dict",
+           "help_of", "is_section", "section_names", "to_flat_dict"]
+
+
+def _help(text: str, **more) -> dict[str, Any]:
+    return {"help": text, **more}
+
+
+def _check_positive_int(owner: object, *names: str, minimum: int = 1) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if not is_int(value) or value < minimum:
+            raise ValueError(f"{name}={value!r} must be an int >= {minimum}")
+
+
+@dataclass
+class OptimSettings:
+    """The optimizer's settings (flag names of the GaLore/ReLoRA scripts)."""
+
+    lr: float | None = field(default=1e-3, metadata=_help("peak learning rate"))
+    weight_decay: float | None = field(default=0.0, metadata=_help("AdamW weight decay"))
+    grad_clip: float | None = field(
+        default=1.0, metadata=_help("clip the global gradient norm at this value (0: no clip)"))
+
+    def __post_init__(self):
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr={self.lr} must be > 0")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay} must be >= 0")
+        if self.grad_clip is not None and self.grad_clip < 0:
+            raise ValueError(f"grad_clip={self.grad_clip} must be >= 0 (0: no clipping)")
+
+
+@dataclass
+class ScheduleSettings:
+    """Steps and the warm-up cosine schedule (the method adds its restart factor)."""
+
+    num_training_steps: int = field(default=1000, metadata=_help("optimizer steps"))
+    warmup_steps: int = field(default=100, metadata=_help("linear warm-up steps"))
+    min_lr_ratio: float = field(
+        default=0.1, metadata=_help("cosine decay ends at this share of the peak lr"))
+    epochs: float | None = field(
+        default=None, metadata=_help("train this many epochs (overrides num_training_steps)"))
+
+    def __post_init__(self):
+        _check_positive_int(self, "num_training_steps")
+        _check_positive_int(self, "warmup_steps", minimum=0)
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"epochs={self.epochs!r} must be > 0 (or None to use "
+                             "num_training_steps)")
+
+
+@dataclass
+class EvalSettings:
+    """How often the loop evaluates and logs."""
+
+    eval_every: int = field(default=100, metadata=_help("steps between evaluations"))
+    log_every: int = field(default=10, metadata=_help("steps between training-metric lines"))
+
+    def __post_init__(self):
+        _check_positive_int(self, "eval_every", "log_every", minimum=0)
+
+
+@dataclass
+class OutputSettings:
+    """Where a run writes and how often it checkpoints."""
+
+    output_dir: str = field(default="runs/run", metadata=_help("run folder"))
+    save_every: int = field(
+        default=0, metadata=_help("steps between checkpoints (0: only the last step)"))
+    tensorboard: bool = field(default=False, metadata=_help("also log to TensorBoard"))
+
+    def __post_init__(self):
+        _check_positive_int(self, "save_every", minimum=0)
+
+
+@dataclass
+class MethodChoice:
+    """The training method and the choices every method shares (rank, refresh interval)."""
+
+    name: str = field(default="sst", metadata=_help(
+        "full, lora, relora, galore, sst or an SST variant (see `sst methods`)",
+        flag="method"))
+    rank: int = field(default=16, metadata=_help(
+        "r: SST's active vector pairs, LoRA/ReLoRA*'s and GaLore's rank"))
+    interval: int | None = field(default=None, metadata=_help(
+        "steps between subspace refreshes: SST's T3, ReLoRA*'s merge interval and GaLore's "
+        "projection gap follow it unless set themselves (default: each method's own)",
+        flag="iteration_interval"))
+    target_modules: str | list[str] | None = field(default=None, metadata=_help(
+        "modules the method replaces: regex (full match), comma-separated name suffixes or "
+        "all-linear (default: the task's)"))
+    exclude_modules: str | list[str] | None = field(default=None, metadata=_help(
+        "modules never replaced; same forms (default: the task's)"))
+    options: dict[str, Any] = field(default_factory=dict, metadata=_help(
+        "method options by config field (e.g. sampler, merge_interval, update_proj_gap)"))
+
+    def __post_init__(self):
+        _check_positive_int(self, "rank")
+        if "iteration_interval" in self.options:  # old configs: SST's T3 was an option
+            self.options = dict(self.options)
+            given = self.options.pop("iteration_interval")
+            if self.interval is None:
+                self.interval = given
+        if self.interval is not None:
+            _check_positive_int(self, "interval")
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if isinstance(value, str) and "," in value:  # a flag's list of suffixes
+                setattr(self, name, [part.strip() for part in value.split(",") if part.strip()])
+
+
+@dataclass
+class TaskSettings:
+    """Fields and sections every task has; each task's settings derive from this."""
+
+    seed: int = field(default=0, metadata=_help("seed of initialisation, data order, sampler"))
+    method: MethodChoice = field(default_factory=MethodChoice)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+
+    #: Old flat keys and where they live now: ``{"method_options": "method.options"}``.
+    LEGACY_KEYS: typing.ClassVar[dict[str, str]] = {"method_options": "method.options"}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "settings"):
+        """:func:`from_dict` for this class: ``LMSettings.from_dict({"lr": 3e-3})``."""
+        return from_dict(cls, values, source)
+
+
+# ---------------------------------------------------------------------- introspection
+def is_section(f: dataclasses.Field) -> bool:
+    """A field whose value is a nested settings dataclass."""
+    return f.default_factory is not dataclasses.MISSING and \
+        dataclasses.is_dataclass(f.default_factory)
+
+
+def section_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if is_section(f)]
+
+
+def _section_class(cls: type, name: str) -> type:
+    return next(f.default_factory for f in dataclasses.fields(cls) if f.name == name)
+
+
+def field_paths(cls: type) -> dict[str, tuple[str | None, dataclasses.Field]]:
+    """``{field name: (section or None, field)}`` for every leaf field of ``cls``.
+
+    Raises:
+        TypeError: two sections define the same field name (flat keys would be ambiguous).
+    """
+    paths: dict[str, tuple[str | None, dataclasses.Field]] = {}
+    for f in dataclasses.fields(cls):
+        items = ([(f.name, g) for g in dataclasses.fields(f.default_factory)]
+                 if is_section(f) else [(None, f)])
+        for section, leaf in items:
+            if leaf.name in paths:
+                raise TypeError(f"{cls.__name__}: field {leaf.name!r} is defined twice")
+            paths[leaf.name] = (section, leaf)
+    return paths
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    """The command-line spelling of a field (``metadata["flag"]`` or its name)."""
+    return f.metadata.get("flag", f.name)
+
+
+def help_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("help", "")
+
+
+# ---------------------------------------------------------------------- building
+def from_dict(cls: type, values: Mapping[str, Any], source: str = "settings"):
+    """Build ``cls`` from nested sections and/or flat keys; defaults fill the rest.
+
+    Args:
+        cls: a task settings dataclass (derived from :class:`TaskSettings`).
+        values: ``{"lr": 1e-3}``, ``{"optim": {"lr": 1e-3}}``, legacy keys
+            (``method_options``) or a flag spelling (``method``, ``iteration_interval``); a
+            string under ``method`` is the method name.
+        source: what the values came from, for error messages (``--config FILE``).
+
+    Raises:
+        ValueError: every unknown key at once, with the allowed ones; or a bad value.
+    """
+    nested: dict[str, dict[str, Any]] = {name: {} for name in section_names(cls)}
+    top: dict[str, Any] = {}
+    unknown: list[str] = []
+    paths = field_paths(cls)
+    spellings = {flag_name(f): name for name, (_, f) in paths.items()}
+    legacy = getattr(cls, "LEGACY_KEYS", {})
+    for key, value in values.items():
+        if key in nested and isinstance(value, Mapping):
+            inner_fields = {flag_name(f): f.name
+                            for f in dataclasses.fields(_section_class(cls, key))}
+            inner_fields.update({name: name for name in inner_fields.values()})
+            for inner, inner_value in value.items():
+                if inner in inner_fields:
+                    nested[key][inner_fields[inner]] = inner_value
+                else:
+                    unknown.append(f"{key}.{inner}")
+            continue
+        if key == "method" and isinstance(value, str):
+            nested["method"]["name"] = value
+            continue
+        if key in legacy:
+            section, name = legacy[key].split(".")
+            nested[section][name] = value
+            continue
+        name = spellings.get(key, key)
+        if name not in paths:
+            unknown.append(key)
+            continue
+        section, _ = paths[name]
+        (nested[section] if section else top)[name] = value
+    if unknown:
+        allowed = sorted({*paths, *(f"{s}.*" for s in nested), *legacy})
+        raise ValueError(f"{source}: unknown setting(s) {sorted(unknown)}; allowed: "
+                         f"{', '.join(allowed)}")
+    defaults = cls()
+    sections = {name: dataclasses.replace(getattr(defaults, name), **given)
+                for name, given in nested.items() if given}
+    return dataclasses.replace(defaults, **top, **sections)
+
+
+def to_flat_dict(settings) -> dict[str, Any]:
+    """Every leaf field under its flag spelling, sections flattened (results files).
+
+    ``method.name`` becomes ``method``, ``method.interval`` ``iteration_interval`` and
+    ``method.options`` ``method_options``: the keys results files have always had.
+    """
+    flat: dict[str, Any] = {}
+    for name, (section, f) in field_paths(type(settings)).items():
+        value = getattr(getattr(settings, section), name) if section else getattr(settings, name)
+        key = "method_options" if (section, name) == ("method", "options") else flag_name(f)
+        flat[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return flat

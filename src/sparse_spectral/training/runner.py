@@ -1,0 +1,181 @@
+"""One run of any task: build, convert, train with the one loop, evaluate, write the summary.
+
+``train_run(task, settings)`` is what ``sst train TASK`` does and what ``sst compare`` and
+``sst ablate`` repeat per method, seed and variant. It writes::
+
+    <output_dir>/metrics.jsonl    one JSON line per log / evaluation
+    <output_dir>/checkpoints/     step_XXXXXX/ directories + ``latest``
+    <output_dir>/summary.json     final figures (written atomically at the end)
+
+``task`` follows :class:`sparse_spectral.tasks.base.Task` (duck-typed: the engine does not
+import tasks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .._util.atomic import atomic_write_json
+from ..accounting import count_parameters
+from ..methods import available_methods, method_config_fields
+from .checkpoint import latest_checkpoint, read_checkpoint_state
+from .loggers import JsonlLogger, MultiLogger, TensorBoardLogger
+from .loop import LoopSettings, train
+
+@dataclass
+class RunOutcome:
+    """A finished run: its summary and what stays in memory (for compare's extras)."""
+
+    summary: dict[str, Any]
+    model: nn.Module
+    method: Any
+    result: Any  # the loop's TrainResult (its ``evaluator`` is the task's eval_fn)
+
+
+def build_method(task, settings, model: nn.Module):
+    """The method of ``settings.method``, built for this run (rank, seed, interval, targets)."""
+    from ..methods import method_for_run
+
+    choice = settings.method
+    fields = method_config_fields(choice.name)
+    options = {k: v for k, v in choice.options.items() if k in fields}
+    targets = task.default_targets(settings, model)
+    for key in ("target_modules", "exclude_modules"):
+        value = getattr(choice, key)
+        if value is not None:
+            targets[key] = value
+    targets = {k: v for k, v in targets.items() if k not in options and k in fields}
+    return method_for_run(choice.name, rank=choice.rank, seed=settings.seed,
+                          interval=choice.interval, **targets, **options)
+
+
+def check_choices(task, settings, methods: list[str]) -> None:
+    """Refuse a method choice that applies to none of ``methods`` (never ignore it silently).
+
+    A rank or interval that differs from the task's default, or a method option, must be a
+    setting of at least one of the methods run.
+
+    Raises:
+        ValueError: naming the setting, the methods run and the methods that take it.
+    """
+    unknown = [m for m in methods if m not in available_methods()]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; available: "
+                         f"{', '.join(available_methods())}")
+    if not methods:
+        raise ValueError("at least one method must be given (e.g. --methods full,sst)")
+    default = task.settings_class().method
+    fields = {m: method_config_fields(m) for m in methods}
+    chosen = settings.method
+    wanted = {key: f"--{flag}" for key, flag in (("rank", "rank"), ("interval",
+                                                                     "iteration_interval"))
+              if getattr(chosen, key) != getattr(default, key)}
+    for key, flag in wanted.items():
+        takers = [m for m in methods if _takes(m, key)]
+        if not takers:
+            raise ValueError(f"{flag} {getattr(chosen, key)} does not apply to "
+                             f"{', '.join(methods)}: no such setting (methods that take it: "
+                             f"{', '.join(m for m in available_methods() if _takes(m, key))})")
+    for option in chosen.options:
+        if not any(option in fields[m] for m in methods):
+            takers = [m for m in available_methods() if option in method_config_fields(m)]
+            raise ValueError(f"method option {option!r} does not apply to {', '.join(methods)}"
+                             f" (methods that take it: {', '.join(takers) or 'none'})")
+
+
+def _takes(method: str, key: str) -> bool:
+    from ..methods import method_config_class
+
+    if key == "interval":
+        return method_config_class(method).refresh_interval_field is not None
+    return key in method_config_fields(method)
+
+
+def loop_settings(settings, steps: int, grad_accumulation: int = 1, lr: float | None = None,
+                  warmup_steps: int | None = None) -> LoopSettings:
+    """The loop's settings from a task's composed settings."""
+    s = settings
+    return LoopSettings(
+        num_training_steps=steps, lr=s.optim.lr if lr is None else lr,
+        weight_decay=s.optim.weight_decay, grad_clip=s.optim.grad_clip,
+        warmup_steps=s.schedule.warmup_steps if warmup_steps is None else warmup_steps,
+        min_lr_ratio=getattr(s.schedule, "min_lr_ratio", 0.1),
+        grad_accumulation=grad_accumulation, eval_every=s.eval.eval_every,
+        save_every=s.output.save_every, log_every=getattr(s.eval, "log_every", 10))
+
+
+def train_run(task, settings, *, data=None, resume: bool = False,
+              progress: bool = True) -> RunOutcome:
+    """Train ``settings.method`` on ``task``; write the run folder; return the outcome."""
+    task.check(settings)
+    data = data if data is not None else task.prepare_data(settings)
+    batches = task.batches(settings, data)
+    loop = task.loop_settings(settings, batches)
+    run_dir = Path(settings.output.output_dir)
+    model = task.build_model(settings, data)
+    method = build_method(task, settings, model)
+    model = method.prepare(model)
+    trainable, total = count_parameters(model)
+    loggers = [JsonlLogger(run_dir / "metrics.jsonl", resume_step=_resume_step(run_dir, resume))]
+    if settings.output.tensorboard:
+        loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
+    logger = MultiLogger(*loggers)
+    evaluator = task.evaluator(settings, data)
+    began = time.perf_counter()
+    try:
+        result = train(model, method, batch_fn=batches.batch_fn, loss_fn=task.loss(settings, data),
+                       eval_fn=evaluator, settings=loop, run_dir=run_dir,
+                       logger=logger, checkpoint_settings=asdict(settings), resume=resume,
+                       tokens_per_step=batches.tokens_per_step, progress=progress,
+                       lr_lambda=task.lr_lambda(settings, method, batches.steps),
+                       build_optimizer=task.optimizer_builder(settings),
+                       batch_state=batches.state)
+    finally:
+        logger.close()
+    summary = {
+        "task": task.name, "method": settings.method.name, "settings": asdict(settings),
+        "trainable_params": trainable, "total_params": total,
+        "grad_optimizer_bytes": result.grad_optimizer_bytes,
+        "step_time_s": result.median_step_time, "final_step": result.final_step,
+        "num_training_steps": batches.steps, **(batches.info or {}),
+        "curve": [dict(e) for e in result.evaluations],
+    }
+    result.evaluator = evaluator
+    summary.update(task.finish(settings, data, model, method, result, batches))
+    summary["wall_time_s"] = time.perf_counter() - began
+    summary["headline"] = task.headline(settings).to_dict()
+    atomic_write_json(run_dir / "summary.json", summary)
+    return RunOutcome(summary, model, method, result)
+
+
+def _resume_step(run_dir: Path, resume: bool) -> int | None:
+    if not resume:
+        return None
+    path = latest_checkpoint(run_dir)
+    return None if path is None else int(read_checkpoint_state(path)["step"])
+
+
+def with_run(settings, **changes):
+    """A copy of ``settings`` for one run.
+
+    Args:
+        changes: ``method`` (name), ``options``, ``interval``, ``lr``, ``output_dir``, or
+            top-level fields (``seed``).
+    """
+    method = settings.method
+    optim, output = settings.optim, settings.output
+    renames = {"method": "name", "options": "options", "interval": "interval"}
+    chosen = {renames[k]: changes.pop(k) for k in list(changes) if k in renames}
+    if chosen:
+        method = dataclasses.replace(method, **chosen)
+    if "lr" in changes:
+        optim = dataclasses.replace(optim, lr=changes.pop("lr"))
+    if "output_dir" in changes:
+        output = dataclasses.replace(output, output_dir=str(changes.pop("output_dir")))
+    return dataclasses.replace(settings, method=method, optim=optim, output=output, **changes)

@@ -1,0 +1,20 @@
+"""Shortcuts for the tests: one run or a comparison of a task through the engine."""
+
+from __future__ import annotations
+
+from sparse_spectral.report import render
+from sparse_spectral.training.compare import run_compare
+from sparse_spectral.training.runner import train_run
+
+
+def train_summary(task, settings, **kw) -> dict:
+    """``train_run(task, settings, **kw).summary``."""
+    return train_run(task, settings, **kw).summary
+
+
+def compare_and_render(task, settings, methods, method_lr=None, seeds=None, progress=False):
+    """``run_compare`` then ``report.render`` of its folder, as ``sst compare`` does."""
+    results = run_compare(task, settings, methods, seeds=seeds, method_lr=method_lr,
+                          progress=progress)
+    render(settings.output.output_dir)
+    return results

@@ -1,0 +1,106 @@
+"""Flags generated from the settings dataclasses and the method registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from sparse_spectral.cli import build_parser, main
+from sparse_spectral.cli.flags import settings_from_args
+from sparse_spectral.methods import available_methods, method_config_class
+from sparse_spectral.tasks.registry import available_tasks, get_task
+from sparse_spectral.training.config import field_paths, flag_name
+
+
+def _help(command, task, capsys) -> str:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, task, "--help"])
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("task", ["lm", "mt", "graph", "images"])
+def test_one_flag_per_settings_field_with_help_and_default(task, capsys):
+    text = _help("train", task, capsys)
+    cls = get_task(task).settings_class
+    defaults = cls()
+    for name, (section, f) in field_paths(cls).items():
+        if (section, name) == ("method", "options"):
+            continue
+        assert f"--{flag_name(f)} " in text, name
+    lr = defaults.optim.lr
+    assert f"(default: {lr})" in " ".join(text.split())
+
+
+def test_community_flag_names_and_method_options_from_the_registry(capsys):
+    text = _help("compare", "lm", capsys)
+    for flag in ("--lr", "--num_training_steps", "--warmup_steps", "--batch_size",
+                 "--total_batch_size", "--eval_every", "--save_every", "--seed", "--rank",
+                 "--iteration_interval", "--update_proj_gap", "--galore_scale",
+                 "--merge_interval", "--target_modules", "--exclude_modules", "--sampler",
+                 "--seeds", "--methods", "--method_lr", "--set", "--threads"):
+        assert f"{flag} " in text, flag
+    # every option of every method config is reachable as a flag
+    for method in available_methods():
+        for f in method_config_class(method).__dataclass_fields__.values():
+            if f.name not in ("rank", "seed", "target_modules", "exclude_modules",
+                              "iteration_interval"):
+                assert f"--{flag_name(f)} " in text, (method, f.name)
+
+
+def test_flags_override_set_which_overrides_the_config(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[optim]\nlr = 0.1\nweight_decay = 0.2\n[method]\nname = "lora"\n'
+                      'rank = 3\n[method.options]\nalpha = 8.0\n')
+    args = build_parser().parse_args(["train", "lm", "--config", str(config), "--set",
+                                      "optim.weight_decay=0.3", "--set", "lr=0.4",
+                                      "--lr", "0.5", "--alpha", "16"])
+    settings, _, explicit = settings_from_args(args, get_task("lm").settings_class)
+    assert settings.optim.lr == 0.5 and settings.optim.weight_decay == 0.3
+    assert settings.method.name == "lora" and settings.method.rank == 3
+    assert settings.method.options == {"alpha": 16.0}
+    assert explicit == {"rank"}
+
+
+def test_flat_config_keys_still_work_with_a_deprecation_warning(tmp_path):
+    config = tmp_path / "old.toml"
+    config.write_text('lr = 0.01\nrank = 4\nmodel = "gpt_micro"\n')
+    args = build_parser().parse_args(["train", "lm", "--config", str(config)])
+    with pytest.warns(FutureWarning, match=r"flat key\(s\) \['lr', 'rank'\] are deprecated"):
+        settings, _, _ = settings_from_args(args, get_task("lm").settings_class)
+    assert settings.optim.lr == 0.01 and settings.method.rank == 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "full", "--rank", "4"], r"--rank 4 does not apply to full"),
+    (["--method", "lora", "--iteration_interval", "5"],
+     r"--iteration_interval 5 does not apply to lora"),
+    (["--method", "lora", "--sampler", "uniform"],
+     r"method option 'sampler' does not apply to lora \(methods that take it: .*sst"),
+    (["--method", "sst", "--galore_scale", "0.5"], r"method option 'scale' does not apply"),
+])
+def test_a_flag_that_does_not_apply_is_an_error(argv, message, tmp_path, capsys):
+    code = main(["train", "images", "--dataset", "digits", "--epochs", "0.1", "--no_progress",
+                 "--output_dir", str(tmp_path / "run"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("sst: error:") and err.count("\n") == 1
+    import re
+
+    assert re.search(message, err), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_compare_accepts_an_option_that_some_methods_take(tmp_path):
+    from sparse_spectral.training.runner import check_choices
+
+    task = get_task("images")
+    settings = task.settings_class.from_dict({"iteration_interval": 5,
+                                              "method_options": {"merge_interval": 7}})
+    check_choices(task, settings, ["full", "relora", "sst"])  # no error
+    with pytest.raises(ValueError, match="merge_interval"):
+        check_choices(task, settings, ["full", "sst"])
+
+
+def test_every_task_is_registered_with_its_flags():
+    assert available_tasks() == ["graph", "images", "lm", "mt"]
+    for name in available_tasks():
+        build_parser().parse_args(["train", name, "--seed", "3"])  # parses

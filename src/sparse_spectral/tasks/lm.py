@@ -266,7 +266,7 @@ def weight_spectra(model: nn.Module, method, count: int = 3) -> dict[str, list[f
 def pruning_curve(model: nn.Module, method, data: LMData, settings: LMSettings,
                   ratios=PRUNING_RATIOS) -> list[dict[str, float]]:
     """Validation perplexity after keeping the top ``ceil((1 - ratio) k)`` triplets per layer."""
-    merged = method.merge(model) if method.name != "sst" else model
+    merged = method.pruning_view(model)
     curve = []
     for ratio in ratios:
         pruned = prune_spectrum(merged, ratio).eval()
@@ -301,7 +301,7 @@ def run_compare(settings: LMSettings, methods: list[str], method_lr: dict[str, f
         summary["lr"] = run.lr
         summary["spectra"] = weight_spectra(model, method)
         summary["pruning"] = (pruning_curve(model, method, data, run)
-                              if pruning and name in ("full", "sst") else None)
+                              if pruning and method.supports_pruning_curve else None)
         results["methods"][name] = summary
         atomic_write_json(out / "results.json", results)  # partial results survive a crash
     render_report(out)

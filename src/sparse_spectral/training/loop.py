@@ -21,6 +21,7 @@ from torch import nn
 from ..accounting import memory_report
 from .checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
 from .loggers import MetricLogger
+from .schedules import method_lr_lambda
 
 
 class TrainingDiverged(RuntimeError):
@@ -93,8 +94,9 @@ def train(model: nn.Module, method, *,
         checkpoint_settings: JSON-able description of the run, stored in checkpoints.
         resume: continue from ``run_dir``'s latest checkpoint (error if there is none).
         tokens_per_step: for the tokens/s figure.
-        lr_lambda: the ``LambdaLR`` multiplier; default ``method.lr_lambda(num_training_steps,
-            warmup_steps, min_lr_ratio)`` (a task with its own schedule passes one).
+        lr_lambda: the ``LambdaLR`` multiplier; default ``method_lr_lambda(method,
+            num_training_steps, warmup_steps, min_lr_ratio)`` (a task with its own schedule
+            passes one).
         build_optimizer: ``(model, method, lr=..., weight_decay=...) -> Optimizer``; default
             ``method.build_optimizer(model, lr=..., weight_decay=...)``. A model with manifold
             parameters passes :func:`~..hyperbolic.optim.build_hyperbolic_optimizer` (the
@@ -111,7 +113,7 @@ def train(model: nn.Module, method, *,
         optimizer = build_optimizer(model, method, lr=settings.lr,
                                     weight_decay=settings.weight_decay)
     if lr_lambda is None:
-        lr_lambda = method.lr_lambda(settings.num_training_steps, settings.warmup_steps,
+        lr_lambda = method_lr_lambda(method, settings.num_training_steps, settings.warmup_steps,
                                      settings.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     config = checkpoint_settings if checkpoint_settings is not None else asdict(settings)

@@ -230,15 +230,15 @@ def run_train(settings: GraphSettings, data=None, progress: bool = True) -> dict
 
 def train_once(settings: GraphSettings, data=None, progress: bool = True) -> GraphRun:
     """:func:`run_train`, also returning the model, method and best embeddings."""
-    from ..hyperbolic import build_graph_optimizers
+    from ..hyperbolic import build_hyperbolic_optimizer
     from ..models.hybonet import train_graph_step
 
     s = settings.resolved()
     data = data if data is not None else load_data(s)
     np.random.seed(s.seed)
     model, method = build_model_and_method(s, data)
-    optimizers = build_graph_optimizers(model, method, lr=s.lr, weight_decay=s.weight_decay,
-                                        riemannian=s.riemannian)
+    optimizers = build_hyperbolic_optimizer(model, method, lr=s.lr, weight_decay=s.weight_decay,
+                                            riemannian=s.riemannian)
     reduce_every = s.lr_reduce_freq or s.epochs
     schedulers = [torch.optim.lr_scheduler.StepLR(o, step_size=reduce_every, gamma=s.gamma)
                   for o in optimizers.optimizers]

@@ -32,14 +32,14 @@ METHODS = ("full", "lora", "galore", "sst")
 
 def _runner(settings, data, sparse: bool):
     """A closure running one epoch of one model; returns its training loss."""
-    from sparse_spectral.hyperbolic import build_graph_optimizers
+    from sparse_spectral.hyperbolic import build_hyperbolic_optimizer
     from sparse_spectral.models.hybonet import train_graph_step
     from sparse_spectral.tasks.graph import build_model_and_method
 
     s = settings.resolved()
     model, method = build_model_and_method(s, data)
     model.encoder.sparse_products = sparse
-    optimizers = build_graph_optimizers(model, method, lr=s.lr, weight_decay=s.weight_decay)
+    optimizers = build_hyperbolic_optimizer(model, method, lr=s.lr, weight_decay=s.weight_decay)
     rng = copy.deepcopy(data.rng)
     torch_state = torch.random.get_rng_state()  # both models draw the same dropout masks
     step = 0

@@ -331,7 +331,7 @@ def test_combined_optimizer_is_one_torch_optimizer_for_schedulers_and_checkpoint
     with pytest.raises(ValueError, match="state holds 1 optimizers"):
         fresh.load_state_dict({"optimizers": [optimizer.state_dict()["optimizers"][0]]})
     with pytest.raises(ValueError, match="at least one optimizer"):
-        CombinedOptimizer([None])
+        CombinedOptimizer(None)
 
 
 # --------------------------------------------------------------------------- training

@@ -9,7 +9,11 @@ from torch import nn
 
 from sparse_spectral import make_method
 from sparse_spectral.methods import LoRALinear
-from sparse_spectral.training.schedules import jagged_cosine_lambda, warmup_cosine_lambda
+from sparse_spectral.training.schedules import (
+    jagged_cosine_lambda,
+    method_lr_lambda,
+    warmup_cosine_lambda,
+)
 
 
 def _x(seed):
@@ -164,12 +168,12 @@ def test_warmup_cosine_schedule():
 
 def test_jagged_cosine_rewarms_after_each_merge():
     _, method, _ = _relora(merge_interval=20, restart_warmup_steps=5)
-    f = method.lr_lambda(total_steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    f = method_lr_lambda(method, total_steps=100, warmup_steps=10, min_lr_ratio=0.1)
     envelope = warmup_cosine_lambda(100, 10, 0.1)
     assert f(20) == 0 and f(40) == 0  # right after each merge
     assert f(22) == pytest.approx(envelope(22) * 2 / 5)
     assert f(25) == pytest.approx(envelope(25)) and f(19) == pytest.approx(envelope(19))
     assert [f(t) for t in range(10)] == [envelope(t) for t in range(10)]
-    plain = make_method("relora", merge_interval=20).lr_lambda(100, 10, 0.1)
+    plain = method_lr_lambda(make_method("relora", merge_interval=20), 100, 10, 0.1)
     assert plain(20) == pytest.approx(envelope(20))
     assert jagged_cosine_lambda(100, 10, 0.1, 20, 0)(20) == pytest.approx(envelope(20))

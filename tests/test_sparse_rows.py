@@ -15,7 +15,7 @@ import torch
 from test_hybonet_model import CASES, DIM, GRAPH, Graph
 
 from sparse_spectral import make_method
-from sparse_spectral.hyperbolic import LorentzLinear, build_graph_optimizers, expmap0
+from sparse_spectral.hyperbolic import LorentzLinear, build_hyperbolic_optimizer, expmap0
 from sparse_spectral.hyperbolic.layers import SparseInputDropout
 from sparse_spectral.hyperbolic.lorentz import centroid
 from sparse_spectral.models.hybonet import (
@@ -249,7 +249,7 @@ def train_losses(name: str, task: str, graph: Graph, steps: int,
                               sparse_products=sparse_products).to(graph.features.dtype)
     method = make_method(name, target_modules=HYBONET_TARGETS, **options(name))
     model = method.prepare(model)
-    opts = build_graph_optimizers(model, method, lr=0.02)
+    opts = build_hyperbolic_optimizer(model, method, lr=0.02)
     rng = np.random.RandomState(0)
     torch.manual_seed(1)
     return [train_graph_step(model, graph, opts, method, step, 1.0, rng)

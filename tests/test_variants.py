@@ -99,13 +99,13 @@ def test_default_gradient_carries_the_singular_value_factor():
 
 
 def test_sst_learning_rate_rewarms_after_each_iteration_when_asked():
-    from sparse_spectral.training.schedules import warmup_cosine_lambda
+    from sparse_spectral.training.schedules import method_lr_lambda, warmup_cosine_lambda
 
     envelope = warmup_cosine_lambda(100, 10, 0.1)
-    plain = make_method("sst", iteration_interval=20).lr_lambda(100, 10, 0.1)
+    plain = method_lr_lambda(make_method("sst", iteration_interval=20), 100, 10, 0.1)
     assert [plain(t) for t in range(100)] == [envelope(t) for t in range(100)]
-    jagged = make_method("sst", iteration_interval=20, restart_warmup_steps=4, stagger_resvd=False).lr_lambda(
-        100, 10, 0.1)
+    jagged = method_lr_lambda(make_method("sst", iteration_interval=20, restart_warmup_steps=4,
+                                          stagger_resvd=False), 100, 10, 0.1)
     assert jagged(40) == 0 and jagged(42) == pytest.approx(envelope(42) / 2)
     assert jagged(44) == pytest.approx(envelope(44)) and jagged(19) == envelope(19)
     with pytest.raises(ValueError, match="restart_warmup_steps=-1"):

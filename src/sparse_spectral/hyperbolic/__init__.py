@@ -5,7 +5,7 @@ exponential maps, projection, Lorentz centroid) and the thin :class:`Lorentz` ma
 ``layers``: :class:`LorentzLinear` (graph version) and :class:`LorentzLinearMT` (translation
 version), each with an inner ``nn.Linear`` named ``linear`` (the part training methods
 replace), and centroid aggregation; ``optim``: HyboNet's Riemannian Adam and the
-optimizer pair (method's own + Riemannian) a hyperbolic model trains with, also as one
+optimizer pair (method's own + Riemannian) a hyperbolic model trains with, as one
 ``torch.optim.Optimizer`` (:class:`CombinedOptimizer`).
 """
 
@@ -29,9 +29,7 @@ from .lorentz import (
 from .optim import (
     RIEMANNIAN_KINDS,
     CombinedOptimizer,
-    GraphOptimizers,
     HyboNetRiemannianAdam,
-    build_graph_optimizers,
     build_hyperbolic_optimizer,
     build_riemannian_optimizer,
     manifold_parameters,
@@ -41,14 +39,12 @@ __all__ = [
     "EXP_MAX_NORM",
     "RIEMANNIAN_KINDS",
     "CombinedOptimizer",
-    "GraphOptimizers",
     "HyboNetRiemannianAdam",
     "Lorentz",
     "LorentzAgg",
     "LorentzGraphConvolution",
     "LorentzLinear",
     "LorentzLinearMT",
-    "build_graph_optimizers",
     "build_hyperbolic_optimizer",
     "build_riemannian_optimizer",
     "centroid",

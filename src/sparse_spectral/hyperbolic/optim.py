@@ -11,21 +11,18 @@ transport the first moment; ``stabilize`` re-projects points and moments every s
 
 A training method owns the optimizer of the Euclidean weights (``method.build_optimizer``:
 SlotAdamW with per-slot resets for SST, GaLoreAdamW for GaLore), so
-:func:`build_graph_optimizers` gives every model two optimizers: the method's one over all
-trainable non-manifold parameters, and a Riemannian Adam over the manifold parameters
+:func:`build_hyperbolic_optimizer` gives every model two optimizers: the method's one over
+all trainable non-manifold parameters, and a Riemannian Adam over the manifold parameters
 (which no method replaces). For ``full`` the pair computes exactly what HyboNet's single
-RiemannianAdam computes (checked in tests/test_hybonet_model.py).
-
-The generic training loop wants one ``torch.optim.Optimizer`` (for ``LambdaLR``, checkpoints,
-memory accounting and ``method.after_step``): :func:`build_hyperbolic_optimizer` returns the
-same pair as a :class:`CombinedOptimizer`.
+RiemannianAdam computes (checked in tests/test_hybonet_model.py). The pair comes as one
+``torch.optim.Optimizer``, a :class:`CombinedOptimizer`, for whatever wants one (``LambdaLR``,
+checkpoints, memory accounting, ``method.after_step``); its members stay reachable for
+per-member schedulers and accounting.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import geoopt
@@ -162,98 +159,6 @@ def manifold_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad and _is_manifold(p)]
 
 
-@contextmanager
-def _frozen(params: Iterable[nn.Parameter]) -> Iterator[None]:
-    """Temporarily mark ``params`` as not trainable (restored on exit)."""
-    params = list(params)
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
-@dataclass
-class GraphOptimizers:
-    """The method's optimizer and the Riemannian one, stepped together.
-
-    Pass :attr:`method` to ``method.after_step(step, optimizers.method)``: it holds the state
-    SST resets per slot.
-
-    Attributes:
-        method: optimizer over every trainable non-manifold parameter (the method's own).
-        riemannian: Riemannian Adam over the manifold parameters, or None if there are none.
-    """
-
-    method: torch.optim.Optimizer
-    riemannian: torch.optim.Optimizer | None = None
-
-    @property
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [o for o in (self.method, self.riemannian) if o is not None]
-
-    def step(self) -> None:
-        for optimizer in self.optimizers:
-            optimizer.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"method": self.method.state_dict(),
-                "riemannian": None if self.riemannian is None else self.riemannian.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if (state.get("riemannian") is None) != (self.riemannian is None):
-            raise ValueError("the saved optimizers and these differ in having a Riemannian one")
-        self.method.load_state_dict(state["method"])
-        if self.riemannian is not None:
-            self.riemannian.load_state_dict(state["riemannian"])
-
-
-def build_graph_optimizers(model: nn.Module, method, lr: float, weight_decay: float = 0.0,
-                           riemannian: str = "hybonet",
-                           stabilize: int | None = DEFAULT_STABILIZE) -> GraphOptimizers:
-    """The optimizers of a (prepared) hyperbolic model, HyboNet's parameter groups.
-
-    * ``method.build_optimizer(model, lr, weight_decay)`` over every trainable parameter
-      except the manifold ones. The method's groups decay matrices (dim >= 2) and not 1-D
-      or scalar tensors, which for HyboNet's models is HyboNet's name rule (no decay on
-      ``bias``/``scale``); methods put their own factors in groups of their own (SST: no
-      decay on U, s, Vh).
-    * A Riemannian Adam (``riemannian``: ``"hybonet"`` or ``"geoopt"``) over the manifold
-      parameters (class prototypes), with weight decay 0 as HyboNet does.
-
-    Args:
-        model: the model after ``method.prepare``.
-        method: a :class:`~sparse_spectral.methods.TrainingMethod`.
-        lr: learning rate of both optimizers.
-        weight_decay: decoupled decay of the method's decayed group.
-        riemannian: kind of the Riemannian Adam.
-        stabilize: its re-projection interval.
-
-    Returns:
-        :class:`GraphOptimizers`.
-    """
-    manifold = manifold_parameters(model)
-    with _frozen(manifold):
-        euclidean = method.build_optimizer(model, lr=lr, weight_decay=weight_decay)
-    held = {id(p) for group in euclidean.param_groups for p in group["params"]}
-    if any(id(p) in held for p in manifold):  # a method that ignores requires_grad
-        raise RuntimeError(f"{type(method).__name__}.build_optimizer took a manifold parameter")
-    rie = None
-    if manifold:
-        rie = build_riemannian_optimizer([{"params": manifold, "weight_decay": 0.0}],
-                                         kind=riemannian, lr=lr, stabilize=stabilize)
-    elif riemannian not in RIEMANNIAN_KINDS:
-        raise ValueError(f"riemannian optimizer kind={riemannian!r} is unknown; allowed: "
-                         f"{', '.join(RIEMANNIAN_KINDS)}")
-    return GraphOptimizers(euclidean, rie)
-
-
 class _StateView(Mapping):
     """Read-only union of several optimizers' ``state`` mappings (disjoint parameters).
 
@@ -278,22 +183,31 @@ class _StateView(Mapping):
 
 
 class CombinedOptimizer(torch.optim.Optimizer):
-    """Optimizers over disjoint parameters, driven as one ``torch.optim.Optimizer``.
+    """The method's optimizer and a Riemannian Adam (disjoint parameters), as one optimizer.
 
     ``param_groups`` are the members' own group dicts, so an LR scheduler scales every
     member; ``state`` is a read-only view of all members' states (what
-    :func:`~sparse_spectral.spectral.optim.find_state` and memory accounting read);
-    ``step``, ``zero_grad``, ``state_dict`` and ``load_state_dict`` go to each member.
+    :func:`~sparse_spectral.spectral.optim.find_state` and memory accounting read, so
+    ``method.after_step(step, combined)`` resets SST's and ReLoRA's state in the method's
+    member); ``step``, ``zero_grad``, ``state_dict`` and ``load_state_dict`` go to each
+    member, the method's first.
+
+    Args:
+        method: the training method's optimizer (over the Euclidean parameters).
+        riemannian: the Riemannian Adam over the manifold parameters, or None if the model
+            has none.
 
     Attributes:
-        optimizers: the members, in order (for hyperbolic models: the method's, then the
-            Riemannian Adam).
+        method, riemannian: the members as given.
+        optimizers: the members that exist, in step order (method's, then Riemannian).
     """
 
-    def __init__(self, optimizers: Iterable[torch.optim.Optimizer | None]):
-        self.optimizers = [o for o in optimizers if o is not None]
-        if not self.optimizers:
-            raise ValueError("CombinedOptimizer needs at least one optimizer")
+    def __init__(self, method: torch.optim.Optimizer,
+                 riemannian: torch.optim.Optimizer | None = None):
+        if method is None:
+            raise ValueError("CombinedOptimizer needs at least one optimizer: the method's")
+        self.method, self.riemannian = method, riemannian
+        self.optimizers = [o for o in (method, riemannian) if o is not None]
         super().__init__([g for o in self.optimizers for g in o.param_groups], {})
         self._sync()
 
@@ -324,7 +238,7 @@ class CombinedOptimizer(torch.optim.Optimizer):
             count = len(saved) if isinstance(saved, list) else "no"
             raise ValueError(f"state holds {count} optimizers, this CombinedOptimizer has "
                              f"{len(self.optimizers)}")
-        for optimizer, state in zip(self.optimizers, saved):
+        for optimizer, state in zip(self.optimizers, saved, strict=True):
             optimizer.load_state_dict(state)
         self._sync()
 
@@ -332,12 +246,44 @@ class CombinedOptimizer(torch.optim.Optimizer):
 def build_hyperbolic_optimizer(model: nn.Module, method, lr: float, weight_decay: float = 0.0,
                                riemannian: str = "hybonet",
                                stabilize: int | None = DEFAULT_STABILIZE) -> CombinedOptimizer:
-    """:func:`build_graph_optimizers` as one :class:`CombinedOptimizer` (method's, Riemannian).
+    """The optimizer of a (prepared) model with manifold parameters, HyboNet's param groups.
 
-    Works for any model whose manifold parameters are :class:`geoopt.ManifoldParameter` s
-    (HyboNet's graph model, the Lorentz Transformer). Pass the result to
-    ``method.after_step(step, optimizer)`` directly: SST and ReLoRA find their parameters'
-    state through it.
+    * ``method.build_optimizer(model, lr, weight_decay, exclude=manifold)``: every trainable
+      parameter except the manifold ones. The method's groups decay matrices (dim >= 2) and
+      not 1-D or scalar tensors, which for HyboNet's models is HyboNet's name rule (no decay
+      on ``bias``/``scale``); methods put their own factors in groups of their own (SST: no
+      decay on U, s, Vh).
+    * A Riemannian Adam (``riemannian``: ``"hybonet"`` or ``"geoopt"``) over the manifold
+      parameters (:class:`geoopt.ManifoldParameter`: HyboNet's class prototypes, the Lorentz
+      Transformer's tables), with weight decay 0 as HyboNet does, for graph and MT alike.
+
+    Args:
+        model: the model after ``method.prepare``.
+        method: a :class:`~sparse_spectral.methods.TrainingMethod`.
+        lr: learning rate of both optimizers.
+        weight_decay: decoupled decay of the method's decayed group.
+        riemannian: kind of the Riemannian Adam.
+        stabilize: its re-projection interval.
+
+    Returns:
+        :class:`CombinedOptimizer` of the two (``riemannian`` None without manifold
+        parameters). Pass it to ``method.after_step(step, optimizer)`` directly.
+
+    Raises:
+        ValueError: unknown ``riemannian`` kind.
+        RuntimeError: the method's optimizer took a manifold parameter (a method ignoring
+            ``exclude``).
     """
-    pair = build_graph_optimizers(model, method, lr, weight_decay, riemannian, stabilize)
-    return CombinedOptimizer(pair.optimizers)
+    if riemannian not in RIEMANNIAN_KINDS:
+        raise ValueError(f"riemannian optimizer kind={riemannian!r} is unknown; allowed: "
+                         f"{', '.join(RIEMANNIAN_KINDS)}")
+    manifold = manifold_parameters(model)
+    euclidean = method.build_optimizer(model, lr=lr, weight_decay=weight_decay, exclude=manifold)
+    held = {id(p) for group in euclidean.param_groups for p in group["params"]}
+    if any(id(p) in held for p in manifold):
+        raise RuntimeError(f"{type(method).__name__}.build_optimizer took a manifold parameter")
+    rie = None
+    if manifold:
+        rie = build_riemannian_optimizer([{"params": manifold, "weight_decay": 0.0}],
+                                         kind=riemannian, lr=lr, stabilize=stabilize)
+    return CombinedOptimizer(euclidean, rie)

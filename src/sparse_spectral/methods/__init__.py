@@ -2,11 +2,16 @@
 
 from . import full, galore, lora, relora, sst  # noqa: F401  (registers the methods)
 from .base import (
+    LowRankConfig,
     MethodConfig,
     TrainingMethod,
     available_methods,
     make_method,
+    method_config_class,
+    method_config_fields,
+    method_for_run,
     method_from_state,
+    method_option_fields,
     register_method,
     register_variant,
 )
@@ -24,6 +29,7 @@ __all__ = [
     "LoRA",
     "LoRAConfig",
     "LoRALinear",
+    "LowRankConfig",
     "ReLoRA",
     "ReLoRAConfig",
     "MethodConfig",
@@ -32,7 +38,11 @@ __all__ = [
     "TrainingMethod",
     "available_methods",
     "make_method",
+    "method_config_class",
+    "method_config_fields",
+    "method_for_run",
     "method_from_state",
+    "method_option_fields",
     "register_method",
     "register_variant",
 ]

@@ -3,30 +3,52 @@
 Every method (full, sst, and the baselines of later issues) is one object::
 
     method = make_method("sst", rank=16, iteration_interval=50)
+    # or, from a run's common choices: method_for_run("sst", rank=16, interval=50)
     model = method.prepare(model)              # replace target layers, freeze what must be frozen
     optimizer = method.build_optimizer(model, lr=1e-3)
     ... loss.backward(); optimizer.step(); method.after_step(step, optimizer)
     dense = method.merge(model)                # plain dense model (a copy)
 
 Tasks, the training loop, the CLI and checkpoints talk to methods only through this
-interface.
+interface. The learning-rate envelope lives in :mod:`..training.schedules`
+(``method_lr_lambda``); a method contributes only :meth:`TrainingMethod.restart_factor`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from .._util.checks import is_int
 from ..spectral.optim import SlotAdamW
-from ..training.schedules import jagged_cosine_lambda, warmup_cosine_lambda
 from ..targeting import find_target_modules, linear_shape, replace_module
 
 TargetSpec = str | list[str] | None
+
+
+def check_int(label: str, value: Any, minimum: int | None = None) -> None:
+    """Raise a ValueError naming ``label=value`` unless it is an int (``>= minimum``).
+
+    Args:
+        label: how the message names the setting, e.g. ``"rank"`` or ``"iteration_interval
+            (T3)"``.
+        value: the value to check (``bool`` is not an int here).
+        minimum: smallest allowed value, or None for any int.
+    """
+    if not is_int(value) or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{label}={value!r} must be an int{bound}")
+
+
+def parameter_ids(params: Iterable[torch.Tensor]) -> set[int]:
+    """``id`` s of ``params`` (how param groups test membership without tensor equality)."""
+    return {id(p) for p in params}
 
 
 def check_rank_fits(name: str, module: nn.Module, rank: int) -> None:
@@ -39,7 +61,16 @@ def check_rank_fits(name: str, module: nn.Module, rank: int) -> None:
 
 @dataclass
 class MethodConfig:
-    """Settings shared by every method."""
+    """Settings shared by every method.
+
+    Attributes:
+        refresh_interval_field: name of the field holding the steps between two refreshes
+            of the method's trained subspace (SST's T3, ReLoRA*'s merges, GaLore's
+            projections), or None for a method without one. :func:`method_for_run` puts a
+            run's common interval there.
+    """
+
+    refresh_interval_field: ClassVar[str | None] = None
 
     target_modules: TargetSpec = field(
         default="all-linear",
@@ -55,28 +86,72 @@ class MethodConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class LowRankConfig(MethodConfig):
+    """Settings of a method that trains a rank-r part of each target: ``rank``, checked here.
+
+    Subclasses with a ``seed`` field declare it themselves, where it has always been in
+    their field order (``to_dict`` order is what checkpoints and ``method.json`` store); this
+    class checks it too. GaLore has no seed: its projections are deterministic.
+    """
+
+    rank: int = field(
+        default=8, metadata={"help": "r: the rank trained (SST: singular-vector pairs active at "
+                             "a time; LoRA and ReLoRA*: rank of the update B A; GaLore: rank of "
+                             "the gradient projection)."})
+
+    def __post_init__(self):
+        check_int("rank", self.rank, 1)
+        if hasattr(self, "seed"):
+            check_int("seed", self.seed)
+
+
 class TrainingMethod:
-    """Base class: ``full`` training is this life cycle with nothing replaced."""
+    """Base class: ``full`` training is this life cycle with nothing replaced.
+
+    Attributes:
+        name: registry name (what state dicts record).
+        config_class: the method's config dataclass.
+        draws_pruning_curve: whether tasks draw the spectrum-pruning curve of this method
+            (the paper's figure compares full and sst); see :attr:`supports_pruning_curve`.
+        variant: the ablation variant's name when :func:`make_method` built the method by
+            one (e.g. ``"sst-uniform"``), else None. Not saved: a variant's state reloads as
+            the plain method with the variant's config.
+    """
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    draws_pruning_curve: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.config_class()
         self.step = 0
+        self.variant: str | None = None
+
+    @property
+    def supports_pruning_curve(self) -> bool:
+        """Whether a task should compute this method's pruning curve (never for a variant)."""
+        return self.draws_pruning_curve and self.variant is None
 
     # --------------------------------------------------------------- life cycle
     def prepare(self, model: nn.Module) -> nn.Module:
         """Reshape ``model`` in place for this method and return it."""
         return model
 
-    def param_groups(self, model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
+    def param_groups(self, model: nn.Module, weight_decay: float = 0.0,
+                     exclude: Iterable[torch.Tensor] = ()) -> list[dict]:
         """Optimizer param groups: dense weights (decayed), 1-D tensors (not decayed).
 
         Methods with special parameters put them in groups of their own.
+
+        Args:
+            model: the prepared model.
+            weight_decay: decay of the ``decay`` group.
+            exclude: parameters left out of every group (e.g. manifold parameters that a
+                Riemannian optimizer trains); the other groups keep their order.
         """
         decay, no_decay = [], []
-        for _, p in self._dense_trainable(model):
+        for _, p in self._dense_trainable(model, exclude):
             (decay if p.dim() >= 2 else no_decay).append(p)
         groups = [
             {"name": "decay", "params": decay, "weight_decay": weight_decay},
@@ -85,29 +160,38 @@ class TrainingMethod:
         return [g for g in groups if g["params"]]
 
     def build_optimizer(self, model: nn.Module, optimizer_cls=None, lr: float = 1e-3,
-                        weight_decay: float = 0.0, **kwargs) -> torch.optim.Optimizer:
-        """Build an optimizer over :meth:`param_groups` (default :class:`SlotAdamW`)."""
+                        weight_decay: float = 0.0, exclude: Iterable[torch.Tensor] = (),
+                        **kwargs) -> torch.optim.Optimizer:
+        """Build an optimizer over :meth:`param_groups` (default :class:`SlotAdamW`).
+
+        ``exclude``: parameters the optimizer must not hold (see :meth:`param_groups`).
+        """
         optimizer_cls = optimizer_cls or SlotAdamW
-        return optimizer_cls(self.param_groups(model, weight_decay), lr=lr, **kwargs)
+        return optimizer_cls(self.param_groups(model, weight_decay, exclude=exclude), lr=lr,
+                             **kwargs)
 
     def after_step(self, step: int, optimizer=None) -> None:
         """Run the method's schedule after optimizer step number ``step`` (1-based)."""
         self.step = int(step)
 
-    def lr_lambda(self, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.1):
-        """The learning-rate multiplier this method trains with (for ``LambdaLR``).
+    def restart_factor(self, step_index: int) -> float:
+        """The method's factor on the learning-rate envelope at ``LambdaLR`` index ``step_index``.
 
-        Linear warm-up then cosine decay to ``min_lr_ratio``. Methods that restart optimizer
-        state periodically (:meth:`restart_cycle`) re-warm the learning rate over
-        ``config.restart_warmup_steps`` after each restart when that setting is positive
-        (ReLoRA's "jagged cosine").
+        1.0, except while re-warming after a restart: methods that restart optimizer state
+        every :meth:`restart_cycle` steps and have ``config.restart_warmup_steps > 0`` ramp
+        linearly from 0 over that many steps after each restart (ReLoRA's "jagged cosine",
+        with :func:`~..training.schedules.method_lr_lambda` as the envelope).
+
+        Args:
+            step_index: 0 for the first optimizer step (``LambdaLR``'s convention).
         """
         cycle = self.restart_cycle()
         rewarm = getattr(self.config, "restart_warmup_steps", 0)
         if cycle and rewarm:
-            return jagged_cosine_lambda(total_steps, warmup_steps, min_lr_ratio,
-                                        cycle_length=cycle, restart_warmup_steps=rewarm)
-        return warmup_cosine_lambda(total_steps, warmup_steps, min_lr_ratio)
+            since_restart = step_index % cycle
+            if step_index >= cycle and since_restart < rewarm:
+                return since_restart / rewarm
+        return 1.0
 
     def restart_cycle(self) -> int | None:
         """Steps between the method's optimizer-state restarts, or None if it has none."""
@@ -116,6 +200,14 @@ class TrainingMethod:
     def merge(self, model: nn.Module) -> nn.Module:
         """A copy of ``model`` made of plain dense layers."""
         return copy.deepcopy(model)
+
+    def pruning_view(self, model: nn.Module) -> nn.Module:
+        """The model whose spectrum a pruning curve truncates: by default :meth:`merge`'s copy.
+
+        ``prune_spectrum`` copies what it prunes, so a method whose layers it prunes
+        directly may return ``model`` itself.
+        """
+        return self.merge(model)
 
     # --------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -136,10 +228,11 @@ class TrainingMethod:
         """ids of parameters that live in a method-specific group."""
         return set()
 
-    def _dense_trainable(self, model: nn.Module):
-        special = self._special_parameters(model)
+    def _dense_trainable(self, model: nn.Module, exclude: Iterable[torch.Tensor] = ()):
+        """``(name, parameter)`` of trainable parameters outside special groups and ``exclude``."""
+        skip = self._special_parameters(model) | parameter_ids(exclude)
         for name, p in model.named_parameters():
-            if p.requires_grad and id(p) not in special:
+            if p.requires_grad and id(p) not in skip:
                 yield name, p
 
     def __repr__(self) -> str:
@@ -227,14 +320,32 @@ def _check_settings(name: str, cls: type[TrainingMethod], settings: dict[str, An
         raise ValueError(f"method {name!r} has no setting(s) {unknown}; allowed: {sorted(allowed)}")
 
 
-def method_config_fields(name: str) -> set[str]:
-    """Config fields a user may set for method (or variant) ``name``."""
+def _lookup(name: str) -> tuple[type[TrainingMethod], dict[str, Any]]:
+    """The class of method (or variant) ``name`` and the config fields it presets."""
     if name in _VARIANTS:
-        cls, preset = _VARIANTS[name]
-        return {f.name for f in dataclasses.fields(cls.config_class)} - set(preset)
+        return _VARIANTS[name]
     if name in _REGISTRY:
-        return {f.name for f in dataclasses.fields(_REGISTRY[name].config_class)}
+        return _REGISTRY[name], {}
     raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    """The config dataclass of method (or variant) ``name``, e.g. to generate CLI flags.
+
+    Every field carries ``metadata["help"]``; a variant's preset fields are in the class too
+    (:func:`method_option_fields` leaves them out).
+    """
+    return _lookup(name)[0].config_class
+
+
+def method_option_fields(name: str) -> set[str]:
+    """Config fields a user may set for method (or variant) ``name`` (a variant's presets
+    are not among them)."""
+    cls, preset = _lookup(name)
+    return {f.name for f in dataclasses.fields(cls.config_class)} - set(preset)
+
+
+method_config_fields = method_option_fields  # the earlier name
 
 
 def make_method(name: str, **settings) -> TrainingMethod:
@@ -244,18 +355,47 @@ def make_method(name: str, **settings) -> TrainingMethod:
         ValueError: unknown method name, a setting the method's config does not have, or a
             setting that contradicts a variant's preset.
     """
-    if name in _VARIANTS:
-        cls, preset = _VARIANTS[name]
+    cls, preset = _lookup(name)
+    if preset:
         clashes = {k: v for k, v in settings.items() if k in preset and preset[k] != v}
         if clashes:
             raise ValueError(f"variant {name!r} fixes {preset}; it cannot take {clashes}")
         settings = {**settings, **preset}
-    elif name in _REGISTRY:
-        cls = _REGISTRY[name]
-    else:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
     _check_settings(name, cls, settings)
-    return cls(cls.config_class(**settings))
+    method = cls(cls.config_class(**settings))
+    if name in _VARIANTS:
+        method.variant = name
+    return method
+
+
+def method_for_run(name: str, *, rank: int | None = None, seed: int | None = None,
+                   interval: int | None = None, **options) -> TrainingMethod:
+    """Build method (or variant) ``name`` from a run's common choices and its own options.
+
+    Args:
+        name: a registered method or variant.
+        rank: set as ``rank`` if the method's config has that field (None: its default).
+        seed: set as ``seed`` likewise.
+        interval: steps between subspace refreshes, put into the method's
+            ``refresh_interval_field`` (SST's ``iteration_interval``, ReLoRA*'s
+            ``merge_interval``, GaLore's ``update_proj_gap``) unless ``options`` sets that
+            field itself; ignored by a method without one (full, lora).
+        options: other config fields of the method.
+
+    Raises:
+        ValueError: unknown method, an option the method does not have (naming it and the
+            method's fields), a bad value, or an option contradicting a variant's preset.
+    """
+    config_class = method_config_class(name)
+    fields = method_option_fields(name)
+    settings = dict(options)
+    for key, value in (("rank", rank), ("seed", seed)):
+        if value is not None and key in fields:
+            settings[key] = value
+    refresh = config_class.refresh_interval_field
+    if interval is not None and refresh in fields and refresh not in options:
+        settings[refresh] = interval
+    return make_method(name, **settings)
 
 
 def method_from_state(state: dict[str, Any]) -> TrainingMethod:

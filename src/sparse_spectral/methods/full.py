@@ -14,6 +14,7 @@ class FullRank(TrainingMethod):
 
     name = "full"
     config_class = MethodConfig
+    draws_pruning_curve = True
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Return ``model`` unchanged.

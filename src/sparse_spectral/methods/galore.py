@@ -15,22 +15,30 @@ an ``nn.Linear``, the same for every architecture.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ..targeting import find_target_modules, is_conv1d
-from .base import check_rank_fits
-from .base import MethodConfig, TrainingMethod, register_method
-from .galore_optim import PROJ_TYPES, GaLoreAdamW, check_settings
+from .base import (
+    LowRankConfig,
+    TrainingMethod,
+    check_rank_fits,
+    parameter_ids,
+    register_method,
+)
+from .galore_optim import PROJ_TYPES, GaLoreAdamW, check_projection_settings
 
 
 @dataclass
-class GaLoreConfig(MethodConfig):
-    """Settings of GaLore."""
+class GaLoreConfig(LowRankConfig):
+    """Settings of GaLore (``rank``: r, rank of the gradient projection)."""
 
-    rank: int = field(default=8, metadata={"help": "r: rank of the gradient projection."})
+    refresh_interval_field: ClassVar[str | None] = "update_proj_gap"
+
     update_proj_gap: int = field(
         default=200, metadata={"help": "optimizer steps between two projection refreshes "
                                "(the SVD of the current gradient)."})
@@ -41,7 +49,8 @@ class GaLoreConfig(MethodConfig):
                                  "projects the smaller dimension of each (out, in) weight."})
 
     def __post_init__(self):
-        check_settings(self.rank, self.update_proj_gap, self.scale, self.proj_type)
+        super().__post_init__()
+        check_projection_settings(self.update_proj_gap, self.scale, self.proj_type)
 
 
 @register_method
@@ -70,16 +79,22 @@ class GaLore(TrainingMethod):
         self.target_ids = {id(w) for _, w, _ in weights}
         return model
 
-    def param_groups(self, model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
+    def param_groups(self, model: nn.Module, weight_decay: float = 0.0,
+                     exclude: Iterable[torch.Tensor] = ()) -> list[dict]:
         """Dense groups without the target weights, plus one ``galore`` group.
 
         The targets are looked up in ``model`` itself (not from ids remembered by
         ``prepare``), so a copy of the model, or one never passed to ``prepare``, still gets
-        its projected group instead of silently training full-rank.
+        its projected group instead of silently training full-rank. ``exclude`` leaves
+        parameters out of every group (:meth:`TrainingMethod.param_groups`).
         """
-        groups = super().param_groups(model, weight_decay)
+        exclude = list(exclude)
+        groups = super().param_groups(model, weight_decay, exclude=exclude)
+        skip = parameter_ids(exclude)
         params, transposed = [], []
         for _, weight, is_transposed in self._trainable_targets(model):
+            if id(weight) in skip:
+                continue
             params.append(weight)
             transposed.append(is_transposed)
         if params:
@@ -91,10 +106,11 @@ class GaLore(TrainingMethod):
         return groups
 
     def build_optimizer(self, model: nn.Module, optimizer_cls=None, lr: float = 1e-3,
-                        weight_decay: float = 0.0, **kwargs) -> torch.optim.Optimizer:
+                        weight_decay: float = 0.0, exclude: Iterable[torch.Tensor] = (),
+                        **kwargs) -> torch.optim.Optimizer:
         """Build an optimizer over :meth:`param_groups` (default :class:`GaLoreAdamW`)."""
         return super().build_optimizer(model, optimizer_cls or GaLoreAdamW, lr=lr,
-                                       weight_decay=weight_decay, **kwargs)
+                                       weight_decay=weight_decay, exclude=exclude, **kwargs)
 
     def merge(self, model: nn.Module) -> nn.Module:
         """A deep copy: GaLore's weights are dense already."""

@@ -45,10 +45,11 @@ import math
 import torch
 
 from ..spectral.optim import adamw_update_, check_adam_hyperparameters
-from .._util.checks import is_int
+from .base import check_int
 
 __all__ = [
     "PROJ_TYPES",
+    "check_projection_settings",
     "check_settings",
     "projection_side",
     "projected_shape",
@@ -65,15 +66,22 @@ GALORE_DEFAULTS = {"update_proj_gap": 200, "scale": 0.25, "proj_type": "std"}
 
 
 def check_settings(rank, update_proj_gap, scale, proj_type) -> None:
-    """Validate GaLore's projection settings.
+    """Validate a GaLore param group's settings: the rank and :func:`check_projection_settings`.
 
     Raises:
         ValueError: naming the bad value and the allowed range.
     """
-    if not is_int(rank) or rank < 1:
-        raise ValueError(f"rank={rank!r} must be an int >= 1")
-    if not is_int(update_proj_gap) or update_proj_gap < 1:
-        raise ValueError(f"update_proj_gap={update_proj_gap!r} must be an int >= 1")
+    check_int("rank", rank, 1)
+    check_projection_settings(update_proj_gap, scale, proj_type)
+
+
+def check_projection_settings(update_proj_gap, scale, proj_type) -> None:
+    """Validate GaLore's projection settings other than the rank.
+
+    Raises:
+        ValueError: naming the bad value and the allowed range.
+    """
+    check_int("update_proj_gap", update_proj_gap, 1)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
             or not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale={scale!r} must be a finite number > 0")
@@ -216,7 +224,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             galore = group.get("rank") is not None
             flags = group["transposed"] if galore else [False] * len(group["params"])
-            for p, transposed in zip(group["params"], flags):
+            for p, transposed in zip(group["params"], flags, strict=True):
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:

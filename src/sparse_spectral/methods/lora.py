@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..sparse_rows import SparseRows, apply_linear, sparse_rows_linear
 from .._util.seeding import counter_seed
+from ..sparse_rows import SparseRows, apply_linear, sparse_rows_linear
 from ..targeting import is_conv1d, linear_shape
-from .._util.checks import is_int
-from .base import MethodConfig, ReplacingMethod, register_method
+from .base import LowRankConfig, ReplacingMethod, register_method
 
 
 class LoRALinear(nn.Module):
@@ -108,24 +107,20 @@ class LoRALinear(nn.Module):
 
 
 @dataclass
-class LoRAConfig(MethodConfig):
-    """Settings of LoRA for pre-training."""
+class LoRAConfig(LowRankConfig):
+    """Settings of LoRA for pre-training (``rank``: r, rank of the update B A)."""
 
-    rank: int = field(default=8, metadata={"help": "r: rank of the update B A."})
     alpha: float | None = field(
         default=None, metadata={"help": "update scale numerator (scaling = alpha / r); "
                                 "None means alpha = r (scaling 1)."})
     seed: int = field(default=0, metadata={"help": "seed of A's (re-)initialisations."})
 
     def __post_init__(self):
-        if not is_int(self.rank) or self.rank < 1:
-            raise ValueError(f"rank={self.rank!r} must be an int >= 1")
+        super().__post_init__()
         if self.alpha is not None and (isinstance(self.alpha, bool) or
                                        not isinstance(self.alpha, (int, float)) or
                                        self.alpha <= 0):
             raise ValueError(f"alpha={self.alpha!r} must be None or a number > 0")
-        if not is_int(self.seed):
-            raise ValueError(f"seed={self.seed!r} must be an int")
 
     @property
     def effective_alpha(self) -> float:

@@ -16,13 +16,13 @@ merge to this restart near a saddle.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
-from ..spectral.optim import find_state, reset_param_state
 from .._util.seeding import counter_seed
-from .base import register_method
-from .._util.checks import is_int
+from ..spectral.optim import find_state, reset_param_state
+from .base import check_int, register_method
 from .lora import LoRA, LoRAConfig
 
 RESET_MODES = ("full", "magnitude", "random")
@@ -31,6 +31,8 @@ RESET_MODES = ("full", "magnitude", "random")
 @dataclass
 class ReLoRAConfig(LoRAConfig):
     """Settings of ReLoRA*."""
+
+    refresh_interval_field: ClassVar[str | None] = "merge_interval"
 
     merge_interval: int = field(
         default=50, metadata={"help": "steps between merge-and-reinit (SST's T3 by default)."})
@@ -44,17 +46,14 @@ class ReLoRAConfig(LoRAConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not is_int(self.merge_interval) or self.merge_interval < 1:
-            raise ValueError(f"merge_interval={self.merge_interval!r} must be an int >= 1")
+        check_int("merge_interval", self.merge_interval, 1)
         if self.optimizer_reset not in RESET_MODES:
             raise ValueError(f"optimizer_reset={self.optimizer_reset!r} is unknown; allowed: "
                              f"{', '.join(RESET_MODES)}")
         if isinstance(self.reset_ratio, bool) or not isinstance(self.reset_ratio, (int, float)) \
                 or not 0.0 <= self.reset_ratio <= 1.0:
             raise ValueError(f"reset_ratio={self.reset_ratio!r} must be a number in [0, 1]")
-        if not is_int(self.restart_warmup_steps) or self.restart_warmup_steps < 0:
-            raise ValueError(
-                f"restart_warmup_steps={self.restart_warmup_steps!r} must be an int >= 0")
+        check_int("restart_warmup_steps", self.restart_warmup_steps, 0)
 
 
 @torch.no_grad()

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from .._util.checks import is_int
+from .._util.seeding import counter_seed
 from ..spectral.cost import FORWARD_MODES
 from ..spectral.layer import SpectralLinear
-from .._util.seeding import counter_seed
 from ..spectral.sampling import SAMPLERS, iterations_per_round, select_indices
-from .._util.checks import is_int
-from .base import MethodConfig, ReplacingMethod, register_method, register_variant
+from .base import (
+    LowRankConfig,
+    ReplacingMethod,
+    check_int,
+    parameter_ids,
+    register_method,
+    register_variant,
+)
 
 _SVD_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _INITS = ("svd", "random")
@@ -31,16 +39,19 @@ SST_VARIANTS = {
 
 
 @dataclass
-class SSTConfig(MethodConfig):
-    """Settings of Sparse Spectral Training."""
+class SSTConfig(LowRankConfig):
+    """Settings of Sparse Spectral Training (``rank``: r, singular-vector pairs trained at a
+    time)."""
 
-    rank: int = field(default=8, metadata={"help": "r: singular-vector pairs trained at a time."})
+    refresh_interval_field: ClassVar[str | None] = "iteration_interval"
+
     iteration_interval: int = field(
         default=50, metadata={"help": "T3: optimizer steps between two selections."})
     iterations_per_round: int | None = field(
         default=None, metadata={"help": "T2: iterations between re-SVDs; None: ceil(k / r)."})
     sampler: str = field(default="weighted", metadata={"help": f"one of {SAMPLERS}"})
-    lam: float = field(default=0.0, metadata={"help": "uniform mix of the weighted sampler, in [0, 1]."})
+    lam: float = field(
+        default=0.0, metadata={"help": "uniform mix of the weighted sampler, in [0, 1]."})
     enhanced_gradient: bool = field(
         default=True, metadata={"help": "drop the s_i factor from the active vectors' gradients."})
     update_all_singular_values: bool = field(
@@ -64,11 +75,8 @@ class SSTConfig(MethodConfig):
     svd_dtype: str = field(default="float32", metadata={"help": "'float32' or 'float64'."})
 
     def __post_init__(self):
-        if not is_int(self.rank) or self.rank < 1:
-            raise ValueError(f"rank={self.rank!r} must be an int >= 1")
-        if not is_int(self.iteration_interval) or self.iteration_interval < 1:
-            raise ValueError(
-                f"iteration_interval (T3)={self.iteration_interval!r} must be an int >= 1")
+        super().__post_init__()
+        check_int("iteration_interval (T3)", self.iteration_interval, 1)
         if self.iterations_per_round is not None and (
                 not is_int(self.iterations_per_round) or self.iterations_per_round < 1):
             raise ValueError(f"iterations_per_round (T2)={self.iterations_per_round!r} must be "
@@ -80,11 +88,7 @@ class SSTConfig(MethodConfig):
             raise ValueError(f"lam={self.lam!r} must be a number in [0, 1]")
         if self.svd_dtype not in _SVD_DTYPES:
             raise ValueError(f"svd_dtype={self.svd_dtype!r}; allowed: {sorted(_SVD_DTYPES)}")
-        if not is_int(self.seed):
-            raise ValueError(f"seed={self.seed!r} must be an int")
-        if not is_int(self.restart_warmup_steps) or self.restart_warmup_steps < 0:
-            raise ValueError(
-                f"restart_warmup_steps={self.restart_warmup_steps!r} must be an int >= 0")
+        check_int("restart_warmup_steps", self.restart_warmup_steps, 0)
         if self.forward_mode not in FORWARD_MODES:
             raise ValueError(f"forward_mode={self.forward_mode!r} is unknown; allowed: "
                              f"{', '.join(FORWARD_MODES)}")
@@ -118,6 +122,7 @@ class SparseSpectral(ReplacingMethod):
     name = "sst"
     config_class = SSTConfig
     layer_type = SpectralLinear
+    draws_pruning_curve = True
 
     def convert_layer(self, index: int, module: nn.Module) -> SpectralLinear:
         cfg = self.config
@@ -144,18 +149,25 @@ class SparseSpectral(ReplacingMethod):
         return {id(p) for _, layer in self.converted_layers(model)
                 for p in (layer.U_active, layer.Vh_active, layer.s)}
 
-    def param_groups(self, model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
+    def param_groups(self, model: nn.Module, weight_decay: float = 0.0,
+                     exclude: Iterable[torch.Tensor] = ()) -> list[dict]:
         """Dense groups plus one ``spectral`` group with per-slot step counters.
 
         Weight decay is off for the spectral group: the active vectors are renormalised
         after every step, and decaying ``s`` is a choice the paper does not make.
+        ``exclude`` leaves parameters out of every group (:meth:`TrainingMethod.param_groups`).
         """
-        groups = super().param_groups(model, weight_decay)
+        exclude = list(exclude)
+        groups = super().param_groups(model, weight_decay, exclude=exclude)
+        skip = parameter_ids(exclude)
         params, slot_dims = [], []
         for _, layer in self.converted_layers(model):
-            params += [layer.U_active, layer.Vh_active, layer.s]
             # s restarts per index only when just the sampled values train.
-            slot_dims += [1, 0, -1 if layer.all_singular_values else 0]
+            dims = (1, 0, -1 if layer.all_singular_values else 0)
+            for p, dim in zip((layer.U_active, layer.Vh_active, layer.s), dims, strict=True):
+                if id(p) not in skip:
+                    params.append(p)
+                    slot_dims.append(dim)
         groups.append({"name": "spectral", "params": params, "slot_dims": slot_dims,
                        "weight_decay": 0.0})
         return groups
@@ -181,6 +193,10 @@ class SparseSpectral(ReplacingMethod):
     def restart_cycle(self) -> int:
         """Swapped-in slots restart their moments every T3 steps (all of them after a re-SVD)."""
         return self.config.iteration_interval
+
+    def pruning_view(self, model: nn.Module) -> nn.Module:
+        """``model`` itself: pruning truncates the spectral layers' own ``s`` (in a copy)."""
+        return model
 
     # --------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -329,12 +329,12 @@ def train_graph_step(model: HyboNetGraphModel, data: Any, optimizers, method, st
 
     Order as ``gcn/train.py``: train mode, encode every node, loss on the train split,
     backward, clip the global gradient norm (all parameters, manifold ones included), step
-    both optimizers, then ``method.after_step(step, optimizers.method)``.
+    both optimizers, then ``method.after_step(step, optimizers)``.
 
     Args:
         model: the (prepared) model.
         data: a graph with ``features``, ``adj_norm`` and the split fields.
-        optimizers: :class:`~..hyperbolic.optim.GraphOptimizers`.
+        optimizers: the :class:`~..hyperbolic.optim.CombinedOptimizer` (or any optimizer).
         method: the training method.
         step: 1-based index of this optimizer step.
         grad_clip: max global gradient norm, or None.
@@ -352,5 +352,5 @@ def train_graph_step(model: HyboNetGraphModel, data: Any, optimizers, method, st
     if stats is not None:
         stats["grad_norm"] = float(norm)
     optimizers.step()
-    method.after_step(step, optimizers.method)
+    method.after_step(step, optimizers)
     return loss.item()

@@ -28,9 +28,9 @@ Learning rate: the inverse-square-root schedule with linear warm-up,
 ``lr(s) = peak * min(s / w, sqrt(w / s))`` at optimizer step ``s`` (1-based). With
 ``schedule="noam"``, ``lr`` is Noam's factor and ``peak = lr * (d_model * w) ** -0.5``;
 that is exactly Noam's ``lr * d^-0.5 * min(s^-0.5, s w^-1.5)``. The method's own schedule
-contributes only its restart factor: ``method.lr_lambda(total, 0, 1.0)`` (no warm-up, a flat
-envelope), which is 1 except during the re-warm-ups after ReLoRA*/SST restarts when
-``restart_warmup_steps > 0``. The product is the multiplier.
+contributes only its restart factor, ``method.restart_factor(t)``, which is 1 except
+during the re-warm-ups after ReLoRA*/SST restarts when ``restart_warmup_steps > 0``. The
+product is the multiplier.
 
 Loss: token cross-entropy with label smoothing (0.1 by default), padding ignored, mean over
 the target tokens of a batch. Validation loss and perplexity use plain NLL (no smoothing).
@@ -206,8 +206,7 @@ def inverse_sqrt_lambda(warmup_steps: int) -> Callable[[int], float]:
 def mt_lr_lambda(method, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """Inverse-sqrt warm-up/decay times the method's restart factor (module docstring)."""
     base = inverse_sqrt_lambda(warmup_steps)
-    restart = method.lr_lambda(total_steps, 0, 1.0)
-    return lambda t: base(t) * restart(t)
+    return lambda t: base(t) * method.restart_factor(t)
 
 
 # ---------------------------------------------------------------------- data

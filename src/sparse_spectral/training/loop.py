@@ -25,8 +25,8 @@ from torch import nn
 
 from ..accounting import memory_report
 from .checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
-from .schedules import method_lr_lambda
 from .loggers import MetricLogger
+from .schedules import method_lr_lambda
 
 
 class TrainingDiverged(RuntimeError):
@@ -109,8 +109,9 @@ def train(model: nn.Module, method, *,
         checkpoint_settings: JSON-able description of the run, stored in checkpoints.
         resume: continue from ``run_dir``'s latest checkpoint (error if there is none).
         tokens_per_step: for the tokens/s figure.
-        lr_lambda: the ``LambdaLR`` multiplier; default ``method.lr_lambda(num_training_steps,
-            warmup_steps, min_lr_ratio)`` (a task with its own schedule passes one).
+        lr_lambda: the ``LambdaLR`` multiplier; default ``method_lr_lambda(method,
+            num_training_steps, warmup_steps, min_lr_ratio)`` (a task with its own schedule
+            passes one).
         build_optimizer: ``(model, method, lr=..., weight_decay=...) -> Optimizer``; default
             ``method.build_optimizer(model, lr=..., weight_decay=...)``. A model with manifold
             parameters passes :func:`~..hyperbolic.optim.build_hyperbolic_optimizer` (the

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..methods.base import TrainingMethod
 
 
 def _check(total_steps: int, warmup_steps: int, min_lr_ratio: float) -> None:
@@ -29,6 +33,29 @@ def warmup_cosine_lambda(total_steps: int, warmup_steps: int,
             return t / warmup_steps
         progress = min(1.0, (t - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+def method_lr_lambda(method: TrainingMethod, total_steps: int, warmup_steps: int,
+                     min_lr_ratio: float = 0.1) -> Callable[[int], float]:
+    """The multiplier a method trains with: the warm-up cosine times its restart factor.
+
+    ``warmup_cosine_lambda(...)(t) * method.restart_factor(t)``. The factor is exactly 1.0
+    for methods without learning-rate re-warm-ups, so their schedule is the envelope bit for
+    bit; with re-warm-ups this is :func:`jagged_cosine_lambda` up to the last bit (it
+    computes ``envelope * (since / rewarm)`` where that one computes ``envelope * since /
+    rewarm``).
+
+    Args:
+        method: a :class:`~sparse_spectral.methods.TrainingMethod`.
+        total_steps, warmup_steps, min_lr_ratio: the envelope's (see
+            :func:`warmup_cosine_lambda`).
+    """
+    envelope = warmup_cosine_lambda(total_steps, warmup_steps, min_lr_ratio)
+
+    def multiplier(t: int) -> float:
+        return envelope(t) * method.restart_factor(t)
 
     return multiplier
 

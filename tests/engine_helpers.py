@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sparse_spectral.report import render
 from sparse_spectral.training.compare import run_compare
 from sparse_spectral.training.runner import train_run
 
@@ -14,6 +13,8 @@ def train_summary(task, settings, **kw) -> dict:
 
 def compare_and_render(task, settings, methods, method_lr=None, seeds=None, progress=False):
     """``run_compare`` then ``report.render`` of its folder, as ``sst compare`` does."""
+    from sparse_spectral.report import render
+
     results = run_compare(task, settings, methods, seeds=seeds, method_lr=method_lr,
                           progress=progress)
     render(settings.output.output_dir)

@@ -62,6 +62,7 @@ def test_parsing_flags_has_no_side_effect_on_threads(task, command):
 
     before = torch.get_num_threads()
     args = build_parser().parse_args([command, task, "--threads", "3"])
+    assert args.task_name == task
     settings_from_args(args, get_task(task).settings_class)
     assert torch.get_num_threads() == before and args.threads == 3
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from sparse_spectral.cli import build_parser, main
@@ -40,7 +42,7 @@ def test_community_flag_names_and_method_options_from_the_registry(capsys):
         assert f"{flag} " in text, flag
     # every option of every method config is reachable as a flag
     for method in available_methods():
-        for f in method_config_class(method).__dataclass_fields__.values():
+        for f in dataclasses.fields(method_config_class(method)):
             if f.name not in ("rank", "seed", "target_modules", "exclude_modules",
                               "iteration_interval"):
                 assert f"--{flag_name(f)} " in text, (method, f.name)

@@ -76,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..tasks.registry import get_task
     from ..training.runner import check_choices, train_run
 
-    task = get_task(args.task)
+    task = get_task(args.task_name)
     settings, command, explicit = settings_from_args(args, task.settings_class)
     apply_threads(command.get("threads"))
     check_choices(task, settings, [settings.method.name], explicit)
@@ -94,7 +94,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..training.compare import run_compare
     from ..training.runner import check_choices
 
-    task = get_task(args.task)
+    task = get_task(args.task_name)
     settings, command, explicit = settings_from_args(args, task.settings_class)
     apply_threads(command.get("threads"))
     methods = names_list(command.get("methods") or list(task.default_methods), "methods")
@@ -117,7 +117,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from ..report import render
     from ..tasks.registry import get_task
 
-    task = get_task(args.task)
+    task = get_task(args.task_name)
     config = _ablation_config(args)
     settings, command, _ = settings_from_args(args, task.settings_class, ABLATE_KEYS,
                                               config=config.get("settings", {}))

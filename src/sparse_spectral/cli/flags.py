@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..training.config import field_paths, flag_name, from_dict, help_of, section_names
+from ..training.config import field_paths, flag_name, from_dict, help_of, nest, section_names
 
 #: Method config fields that are run choices (``--rank``, ``--seed``, ``--iteration_interval``,
 #: ``--target_modules``, ``--exclude_modules``), not method options.
@@ -83,8 +83,13 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings_class: type) ->
                                      help=f"{help_of(f)} (default: {value})")
 
 
-def add_method_option_flags(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per method option of every registered method (union of the configs)."""
+def add_method_option_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per method option of every registered method (union of the configs).
+
+    ``skip``: options whose flag the command uses otherwise (``sst ablate``'s
+    ``--iterations_per_round`` lists T2 variants; ``--set method.options.NAME=...`` still
+    sets the option).
+    """
     from ..methods import available_methods, method_config_class
 
     takers: dict[str, tuple[dataclasses.Field, list[str]]] = {}
@@ -92,7 +97,8 @@ def add_method_option_flags(parser: argparse.ArgumentParser) -> None:
         config = method_config_class(method)
         refresh = getattr(config, "refresh_interval_field", None)
         for f in dataclasses.fields(config):
-            if f.name in RUN_CHOICES or (f.name == refresh == "iteration_interval"):
+            if f.name in RUN_CHOICES or f.name in skip or (f.name == refresh ==
+                                                            "iteration_interval"):
                 continue
             takers.setdefault(f.name, (f, []))[1].append(method)
     group = parser.add_argument_group(
@@ -200,7 +206,7 @@ def settings_from_args(args: argparse.Namespace, settings_class: type,
         _warn_flat_keys({k: v for k, v in values.items() if k not in extra_keys},
                         settings_class, f"--config {args.config}")
     command = {k: values.pop(k) for k in extra_keys if k in values}
-    values = merge(values, parse_set(args.set))
+    source = f"--config {args.config}" if args.config else "settings"
     flags: dict[str, Any] = {}
     for dest, value in vars(args).items():
         if dest.startswith(OPTION):
@@ -212,22 +218,14 @@ def settings_from_args(args: argparse.Namespace, settings_class: type,
             command[dest] = value
         elif dest in field_paths(settings_class) and dest not in section_names(settings_class):
             flags[dest] = value
-    values = merge(_nest_method(values), flags)
-    source = f"--config {args.config}" if args.config else "settings"
-    return from_dict(settings_class, values, source=source), command, _explicit_choices(values)
+    layers = [nest(settings_class, values, source),
+              nest(settings_class, parse_set(args.set), "--set"), flags]
+    merged: dict[str, Any] = {}
+    for layer in layers:  # later layers win, key by key
+        merged = merge(merged, layer)
+    return from_dict(settings_class, merged, source), command, _explicit_choices(merged)
 
 
 def _explicit_choices(values: dict[str, Any]) -> set[str]:
     """Which of the shared method choices (``rank``, ``interval``) were given at all."""
-    method = values.get("method") if isinstance(values.get("method"), dict) else {}
-    given = set(values) | set(method)
-    return ({"rank"} & given) | ({"interval"} if {"interval", "iteration_interval"} & given
-                                 else set())
-
-
-def _nest_method(values: dict[str, Any]) -> dict[str, Any]:
-    """A config's ``method = "sst"`` (the name) and ``[method]`` table, as one table."""
-    out = dict(values)
-    if isinstance(out.get("method"), str):
-        out["method"] = {"name": out["method"]}
-    return out
+    return {"rank", "interval"} & set(values.get("method", {}))

@@ -27,7 +27,7 @@ def _add_task_parsers(sub, command: str, help_text: str, func) -> None:
     from ..tasks.registry import available_tasks, get_task
 
     parser = sub.add_parser(command, help=help_text)
-    tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    tasks = parser.add_subparsers(dest="task_name", required=True, metavar="TASK")
     for name in available_tasks():
         task = get_task(name)
         p = tasks.add_parser(name, help=f"{task.description}: {help_text}",
@@ -56,7 +56,8 @@ def _add_task_parsers(sub, command: str, help_text: str, func) -> None:
                            help="learning rates by variant label or method, e.g. "
                                 "full=1e-3,relora=1e-2 (others use the settings' lr)")
         add_settings_flags(p, task.settings_class)
-        add_method_option_flags(p)
+        add_method_option_flags(p, skip=("iterations_per_round",) if command == "ablate"
+                                else ())
         if name == "lm" and command == "compare":
             p.add_argument("--no_pruning", dest="pruning", action="store_false",
                            default=argparse.SUPPRESS, help="skip the pruning curve")

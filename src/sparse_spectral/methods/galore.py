@@ -43,7 +43,8 @@ class GaLoreConfig(LowRankConfig):
         default=200, metadata={"help": "optimizer steps between two projection refreshes "
                                "(the SVD of the current gradient)."})
     scale: float = field(
-        default=0.25, metadata={"help": "alpha: factor on the projected-back update (> 0)."})
+        default=0.25, metadata={"flag": "galore_scale",
+                                "help": "alpha: factor on the projected-back update (> 0)."})
     proj_type: str = field(
         default="std", metadata={"help": f"projected side, one of {PROJ_TYPES}; 'std' "
                                  "projects the smaller dimension of each (out, in) weight."})

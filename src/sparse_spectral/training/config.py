@@ -24,7 +24,7 @@ from .._util.checks import is_int
 
 __all__ = ["EvalSettings", "MethodChoice", "OptimSettings", "OutputSettings",
            "ScheduleSettings", "TaskSettings", "field_paths", "flag_name", "from_dict",
-           "help_of", "is_section", "section_names", "to_flat_dict"]
+           "help_of", "is_section", "nest", "section_names", "to_flat_dict"]
 
 
 def _help(text: str, **more) -> dict[str, Any]:
@@ -159,9 +159,9 @@ class TaskSettings:
 
 # ---------------------------------------------------------------------- introspection
 def is_section(f: dataclasses.Field) -> bool:
-    """A field whose value is a nested settings dataclass."""
+    """A field whose value is a nested settings dataclass (its default factory builds one)."""
     return f.default_factory is not dataclasses.MISSING and \
-        dataclasses.is_dataclass(f.default_factory)
+        dataclasses.is_dataclass(f.default_factory())
 
 
 def section_names(cls: type) -> list[str]:
@@ -169,7 +169,7 @@ def section_names(cls: type) -> list[str]:
 
 
 def _section_class(cls: type, name: str) -> type:
-    return next(f.default_factory for f in dataclasses.fields(cls) if f.name == name)
+    return next(type(f.default_factory()) for f in dataclasses.fields(cls) if f.name == name)
 
 
 def field_paths(cls: type) -> dict[str, tuple[str | None, dataclasses.Field]]:
@@ -180,7 +180,7 @@ def field_paths(cls: type) -> dict[str, tuple[str | None, dataclasses.Field]]:
     """
     paths: dict[str, tuple[str | None, dataclasses.Field]] = {}
     for f in dataclasses.fields(cls):
-        items = ([(f.name, g) for g in dataclasses.fields(f.default_factory)]
+        items = ([(f.name, g) for g in dataclasses.fields(f.default_factory())]
                  if is_section(f) else [(None, f)])
         for section, leaf in items:
             if leaf.name in paths:
@@ -199,18 +199,16 @@ def help_of(f: dataclasses.Field) -> str:
 
 
 # ---------------------------------------------------------------------- building
-def from_dict(cls: type, values: Mapping[str, Any], source: str = "settings"):
-    """Build ``cls`` from nested sections and/or flat keys; defaults fill the rest.
+def nest(cls: type, values: Mapping[str, Any], source: str = "settings") -> dict[str, Any]:
+    """``values`` in canonical nested form: ``{field: v, section: {field: v}}``.
 
-    Args:
-        cls: a task settings dataclass (derived from :class:`TaskSettings`).
-        values: ``{"lr": 1e-3}``, ``{"optim": {"lr": 1e-3}}``, legacy keys
-            (``method_options``) or a flag spelling (``method``, ``iteration_interval``); a
-            string under ``method`` is the method name.
-        source: what the values came from, for error messages (``--config FILE``).
+    Flat keys, flag spellings (``iteration_interval``, ``schedule``), legacy keys
+    (``method_options``) and a string ``method`` (the name) are moved to their sections, so
+    that two sources merge key by key (``{"lr": 1}`` and ``{"optim": {"lr": 2}}`` name the
+    same field).
 
     Raises:
-        ValueError: every unknown key at once, with the allowed ones; or a bad value.
+        ValueError: every unknown key at once, with the allowed ones.
     """
     nested: dict[str, dict[str, Any]] = {name: {} for name in section_names(cls)}
     top: dict[str, Any] = {}
@@ -246,10 +244,29 @@ def from_dict(cls: type, values: Mapping[str, Any], source: str = "settings"):
         allowed = sorted({*paths, *(f"{s}.*" for s in nested), *legacy})
         raise ValueError(f"{source}: unknown setting(s) {sorted(unknown)}; allowed: "
                          f"{', '.join(allowed)}")
+    return {**top, **{name: given for name, given in nested.items() if given}}
+
+
+def from_dict(cls: type, values: Mapping[str, Any], source: str = "settings"):
+    """Build ``cls`` from nested sections and/or flat keys; defaults fill the rest.
+
+    Args:
+        cls: a task settings dataclass (derived from :class:`TaskSettings`).
+        values: ``{"lr": 1e-3}``, ``{"optim": {"lr": 1e-3}}``, legacy keys
+            (``method_options``) or a flag spelling (``method``, ``iteration_interval``); a
+            string under ``method`` is the method name (see :func:`nest`).
+        source: what the values came from, for error messages (``--config FILE``).
+
+    Raises:
+        ValueError: every unknown key at once, with the allowed ones; or a bad value.
+    """
+    values = nest(cls, values, source)
+    sections = set(section_names(cls))
     defaults = cls()
-    sections = {name: dataclasses.replace(getattr(defaults, name), **given)
-                for name, given in nested.items() if given}
-    return dataclasses.replace(defaults, **top, **sections)
+    built = {name: dataclasses.replace(getattr(defaults, name), **given)
+             for name, given in values.items() if name in sections}
+    top = {name: value for name, value in values.items() if name not in sections}
+    return dataclasses.replace(defaults, **top, **built)
 
 
 def to_flat_dict(settings) -> dict[str, Any]:

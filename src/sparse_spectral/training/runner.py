@@ -55,10 +55,12 @@ def build_method(task, settings, model: nn.Module):
                           interval=choice.interval, **targets, **options)
 
 
-def check_choices(task, settings, methods: list[str]) -> None:
+def check_choices(task, settings, methods: list[str],
+                  explicit: set[str] | None = None) -> None:
     """Refuse a method choice that applies to none of ``methods`` (never ignore it silently).
 
-    A rank or interval that differs from the task's default, or a method option, must be a
+    A rank or interval given explicitly (``explicit``: the CLI knows which flags were
+    given; None: those that differ from the task's default), or a method option, must be a
     setting of at least one of the methods run.
 
     Raises:
@@ -73,9 +75,11 @@ def check_choices(task, settings, methods: list[str]) -> None:
     default = task.settings_class().method
     fields = {m: method_config_fields(m) for m in methods}
     chosen = settings.method
-    wanted = {key: f"--{flag}" for key, flag in (("rank", "rank"), ("interval",
-                                                                     "iteration_interval"))
-              if getattr(chosen, key) != getattr(default, key)}
+    if explicit is None:
+        explicit = {key for key in ("rank", "interval")
+                    if getattr(chosen, key) != getattr(default, key)}
+    flags = {"rank": "--rank", "interval": "--iteration_interval"}
+    wanted = {key: flags[key] for key in ("rank", "interval") if key in explicit}
     for key, flag in wanted.items():
         takers = [m for m in methods if _takes(m, key)]
         if not takers:

@@ -18,17 +18,13 @@ from sparse_spectral import make_method
 from sparse_spectral.hyperbolic import LorentzLinear, build_graph_optimizers, expmap0
 from sparse_spectral.hyperbolic.layers import SparseInputDropout
 from sparse_spectral.hyperbolic.lorentz import centroid
+from sparse_spectral.linear import apply_linear, operand_linear
 from sparse_spectral.models.hybonet import (
     HYBONET_TARGETS,
     HyboNetGraphModel,
     train_graph_step,
 )
-from sparse_spectral.sparse_rows import (
-    SparseRows,
-    apply_linear,
-    sparse_rows_linear,
-    sparse_rows_matmul,
-)
+from sparse_spectral.sparse_rows import SparseRows
 from sparse_spectral.spectral import SpectralLinear
 
 methods = pytest.mark.parametrize("name", sorted(CASES))
@@ -96,14 +92,25 @@ def test_sparse_linear_gradients_equal_dense_autograd():
     w = torch.randn(4, 20, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(30, 4, dtype=torch.float64)
-    (sparse_rows_linear(SparseRows(x), w, b) * upstream).sum().backward()
+    (operand_linear(SparseRows(x), w, b) * upstream).sum().backward()
     grads = w.grad.clone(), b.grad.clone()
     w.grad = b.grad = None
     (torch.nn.functional.linear(x, w, b) * upstream).sum().backward()
     torch.testing.assert_close(grads[0], w.grad, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grads[1], b.grad, rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda w, b: sparse_rows_linear(SparseRows(x), w, b),
+    assert torch.autograd.gradcheck(lambda w, b: operand_linear(SparseRows(x), w, b),
                                     (w.detach().requires_grad_(), b.detach().requires_grad_()))
+
+
+def test_both_products_of_the_operand_protocol_and_their_gradients():
+    x = bag_of_words(30, 20, share=0.2, dtype=torch.float64)
+    rows = SparseRows(x)
+    h = torch.randn(20, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(4, 30, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(rows @ h, x @ h, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g @ rows, g @ x, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda h: rows @ h, (h,))
+    assert torch.autograd.gradcheck(lambda g: g @ rows, (g,))
 
 
 def test_sparse_matmul_and_centroid_equal_the_coo_adjacency():
@@ -122,7 +129,7 @@ def test_sparse_matmul_and_centroid_equal_the_coo_adjacency():
     (theirs * upstream).sum().backward()
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, h.grad, rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda v: sparse_rows_matmul(rows, v),
+    assert torch.autograd.gradcheck(lambda v: rows @ v,
                                     (torch.randn(48, 3, dtype=torch.float64,
                                                  requires_grad=True),))
 

@@ -15,9 +15,10 @@ from conftest import TinyMLP, tiny_llama, token_batch
 from torch import nn
 
 from sparse_spectral import load_pretrained, make_method, method_from_state, save_pretrained
+from sparse_spectral.linear import linear_shape
 from sparse_spectral.methods import SST_VARIANTS, LoRALinear
 from sparse_spectral.spectral import SpectralLinear
-from sparse_spectral.targeting import find_target_modules, linear_shape
+from sparse_spectral.targeting import find_target_modules
 
 RANK = 2
 CASES = {

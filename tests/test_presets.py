@@ -7,6 +7,7 @@ import torch
 
 pytest.importorskip("transformers")
 
+from sparse_spectral.linear import is_linear  # noqa: E402
 from sparse_spectral.models import (  # noqa: E402
     PRESETS,
     ModelPreset,
@@ -17,7 +18,7 @@ from sparse_spectral.models import (  # noqa: E402
     get_preset,
     preset_parameter_count,
 )
-from sparse_spectral.targeting import find_target_modules, is_linear  # noqa: E402
+from sparse_spectral.targeting import find_target_modules  # noqa: E402
 
 # Shapes of the published configurations, checked against their sources:
 # jiaweizzhao/GaLore configs/llama_{60m,130m,350m,1b}.json, facebook/opt-{125m,350m,1.3b}

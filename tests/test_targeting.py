@@ -10,17 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from sparse_spectral import targeting
-from sparse_spectral.targeting import (
-    find_target_modules,
-    is_linear,
-    linear_shape,
-    replace_module,
-)
+from sparse_spectral.linear import linear_shape
+from sparse_spectral.targeting import find_target_modules, replace_module
 
 transformers = pytest.importorskip("transformers")
 from transformers.pytorch_utils import Conv1D  # noqa: E402
-
 
 # --------------------------------------------------------------------------
 # Fixtures
@@ -69,42 +63,8 @@ def names(pairs: list[tuple[str, nn.Module]]) -> list[str]:
 
 
 # --------------------------------------------------------------------------
-# is_linear / linear_shape
+# Without transformers (the linear module kinds themselves: test_linear.py)
 # --------------------------------------------------------------------------
-
-
-def test_linear_types_contains_linear_and_conv1d() -> None:
-    assert targeting.LINEAR_TYPES == (nn.Linear, Conv1D)
-
-
-def test_is_linear() -> None:
-    assert is_linear(nn.Linear(3, 4))
-    assert is_linear(Conv1D(4, 3))
-    assert not is_linear(nn.Conv1d(3, 4, 1))
-    assert not is_linear(nn.Embedding(3, 4))
-    assert not is_linear(nn.Sequential(nn.Linear(3, 4)))
-    assert not is_linear("Linear")
-
-
-def test_linear_shape_linear_and_conv1d() -> None:
-    assert linear_shape(nn.Linear(3, 5)) == (5, 3)
-    # Conv1D(nf=out, nx=in) stores weight as (in, out).
-    conv = Conv1D(5, 3)
-    assert tuple(conv.weight.shape) == (3, 5)
-    assert linear_shape(conv) == (5, 3)
-
-
-def test_linear_shape_rejects_non_linear() -> None:
-    with pytest.raises(TypeError, match="LayerNorm"):
-        linear_shape(nn.LayerNorm(4))
-
-
-def test_linear_types_without_transformers(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A None entry in sys.modules makes the import raise ImportError.
-    monkeypatch.setitem(sys.modules, "transformers.pytorch_utils", None)
-    assert targeting._import_linear_types() == (nn.Linear,)
-    assert not is_linear(Conv1D(4, 3))
-    assert is_linear(nn.Linear(3, 4))
 
 
 def test_works_without_transformers_installed() -> None:
@@ -113,11 +73,11 @@ def test_works_without_transformers_installed() -> None:
         import sys
         sys.modules["transformers"] = None  # simulate "not installed"
         from torch import nn
-        from sparse_spectral import targeting
+        from sparse_spectral import linear, targeting
         model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))
         found = [n for n, _ in targeting.find_target_modules(model)]
         assert found == ["0", "2"], found
-        assert targeting.LINEAR_TYPES == (nn.Linear,), targeting.LINEAR_TYPES
+        assert linear.LINEAR_TYPES == (nn.Linear,), linear.LINEAR_TYPES
         print("ok")
         """
     )
@@ -133,7 +93,8 @@ def test_plain_use_does_not_import_transformers() -> None:
         """
         import sys
         from torch import nn
-        from sparse_spectral.targeting import find_target_modules, is_linear
+        from sparse_spectral.linear import is_linear
+        from sparse_spectral.targeting import find_target_modules
         model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))
         find_target_modules(model)
         is_linear(model[0])

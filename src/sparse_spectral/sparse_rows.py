@@ -9,10 +9,12 @@ and its backward ``A^T g`` are several times slower than in CSR. :class:`SparseR
 orders), so every product costs ``nnz`` per output column, and per-entry rescaling (dropout)
 re-uses the structure without sorting.
 
-The layers that know it (``nn.Linear`` through :func:`apply_linear`, LoRA's and SST's
-layers, marked ``accepts_sparse_rows``) compute exactly what they compute for
-``x.to_dense()``, up to float rounding; any other module gets the dense matrix. Nothing
-flows back into ``X``: it is data, never a parameter.
+A :class:`SparseRows` is a fixed operand (:mod:`sparse_spectral.linear`: ``x @ M``,
+``G @ x``, ``.shape``, ``.to_dense()``), so the layers that take fixed operands (``nn.Linear``
+through :func:`~sparse_spectral.linear.apply_linear`, LoRA's and SST's layers) compute what
+they compute for ``x.to_dense()``, up to float rounding, without knowing this type; any
+other module gets the dense matrix. Nothing flows back into ``X``: it is data, never a
+parameter.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torch import nn
 
 #: Densest matrix worth holding sparse: above it the dense product is as cheap.
 SPARSE_SHARE = 0.25
@@ -88,12 +89,20 @@ class SparseRows:
         return out
 
     def mm(self, h: torch.Tensor) -> torch.Tensor:
-        """``X h``: ``h (n, d)`` -> ``(N, d)``."""
+        """``X h``: ``h (n, d)`` -> ``(N, d)`` (no gradient)."""
         return self._rows @ h
 
     def t_mm(self, grad: torch.Tensor) -> torch.Tensor:
-        """``X^T G``: ``grad (N, m)`` -> ``(n, m)``."""
+        """``X^T G``: ``grad (N, m)`` -> ``(n, m)`` (no gradient)."""
         return self._cols @ grad
+
+    def __matmul__(self, h: torch.Tensor) -> torch.Tensor:
+        """``X h``: ``h (n, d)`` -> ``(N, d)``, differentiable in ``h`` (``X^T g``)."""
+        return _Product.apply(h, self, False)
+
+    def __rmatmul__(self, g: torch.Tensor) -> torch.Tensor:
+        """``g X``: ``g (j, N)`` -> ``(j, n)`` as ``(X^T g^T)^T``, differentiable in ``g``."""
+        return _Product.apply(g.t(), self, True).t()
 
     @staticmethod
     def worth_it(x: torch.Tensor) -> bool:
@@ -106,41 +115,17 @@ class SparseRows:
         return self._rows.to_dense()
 
 
-class _SparseRowsMatmul(torch.autograd.Function):
-    """``X h`` with the gradient for ``h`` (``X^T g``); none for the data ``X``."""
+class _Product(torch.autograd.Function):
+    """``X h`` (or ``X^T h``) with the gradient for ``h``; none for the data ``X``."""
 
     @staticmethod
-    def forward(ctx, h, x: SparseRows):
-        ctx.x = x
-        return x.mm(h)
+    def forward(ctx, h, x: SparseRows, transposed: bool):
+        ctx.x, ctx.transposed = x, transposed
+        return x.t_mm(h) if transposed else x.mm(h)
 
     @staticmethod
     def backward(ctx, grad):
-        return ctx.x.t_mm(grad) if ctx.needs_input_grad[0] else None, None
-
-
-def sparse_rows_matmul(x: SparseRows, h: torch.Tensor) -> torch.Tensor:
-    """``x (N, n)`` sparse rows times ``h (n, d)`` -> ``(N, d)`` (e.g. an adjacency times
-    node features), differentiable in ``h``."""
-    return _SparseRowsMatmul.apply(h, x)
-
-
-def sparse_rows_linear(x: SparseRows, weight: torch.Tensor,
-                       bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x (N, n)`` sparse rows, ``weight (m, n)``, ``bias (m,)`` -> ``(N, m)``; the weight
-    gradient ``(X^T g)^T`` comes from :func:`sparse_rows_matmul` through the transpose."""
-    y = sparse_rows_matmul(x, weight.t())
-    return y if bias is None else y + bias
-
-
-def apply_linear(module: nn.Module, x: torch.Tensor | SparseRows) -> torch.Tensor:
-    """``module(x)`` for a linear layer, keeping a :class:`SparseRows` input sparse where
-    the layer allows it: ``nn.Linear`` itself, or a module marked ``accepts_sparse_rows``;
-    any other module gets ``x.to_dense()``."""
-    if not isinstance(x, SparseRows):
-        return module(x)
-    if getattr(module, "accepts_sparse_rows", False):
-        return module(x)
-    if type(module) is nn.Linear:
-        return sparse_rows_linear(x, module.weight, module.bias)
-    return module(x.to_dense())
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        x = ctx.x
+        return (x.mm(grad) if ctx.transposed else x.t_mm(grad)), None, None

@@ -9,26 +9,22 @@ The matching rules follow huggingface peft's ``target_modules`` /
   ends with ``"." + entry`` (whole name components only);
 * ``"all-linear"`` selects every linear module except the output head.
 
-Only linear modules (:class:`torch.nn.Linear` and GPT-2's
-``transformers.pytorch_utils.Conv1D``) can be targets. ``transformers`` is an
-optional dependency and is never imported just to inspect a model.
+Only linear modules (:func:`~sparse_spectral.linear.is_linear`: :class:`torch.nn.Linear`
+and GPT-2's ``Conv1D``) can be targets.
 """
 
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from torch import nn
 
+# Kept importable from here for methods/base.py and methods/galore.py until they import
+# them from .linear (where the linear module kinds live); nothing else should.
+from .linear import is_conv1d, is_linear, linear_shape  # noqa: F401
+
 __all__ = [
-    "LINEAR_TYPES",
-    "is_conv1d",
-    "is_linear",
-    "linear_weight",
-    "linear_shape",
     "find_target_modules",
     "replace_module",
 ]
@@ -41,92 +37,7 @@ _HEAD_NAME = "lm_head"
 # How many module names a "nothing matched" error lists before truncating.
 _MAX_LISTED_NAMES = 20
 
-_CONV1D_MODULE = "transformers.pytorch_utils"
-
 _Matcher = Callable[[str], bool]
-
-
-# --------------------------------------------------------------------------
-# Linear module kinds
-# --------------------------------------------------------------------------
-
-
-def _import_linear_types() -> tuple[type[nn.Module], ...]:
-    """Build ``LINEAR_TYPES``, importing transformers if it is installed."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:
-        return (nn.Linear,)
-    return (nn.Linear, Conv1D)
-
-
-def __getattr__(name: str) -> Any:
-    """Compute ``LINEAR_TYPES`` on first access (PEP 562).
-
-    Importing transformers costs seconds, so it only happens when a caller
-    actually asks for the tuple.
-    """
-    if name == "LINEAR_TYPES":
-        value = _import_linear_types()
-        globals()["LINEAR_TYPES"] = value  # cache: later lookups skip this hook
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _loaded_conv1d() -> type[nn.Module] | None:
-    """Return transformers' ``Conv1D`` class if transformers is already loaded.
-
-    A ``Conv1D`` instance can only exist once its defining module has been
-    imported, so checking ``sys.modules`` is exact and never pays for an import.
-    """
-    module = sys.modules.get(_CONV1D_MODULE)
-    return getattr(module, "Conv1D", None)
-
-
-def is_conv1d(module: object) -> bool:
-    """True for GPT-2's ``Conv1D``, which stores its weight transposed as (in, out)."""
-    conv1d = _loaded_conv1d()
-    return conv1d is not None and isinstance(module, conv1d)
-
-
-def linear_weight(module: nn.Module):
-    """The weight of a linear module in the ``(out, in)`` = ``(m, n)`` layout (a view)."""
-    return module.weight.t() if is_conv1d(module) else module.weight
-
-
-def is_linear(module: object) -> bool:
-    """Tell whether ``module`` is a linear layer a method may replace.
-
-    Args:
-        module: Any object, typically an ``nn.Module``.
-
-    Returns:
-        True for ``nn.Linear`` (and subclasses) and GPT-2's ``Conv1D``.
-    """
-    return isinstance(module, nn.Linear) or is_conv1d(module)
-
-
-def linear_shape(module: nn.Module) -> tuple[int, int]:
-    """Return the ``(out_features, in_features)`` shape of a linear module.
-
-    Args:
-        module: An ``nn.Linear`` or a transformers ``Conv1D``.
-
-    Returns:
-        ``(m, n)`` such that the layer maps ``n`` inputs to ``m`` outputs.
-
-    Raises:
-        TypeError: If ``module`` is not a linear module.
-    """
-    if isinstance(module, nn.Linear):
-        return module.out_features, module.in_features
-    if is_conv1d(module):
-        # Conv1D stores its weight transposed: (in_features, out_features).
-        n, m = module.weight.shape
-        return int(m), int(n)
-    raise TypeError(
-        f"expected nn.Linear or transformers Conv1D, got {type(module).__name__}"
-    )
 
 
 # --------------------------------------------------------------------------
@@ -146,7 +57,9 @@ def _regex_matcher(pattern: str, arg_name: str) -> _Matcher:
     try:
         compiled = re.compile(pattern)
     except re.error as err:
-        raise ValueError(f"{arg_name}={pattern!r} is not a valid regular expression: {err}") from err
+        raise ValueError(
+            f"{arg_name}={pattern!r} is not a valid regular expression: {err}"
+        ) from err
     return lambda name: compiled.fullmatch(name) is not None
 
 

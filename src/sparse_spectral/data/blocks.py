@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from .._util.atomic import atomic_write
 from .._util.seeding import counter_seed
 from .corpus import SPLITS, Corpus
-from .._util.atomic import atomic_write
 from .paths import cache_dir
 from .tokenizer import Tokenizer
 

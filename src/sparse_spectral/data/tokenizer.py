@@ -34,8 +34,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .corpus import Corpus
 from .._util.atomic import atomic_write_text
+from .corpus import Corpus
 from .paths import cache_dir
 
 TOKENIZER_KINDS = ("char", "bpe")

@@ -15,7 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..sparse_rows import SparseRows, apply_linear
+from ..linear import apply_linear
+from ..sparse_rows import SparseRows
 from .lorentz import CENTROID_EPS, centroid
 
 # HyboNet's floor of the time coordinate at k = 1; sqrt(k) times it in general, so that
@@ -143,7 +144,7 @@ class LorentzLinear(nn.Module):
         of a bag-of-words graph): the inner linear then runs sparse where it can.
         """
         if self.nonlin is not None:
-            x = self.nonlin(x.to_dense() if isinstance(x, SparseRows) else x)
+            x = self.nonlin(x if isinstance(x, torch.Tensor) else x.to_dense())
         y = apply_linear(self.linear, self.dropout(x))
         space = y[..., 1:]
         time = y[..., 0:1].sigmoid() * self.scale.exp() + TIME_FLOOR * math.sqrt(self.k)

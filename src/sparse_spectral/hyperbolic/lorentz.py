@@ -28,8 +28,6 @@ from typing import Any
 import geoopt
 import torch
 
-from ..sparse_rows import SparseRows, sparse_rows_matmul
-
 # HyboNet's EXP_MAX_NORM: the largest hyperbolic angle (= radius at k = 1) an expmap moves.
 EXP_MAX_NORM = 10.0
 # Floor of <u, u>_L before the square root in the expmaps (HyboNet's utils.sqrt).
@@ -209,8 +207,9 @@ def centroid(x: torch.Tensor, weights: torch.Tensor | None = None,
 
     Args:
         x: ``(..., N, n+1)`` points.
-        weights: ``(..., M, N)`` dense or sparse weights, a ``(M, N)``
-            :class:`~sparse_spectral.sparse_rows.SparseRows`, or None for the plain mean.
+        weights: ``(..., M, N)`` dense or sparse weights, a ``(M, N)`` fixed operand
+            (:mod:`sparse_spectral.linear`, e.g. a CSR
+            :class:`~sparse_spectral.sparse_rows.SparseRows`), or None for the plain mean.
         k: curvature parameter.
 
     Returns:
@@ -218,9 +217,7 @@ def centroid(x: torch.Tensor, weights: torch.Tensor | None = None,
     """
     if weights is None:
         s = x.mean(dim=-2)
-    elif isinstance(weights, SparseRows):
-        s = sparse_rows_matmul(weights, x)
-    else:
+    else:  # a tensor, or a fixed operand such as SparseRows (its own product)
         s = weights @ x
     denom = inner(s, s, keepdim=True).abs().clamp_min(CENTROID_EPS).sqrt()
     return _sqrt_k(k, s) * s / denom

@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from .._util.seeding import counter_seed
-from ..sparse_rows import SparseRows, apply_linear, sparse_rows_linear
-from ..targeting import is_conv1d, linear_shape
+from ..linear import FixedOperand, apply_linear, is_conv1d, linear_shape
 from .base import LowRankConfig, ReplacingMethod, register_method
 
 
@@ -58,14 +57,11 @@ class LoRALinear(nn.Module):
         """Standard deviation of ``A`` at (re-)initialisation: ``1 / r``."""
         return 1.0 / self.rank
 
-    accepts_sparse_rows = True  # see sparse_spectral.sparse_rows
+    accepts_operands = True  # fixed (T, n) operands too: see sparse_spectral.linear
 
-    def forward(self, x: torch.Tensor | SparseRows) -> torch.Tensor:
-        """``(..., in_features) -> (..., out_features)``."""
-        if isinstance(x, SparseRows):
-            return (apply_linear(self.base, x)
-                    + sparse_rows_linear(x, self.lora_A) @ self.lora_B.t() * self.scaling)
-        return self.base(x) + (x @ self.lora_A.t()) @ self.lora_B.t() * self.scaling
+    def forward(self, x: torch.Tensor | FixedOperand) -> torch.Tensor:
+        """``(..., in_features) -> (..., out_features)``; a fixed operand ``(T, n) -> (T, m)``."""
+        return apply_linear(self.base, x) + (x @ self.lora_A.t()) @ self.lora_B.t() * self.scaling
 
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:

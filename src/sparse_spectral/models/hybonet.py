@@ -36,8 +36,8 @@ from torch import nn
 
 from ..hyperbolic.layers import LorentzGraphConvolution
 from ..hyperbolic.lorentz import Lorentz, expmap0, pairwise_sqdist, random_normal, sqdist
-from .scores import accuracy, average_precision, f1_binary, roc_auc
 from ..sparse_rows import SparseRows
+from .scores import accuracy, average_precision, f1_binary, roc_auc
 
 # Target spec for training methods: every LorentzLinear's inner nn.Linear (name suffix).
 # "all-linear" selects the same layers (the model has no output head), so either works.

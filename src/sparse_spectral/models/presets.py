@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ..accounting import count_parameters
-from ..targeting import is_linear
+from ..linear import is_linear
 
 __all__ = [
     "FAMILIES",

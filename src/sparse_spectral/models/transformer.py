@@ -277,7 +277,7 @@ class Encoder(_Stack):
 
 @dataclass
 class DecoderState:
-    """What incremental decoding keeps between steps (see :meth:`TranslationTransformer.start_decoding`).
+    """What incremental decoding keeps between steps (see ``start_decoding``).
 
     Attributes:
         memory_mask: ``(N, 1, 1, S)`` source padding mask.

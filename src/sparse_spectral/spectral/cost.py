@@ -36,7 +36,8 @@ def choose_mode(tokens: int, m: int, n: int, k: int, r: int, setting: str = "aut
         setting: one of :data:`FORWARD_MODES`.
     """
     if setting not in FORWARD_MODES:
-        raise ValueError(f"forward_mode={setting!r} is unknown; allowed: {', '.join(FORWARD_MODES)}")
+        raise ValueError(f"forward_mode={setting!r} is unknown; "
+                         f"allowed: {', '.join(FORWARD_MODES)}")
     if setting != "auto":
         return setting
     cheaper = composed_cost(tokens, m, n, k, r) < factored_cost(tokens, m, n, k, r)

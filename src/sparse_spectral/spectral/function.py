@@ -36,35 +36,29 @@ from __future__ import annotations
 
 import torch
 
-from ..sparse_rows import SparseRows
+from ..linear import FixedOperand
 
-# A SparseRows input (a fixed sparse data matrix, sparse_spectral.sparse_rows) goes through
-# the same formulas: its two products below run in CSR, and it never gets a gradient.
-
-
-def _flatten(x: torch.Tensor | SparseRows) -> torch.Tensor | SparseRows:
-    return x if isinstance(x, SparseRows) else x.reshape(-1, x.shape[-1])
+# The input may also be a fixed operand (sparse_spectral.linear: a constant (T, n) data
+# matrix that is not a tensor, e.g. a CSR bag-of-words): both products below are written
+# as ``x2 @ M.t()`` and ``g.t() @ x2``, which such an operand provides, and it never gets a
+# gradient. The Functions never ask what it is; they only keep it off save_for_backward.
 
 
-def _times_t(x2: torch.Tensor | SparseRows, M: torch.Tensor) -> torch.Tensor:
-    """``x2 M^T``: ``x2 (T, n)``, ``M (j, n)`` -> ``(T, j)``."""
-    return x2.mm(M.t()) if isinstance(x2, SparseRows) else x2 @ M.t()
+def _flatten(x: torch.Tensor | FixedOperand) -> torch.Tensor | FixedOperand:
+    """``(..., n)`` tensor -> ``(T, n)``; a fixed operand is ``(T, n)`` already."""
+    return x.reshape(-1, x.shape[-1]) if isinstance(x, torch.Tensor) else x
 
 
-def _t_times(g: torch.Tensor, x2: torch.Tensor | SparseRows) -> torch.Tensor:
-    """``g^T x2``: ``g (T, j)``, ``x2 (T, n)`` -> ``(j, n)``."""
-    return x2.t_mm(g).t() if isinstance(x2, SparseRows) else g.t() @ x2
+def _save_input(ctx, x2: torch.Tensor | FixedOperand) -> tuple:
+    """Tensors go through ``save_for_backward``; a fixed operand (data) is kept on ``ctx``."""
+    ctx.operand = None if isinstance(x2, torch.Tensor) else x2
+    return (x2,) if ctx.operand is None else ()
 
 
-def _save_input(ctx, x2: torch.Tensor | SparseRows) -> tuple:
-    """Tensors go through ``save_for_backward``; a SparseRows (data) is kept on ``ctx``."""
-    ctx.sparse_x = x2 if isinstance(x2, SparseRows) else None
-    return () if ctx.sparse_x is not None else (x2,)
-
-
-def _saved_input(ctx, saved: tuple) -> tuple[torch.Tensor | SparseRows, tuple]:
-    if ctx.sparse_x is not None:
-        return ctx.sparse_x, saved
+def _saved_input(ctx, saved: tuple) -> tuple[torch.Tensor | FixedOperand, tuple]:
+    """``(x2, the other saved tensors)``, undoing :func:`_save_input`."""
+    if ctx.operand is not None:
+        return ctx.operand, saved
     return saved[0], saved[1:]
 
 
@@ -86,8 +80,8 @@ class SpectralLinearFunction(torch.autograd.Function):
         x2 = _flatten(x)  # (T, n), T the number of tokens
         s_active = s.index_select(0, idx)  # (r,)
         s_frozen = s.index_select(0, frozen_idx)  # (k - r,)
-        z = _times_t(x2, Vh_frozen)  # (T, k - r)
-        z_active = _times_t(x2, Vh_active)  # (T, r)
+        z = x2 @ Vh_frozen.t()  # (T, k - r)
+        z_active = x2 @ Vh_active.t()  # (T, r)
         y = (z * s_frozen) @ U_frozen.t() + (z_active * s_active) @ U_active.t()
         if bias is not None:
             y = y + bias
@@ -123,7 +117,7 @@ class SpectralLinearFunction(torch.autograd.Function):
         if need[4]:
             grad_U_active = gy.t() @ (z_active * scale)  # (m, r): G v_i [* s_i]
         if need[5]:
-            grad_Vh_active = _t_times(g_active * scale, x2)  # (r, n): (G^T u_i)^T [* s_i]
+            grad_Vh_active = (g_active * scale).t() @ x2  # (r, n): (G^T u_i)^T [* s_i]
         if ctx.has_bias and need[8]:
             grad_bias = gy.sum(0)
         return (grad_x, None, None, grad_s, grad_U_active, grad_Vh_active, None, None,
@@ -171,11 +165,11 @@ class ComposedSpectralLinearFunction(torch.autograd.Function):
     def forward(ctx, x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias,
                 enhanced: bool, all_singular_values: bool = True):
         W = compose_weight(U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx)
-        if isinstance(x, SparseRows):
-            y = _times_t(x, W)
-            y = y if bias is None else y + bias
-        else:
+        if isinstance(x, torch.Tensor):
             y = torch.nn.functional.linear(x, W, bias)
+        else:  # a fixed operand: its own product
+            y = x @ W.t()
+            y = y if bias is None else y + bias
         ctx.save_for_backward(*_save_input(ctx, _flatten(x)), W, U_frozen, Vh_frozen, s,
                               U_active, Vh_active, idx, frozen_idx)
         ctx.enhanced = enhanced
@@ -194,7 +188,7 @@ class ComposedSpectralLinearFunction(torch.autograd.Function):
         if need[0]:
             grad_x = (gy @ W).reshape(ctx.x_shape)
         if need[3] or need[4] or need[5]:
-            G = _t_times(gy, x2)  # (m, n), the only full-size transient
+            G = gy.t() @ x2  # (m, n), the only full-size transient
             G_v = G @ Vh_active.t()  # (m, r): G v_i
             Gt_u = U_active.t() @ G  # (r, n): (G^T u_i)^T
             if need[3]:
@@ -217,7 +211,7 @@ MODES = ("factored", "composed")
 
 
 def spectral_linear(
-    x: torch.Tensor,
+    x: torch.Tensor | FixedOperand,
     U_frozen: torch.Tensor,
     Vh_frozen: torch.Tensor,
     s: torch.Tensor,
@@ -233,7 +227,8 @@ def spectral_linear(
     """Apply an SST layer.
 
     Args:
-        x: input, shape ``(..., n)``.
+        x: input, shape ``(..., n)``, or a ``(T, n)`` fixed operand
+            (:mod:`sparse_spectral.linear`).
         U_frozen: frozen left vectors, ``(m, k - r)``.
         Vh_frozen: frozen right vectors, ``(k - r, n)``.
         s: singular values, ``(k,)``, indexed by singular index.

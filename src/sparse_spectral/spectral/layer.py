@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from ..sparse_rows import SparseRows
-from ..targeting import is_conv1d, linear_weight
+from ..linear import FixedOperand, is_conv1d, linear_weight
 from .cost import choose_mode
 from .function import spectral_linear
 from .optim import reset_param_state, reset_slots
@@ -99,7 +99,7 @@ class SpectralLinear(nn.Module):
                     svd_dtype: torch.dtype = torch.float32, init: str = "svd",
                     generator: torch.Generator | None = None,
                     all_singular_values: bool = True,
-                    forward_mode: str = "auto") -> "SpectralLinear":
+                    forward_mode: str = "auto") -> SpectralLinear:
         """Convert an ``nn.Linear`` (or GPT-2 ``Conv1D``).
 
         Args:
@@ -127,7 +127,7 @@ class SpectralLinear(nn.Module):
     def from_shape(cls, in_features: int, out_features: int, rank: int, bias: bool = True,
                    init: Callable[[torch.Tensor], object] | None = None,
                    enhanced: bool = True, dtype: torch.dtype = torch.float32,
-                   device=None) -> "SpectralLinear":
+                   device=None) -> SpectralLinear:
         """Build from shapes: initialise a dense ``(out, in)`` weight, then take its SVD.
 
         Args:
@@ -141,17 +141,17 @@ class SpectralLinear(nn.Module):
         return cls.from_linear(linear, rank, enhanced=enhanced)
 
     # ------------------------------------------------------------------ forward / views
-    accepts_sparse_rows = True  # see sparse_spectral.sparse_rows
+    accepts_operands = True  # fixed (T, n) operands too: see sparse_spectral.linear
 
-    def forward(self, x: torch.Tensor | SparseRows) -> torch.Tensor:
-        """``(..., in_features) -> (..., out_features)``."""
+    def forward(self, x: torch.Tensor | FixedOperand) -> torch.Tensor:
+        """``(..., in_features) -> (..., out_features)``; a fixed operand ``(T, n) -> (T, m)``."""
         return spectral_linear(x, self.U_frozen, self.Vh_frozen, self.s, self.U_active,
                                self.Vh_active, self.idx, self.frozen_idx, self.bias,
                                self.enhanced, self.all_singular_values, mode=self.mode_for(x))
 
-    def mode_for(self, x: torch.Tensor | SparseRows) -> str:
+    def mode_for(self, x: torch.Tensor | FixedOperand) -> str:
         """The evaluation (``"factored"`` or ``"composed"``) used for input ``x (..., n)``."""
-        tokens = x.shape[0] if isinstance(x, SparseRows) else x.numel() // max(1, x.shape[-1])
+        tokens = math.prod(x.shape[:-1])
         return choose_mode(tokens, self.out_features, self.in_features, self.k, self.rank,
                            self.forward_mode)
 
@@ -233,7 +233,8 @@ class SpectralLinear(nn.Module):
         """
         new_idx = new_idx.detach().to("cpu", torch.int64)
         if new_idx.shape != (self.rank,) or new_idx.unique().numel() != self.rank:
-            raise ValueError(f"new_idx must hold {self.rank} distinct indices, got {new_idx.tolist()}")
+            raise ValueError(f"new_idx must hold {self.rank} distinct indices, "
+                             f"got {new_idx.tolist()}")
         if new_idx.min() < 0 or new_idx.max() >= self.k:
             raise ValueError(f"indices must lie in [0, {self.k}), got {new_idx.tolist()}")
         old = self.idx.cpu()

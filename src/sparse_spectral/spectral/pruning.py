@@ -8,9 +8,10 @@ import math
 import torch
 from torch import nn
 
+from ..linear import is_linear, linear_weight
+from ..targeting import find_target_modules, replace_module
 from .layer import SpectralLinear, thin_svd
 from .lowrank import LowRankLinear
-from ..targeting import find_target_modules, is_linear, linear_weight, replace_module
 
 
 def kept_triplets(k: int, ratio: float) -> int:

@@ -91,9 +91,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report_mt import render_task_report
+    from .report import render
 
-    written = render_task_report(args.directory)
+    written = render(args.directory)
     for path in written.values():
         print(path)
     return 0

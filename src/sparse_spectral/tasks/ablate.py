@@ -281,9 +281,9 @@ def run_ablation(task: str, settings: dict[str, Any], variants: list[AblationVar
         results["order"].append(variant.label)
         _add_correlations(results)
         atomic_write_json(out / ABLATION_FILE, results)
-    from ..report_ablate import render_ablation_report
+    from ..report import render
 
-    render_ablation_report(out)
+    render(out)
     return results
 
 

@@ -329,7 +329,7 @@ def run_compare(settings: GraphSettings, methods: list[str], seeds: list[int],
                 method_lr: dict[str, float] | None = None,
                 progress: bool = True) -> dict[str, Any]:
     """Train each method with each seed on the same data; write results, report, plots."""
-    from ..report_graph import render_graph_report
+    from ..report import render
 
     method_lr = method_lr or {}
     if not seeds:
@@ -371,7 +371,7 @@ def run_compare(settings: GraphSettings, methods: list[str], seeds: list[int],
         if base.task == "nc":
             results["labels"] = data.labels.tolist()
         atomic_write_json(out / "results.json", results)  # partial results survive a crash
-    render_graph_report(out)
+    render(out)
     return results
 
 

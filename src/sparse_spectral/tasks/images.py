@@ -303,7 +303,7 @@ def run_compare(settings: ImagesSettings, methods: list[str], method_lr: dict[st
     With several seeds each method's numbers are means over seeds (``*_std`` beside them,
     per-seed figures under ``"seeds"``); curves, spectra and step times are the first seed's.
     """
-    from ..report_images import render_images_report
+    from ..report import render
 
     seeds = list(seeds) if seeds else [settings.seed]
     out = Path(settings.output_dir)
@@ -345,5 +345,5 @@ def run_compare(settings: ImagesSettings, methods: list[str], method_lr: dict[st
         entry["val_ppl"] = math.exp(min(entry["val_loss"], 700.0))
         results["methods"][name] = entry
         atomic_write_json(out / "results.json", results)  # partial results survive a crash
-    render_images_report(out)
+    render(out)
     return results

@@ -280,7 +280,7 @@ def pruning_curve(model: nn.Module, method, data: LMData, settings: LMSettings,
 def run_compare(settings: LMSettings, methods: list[str], method_lr: dict[str, float],
                 progress: bool = True, pruning: bool = True) -> dict[str, Any]:
     """Train each method under the same settings; write ``results.json`` and the report."""
-    from ..report import render_report
+    from ..report import render
 
     out = Path(settings.output_dir)
     data = prepare_data(settings)
@@ -304,5 +304,5 @@ def run_compare(settings: LMSettings, methods: list[str], method_lr: dict[str, f
                               if pruning and name in ("full", "sst") else None)
         results["methods"][name] = summary
         atomic_write_json(out / "results.json", results)  # partial results survive a crash
-    render_report(out)
+    render(out)
     return results

@@ -511,7 +511,7 @@ def _train_run(settings: MTSettings, resume: bool, progress: bool, data: MTData 
 def run_compare(settings: MTSettings, methods: list[str], method_lr: dict[str, float],
                 progress: bool = True) -> dict[str, Any]:
     """Train each method under the same settings; write ``results.json`` and the report."""
-    from ..report_mt import render_mt_report
+    from ..report import render
 
     model_builder(settings.model)
     out = Path(settings.output_dir)
@@ -535,5 +535,5 @@ def run_compare(settings: MTSettings, methods: list[str], method_lr: dict[str, f
         summary["spectra"] = weight_spectra(model, method)
         results["methods"][name] = summary
         atomic_write_json(out / "results.json", results)  # partial results survive a crash
-    render_mt_report(out)
+    render(out)
     return results

@@ -9,7 +9,7 @@ import pytest
 
 from sparse_spectral.cli import main
 from sparse_spectral.hyperbolic import random_normal
-from sparse_spectral.report_graph import gap_shares, load_graph_results
+from sparse_spectral.report.graph import gap_shares, load_graph_results
 from sparse_spectral.tasks.graph import (GRAPH, HYBONET_DEFAULTS, GraphSettings, load_data,
                                          poincare_projection)
 from sparse_spectral.training.runner import train_run, with_run

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from sparse_spectral.cli import main
 from sparse_spectral.methods import make_method
-from sparse_spectral.report_mt import bleu_gap_closed
+from sparse_spectral.report.mt import bleu_gap_closed
 from sparse_spectral.tasks.mt import (
     MT,
     MTSettings,

@@ -11,7 +11,7 @@ test split is its official 10,000 images; digits has no official split, so 20% o
 
 ``run_train`` writes ``<output_dir>/{metrics.jsonl, checkpoints/, summary.json}``;
 ``run_compare`` trains several methods (and seeds) under the same data, model, steps and
-schedule and writes ``results.json`` + ``report.md`` + plots (:mod:`..report_images`).
+schedule and writes ``results.json`` (``report.render`` draws the report).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Render an SST ablation (``sst ablate TASK``) from its ``ablation.json``.
+"""The SST ablation report (``sst ablate TASK``) from its ``ablation.json``.
 
 Schema (written by :func:`sparse_spectral.tasks.ablate.run_ablation`)::
 
@@ -20,14 +20,23 @@ per variant) and ``grad_norm.png`` (the traces of full rank, SST and ReLoRA*).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .report import _colors, _is_number, _new_figure, _no_data, write_report_files
+from .common import (
+    colors,
+    display,
+    figure_lines,
+    is_number,
+    new_figure,
+    no_data,
+    read_json,
+    settings_lines,
+    write_report_files,
+)
 
 __all__ = ["ablation_markdown", "ablation_table", "load_ablation", "plot_ablation",
            "plot_grad_norms", "render_ablation_report", "variant_labels"]
@@ -36,7 +45,6 @@ ABLATION_FILE = "ablation.json"
 REPORT_FILE = "ablation.md"
 PLOT_FILES = {"metric": "ablation.png", "grad_norm": "grad_norm.png"}
 _TRACED = ("full", "sst", "relora")
-_DISPLAY = {"full": "full rank", "relora": "ReLoRA*", "sst": "SST"}
 
 
 def load_ablation(directory: str | os.PathLike) -> dict[str, Any]:
@@ -47,12 +55,9 @@ def load_ablation(directory: str | os.PathLike) -> dict[str, Any]:
         ValueError: invalid JSON or a missing/ill-typed key (naming the path and the key).
     """
     path = Path(directory) / ABLATION_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (run `sst ablate TASK` to create it)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    data = read_json(path, "run `sst ablate TASK` to create it")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level must be an object, got {data!r}")
     for key in ("task", "metric", "higher_is_better", "variants"):
         if key not in data:
             raise ValueError(f"{path}: the top level is missing key {key!r}")
@@ -62,7 +67,7 @@ def load_ablation(directory: str | os.PathLike) -> dict[str, Any]:
         for key in ("method", "group", "metric", "grad_norm"):
             if key not in entry:
                 raise ValueError(f"{path}: variants[{label!r}] is missing key {key!r}")
-        if not _is_number(entry["metric"]):
+        if not is_number(entry["metric"]):
             raise ValueError(f"{path}: variants[{label!r}]['metric'] must be a number, got "
                              f"{entry['metric']!r}")
     return data
@@ -75,7 +80,7 @@ def variant_labels(data: Mapping[str, Any]) -> list[str]:
 
 
 def _fmt(value: Any, digits: int = 4, signed: bool = False) -> str:
-    if not _is_number(value):
+    if not is_number(value):
         return "-"
     if not math.isfinite(value):
         return str(value)
@@ -100,12 +105,12 @@ def ablation_table(data: Mapping[str, Any]) -> str:
         options = ", ".join(f"{k}={v}" for k, v in (e.get("options") or {}).items())
         method = e["method"] + (f" ({options})" if options else "")
         diff = (sign * (e["metric"] - sst)
-                if _is_number(sst) and label != "sst" and math.isfinite(sst) else None)
+                if is_number(sst) and label != "sst" and math.isfinite(sst) else None)
         step = e.get("step_time_s")
         lr = e.get("lr")
-        cells = [e["group"], label, method, f"{lr:g}" if _is_number(lr) else "-",
+        cells = [e["group"], label, method, f"{lr:g}" if is_number(lr) else "-",
                  _fmt(e["metric"]), _fmt(diff, signed=True),
-                 f"{1000 * step:.1f}" if _is_number(step) else "-",
+                 f"{1000 * step:.1f}" if is_number(step) else "-",
                  _fmt(e.get("grad_norm_corr_full"), 3)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -113,9 +118,9 @@ def ablation_table(data: Mapping[str, Any]) -> str:
 
 def _correlation_sentence(data: Mapping[str, Any]) -> str:
     variants = data["variants"]
-    parts = [f"{_DISPLAY[name]} {variants[name]['grad_norm_corr_full']:.3f}"
+    parts = [f"{display(name)} {variants[name]['grad_norm_corr_full']:.3f}"
              for name in ("sst", "relora")
-             if _is_number((variants.get(name) or {}).get("grad_norm_corr_full"))]
+             if is_number((variants.get(name) or {}).get("grad_norm_corr_full"))]
     if not parts:
         return ("Gradient-norm correlation with full rank: not computed (it needs the `full` "
                 "variant, SST or ReLoRA*, and at least 3 steps that both logged).")
@@ -130,11 +135,10 @@ def ablation_markdown(data: Mapping[str, Any]) -> str:
              f"Metric: {data['metric']} ({'higher' if data['higher_is_better'] else 'lower'} "
              "is better). Every variant shares the settings below; only its method and "
              "options change.", "", "## Settings", ""]
-    lines += [f"- **{k}**: {v if isinstance(v, str) else json.dumps(v, sort_keys=True)}"
-              for k, v in settings.items()] or ["- (none)"]
+    lines += settings_lines(settings)
     lines += ["", "## Results", "", ablation_table(data), "", _correlation_sentence(data), "",
               "## Figures", ""]
-    lines += [f"![{key.replace('_', ' ')}]({file})" for key, file in PLOT_FILES.items()]
+    lines += figure_lines(PLOT_FILES)
     return "\n".join(lines) + "\n"
 
 
@@ -143,10 +147,10 @@ def plot_ablation(data: Mapping[str, Any]):
     variants = data["variants"]
     labels = [label for label in variant_labels(data)
               if math.isfinite(variants[label]["metric"])]
-    fig = _new_figure(width=6.4, height=max(3.0, 0.35 * len(labels) + 1.2))
+    fig = new_figure(width=6.4, height=max(3.0, 0.35 * len(labels) + 1.2))
     ax = fig.add_subplot()
     if not labels:
-        _no_data(ax, "no finite metric recorded")
+        no_data(ax, "no finite metric recorded")
         return fig
     values = [variants[label]["metric"] for label in labels]
     ax.barh(range(len(labels)), values, color="tab:blue")
@@ -166,19 +170,19 @@ def plot_grad_norms(data: Mapping[str, Any]):
     """Total gradient norm against step for full rank, SST and ReLoRA* (log y)."""
     variants = data["variants"]
     names = [n for n in _TRACED if variants.get(n, {}).get("grad_norm")]
-    fig = _new_figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     if not names:
-        _no_data(ax, "no gradient-norm trace recorded")
+        no_data(ax, "no gradient-norm trace recorded")
         return fig
-    colors = _colors(list(_TRACED))
+    palette = colors(list(_TRACED))
     for name in names:
         trace = [p for p in variants[name]["grad_norm"]
                  if math.isfinite(p["grad_norm"]) and p["grad_norm"] > 0]
         corr = variants[name].get("grad_norm_corr_full")
-        suffix = f" (corr {corr:.2f})" if _is_number(corr) and name != "full" else ""
+        suffix = f" (corr {corr:.2f})" if is_number(corr) and name != "full" else ""
         ax.plot([p["step"] for p in trace], [p["grad_norm"] for p in trace], linewidth=0.8,
-                color=colors[name], label=_DISPLAY[name] + suffix)
+                color=palette[name], label=display(name) + suffix)
     ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="gradient norm (before clipping)", title="Gradient norm")
     ax.grid(alpha=0.3)
@@ -190,7 +194,15 @@ _PLOTTERS = {"metric": plot_ablation, "grad_norm": plot_grad_norms}
 
 
 def render_ablation_report(directory: str | os.PathLike) -> dict[str, Path]:
-    """Write ``ablation.md``, ``ablation.png`` and ``grad_norm.png`` (plots first, atomically)."""
+    """Write ``ablation.png``, ``grad_norm.png``, then ``ablation.md`` (each atomically).
+
+    Returns:
+        ``{"report": ablation.md, "metric": ablation.png, "grad_norm": grad_norm.png}``.
+
+    Raises:
+        FileNotFoundError: ``ablation.json`` does not exist.
+        ValueError: it is invalid (the message names the path and the key).
+    """
     data = load_ablation(directory)
     return write_report_files(directory, data, _PLOTTERS, PLOT_FILES, ablation_markdown,
                               REPORT_FILE)

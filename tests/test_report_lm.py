@@ -1,4 +1,4 @@
-"""Tests for sparse_spectral.report: the gap closed, the Markdown table, the plots."""
+"""The LM comparison report (sparse_spectral.report.lm): the gap closed, the table, the plots."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ import sys
 
 import pytest
 
-from sparse_spectral.report import gap_closed, load_results, render_report, results_table
+from sparse_spectral.report.lm import (
+    gap_closed,
+    load_lm_results,
+    render_lm_report,
+    results_table,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -104,13 +109,13 @@ def test_gap_closed_ignores_a_diverged_baseline(results):
 
 
 # --------------------------------------------------------------------------
-# render_report
+# render_lm_report
 # --------------------------------------------------------------------------
 
 
 def test_render_report_writes_all_four_files(tmp_path, results):
     write(tmp_path, results)
-    written = render_report(tmp_path)
+    written = render_lm_report(tmp_path)
     assert set(written) == {"report", "val_loss", "spectra", "pruning"}
     assert {p.name for p in written.values()} == {
         "report.md", "val_loss.png", "spectra.png", "pruning.png"}
@@ -134,7 +139,7 @@ def table_rows(markdown: str) -> dict[str, list[str]]:
 
 def test_markdown_table_has_a_row_per_method_with_the_numbers(tmp_path, results):
     write(tmp_path, results)
-    text = render_report(tmp_path)["report"].read_text()
+    text = render_lm_report(tmp_path)["report"].read_text()
     rows = table_rows(text)
     assert list(rows) == ["full", "lora", "relora", "galore", "sst"]  # canonical order
     assert rows["full"] == ["1,000", "10.0%", "1.00", "10.0", "23.50", "24.50"]
@@ -152,14 +157,14 @@ def test_markdown_table_has_a_row_per_method_with_the_numbers(tmp_path, results)
 def test_report_explains_a_missing_gap(tmp_path, results):
     del results["methods"]["full"]
     write(tmp_path, results)
-    text = render_report(tmp_path)["report"].read_text()
+    text = render_lm_report(tmp_path)["report"].read_text()
     assert "not computed; no finite validation perplexity for full rank" in text
 
 
 def test_report_explains_no_gap(tmp_path, results):
     results["methods"]["lora"]["val_ppl"] = 20.0
     write(tmp_path, results)
-    text = render_report(tmp_path)["report"].read_text()
+    text = render_lm_report(tmp_path)["report"].read_text()
     assert "is not worse than full rank" in text
 
 
@@ -168,17 +173,17 @@ def test_plots_without_data_still_render(tmp_path, results):
         entry["curve"], entry["pruning"] = [], None
         entry.pop("spectra")
     write(tmp_path, results)
-    written = render_report(tmp_path)
+    written = render_lm_report(tmp_path)
     for key in ("val_loss", "spectra", "pruning"):
         png_size(written[key])
 
 
 def test_rerender_overwrites_in_place(tmp_path, results):
     write(tmp_path, results)
-    render_report(tmp_path)
+    render_lm_report(tmp_path)
     results["methods"]["sst"]["val_ppl"] = 25.0
     write(tmp_path, results)
-    text = render_report(tmp_path)["report"].read_text()
+    text = render_lm_report(tmp_path)["report"].read_text()
     assert table_rows(text)["sst"][4] == "25.00"
     assert len(list(tmp_path.iterdir())) == 5
 
@@ -196,13 +201,13 @@ def test_results_table_alone(results):
 
 def test_missing_results_file_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "results.json")):
-        render_report(tmp_path)
+        render_lm_report(tmp_path)
 
 
 def test_invalid_json_names_the_path(tmp_path):
     (tmp_path / "results.json").write_text("{not json")
     with pytest.raises(ValueError, match="results.json: not valid JSON"):
-        render_report(tmp_path)
+        render_lm_report(tmp_path)
 
 
 @pytest.mark.parametrize("mutate, text", [
@@ -226,11 +231,11 @@ def test_schema_errors_name_path_and_key(tmp_path, results, mutate, text):
     mutate(bad)
     write(tmp_path, bad)
     with pytest.raises(ValueError, match=text) as info:
-        load_results(tmp_path)
+        load_lm_results(tmp_path)
     assert str(tmp_path / "results.json") in str(info.value)
     # A failed render writes nothing.
     with pytest.raises(ValueError):
-        render_report(tmp_path)
+        render_lm_report(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
@@ -247,5 +252,5 @@ def test_accepts_what_the_lm_task_writes(tmp_path, results):
         for point in entry["curve"]:
             point.pop("train_loss")
     (tmp_path / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
-    rows = table_rows(render_report(tmp_path)["report"].read_text())
+    rows = table_rows(render_lm_report(tmp_path)["report"].read_text())
     assert list(rows) == ["full", "lora", "relora", "galore", "sst"]

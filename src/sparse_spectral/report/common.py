@@ -1,0 +1,480 @@
+"""What every report shares: reading result files, the headline metric, the gap SST closes,
+table cells, the plot helpers and atomic writing.
+
+The common part of a comparison's ``results.json`` (every task writes it)::
+
+    {"task": "lm" | "mt" | "graph" | "images",
+     "title": str,
+     "settings": {free-form},
+     "headline": {"key": str, "label": str, "higher_is_better": bool},   # optional
+     "methods": {"<method name>": {
+         "trainable_params": int, "total_params": int,
+         "grad_optimizer_bytes": int,      # gradients + optimizer state bytes, measured
+         "step_time_s": float,             # median seconds per optimizer step
+         ...task keys (see the task's module)}, ...}}
+
+``headline`` names the summary key that is "the" metric of the comparison (the gap SST closes
+is measured on it). Files written before it existed have none; :data:`DEFAULT_HEADLINES`
+then gives the metric each task always used.
+
+matplotlib is imported only inside the plot helpers, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._util.atomic import atomic_write, atomic_write_text
+
+__all__ = [
+    "DEFAULT_HEADLINES", "Gap", "Headline", "LOW_RANK_BASELINES", "MIB", "REPORT_FILE",
+    "RESULTS_FILE", "best_baseline", "check_numbers", "check_points", "check_spectra",
+    "check_type", "colors", "display", "figure_lines", "finite", "finite_points", "gap",
+    "headline", "is_number", "load_results", "metric_name", "metric_values", "new_figure",
+    "no_data", "ordered_methods", "params_share", "plot_spectra", "plot_val_loss", "read_json",
+    "require", "save_figure", "settings_lines", "share_of_gap", "validate_results",
+    "write_report_files",
+]
+
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.md"
+MIB = 2 ** 20
+
+# The low-rank methods SST is compared against (SPEC section 8).
+LOW_RANK_BASELINES = ("lora", "relora", "galore")
+# Table and legend order; other methods (ablation variants) follow in file order.
+METHOD_ORDER = ("full", "lora", "relora", "galore", "sst")
+DISPLAY = {"full": "full rank", "lora": "LoRA", "relora": "ReLoRA*", "galore": "GaLore",
+           "sst": "SST"}
+
+_TOP_KEYS = ("task", "title", "settings", "methods")
+_ACCOUNTING = ("trainable_params", "total_params", "grad_optimizer_bytes", "step_time_s")
+
+
+# --------------------------------------------------------------------------
+# Numbers
+# --------------------------------------------------------------------------
+
+
+def is_number(value: Any) -> bool:
+    """True for an int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number, else None (missing or diverged)."""
+    return float(value) if is_number(value) and math.isfinite(value) else None
+
+
+# --------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------
+
+
+def read_json(path: Path, hint: str) -> Any:
+    """Read the JSON file ``path``.
+
+    Args:
+        path: the file.
+        hint: how to create it, appended to the "no such file" message.
+
+    Raises:
+        FileNotFoundError: no such file (the message names it and ``hint``).
+        ValueError: not valid JSON (the message names the file).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file ({hint})")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from err
+
+
+def require(mapping: Mapping, key: str, where: str, path: Path) -> Any:
+    """``mapping[key]``; a ValueError naming ``path``, ``where`` and ``key`` when absent."""
+    if key not in mapping:
+        raise ValueError(f"{path}: {where} is missing key {key!r}")
+    return mapping[key]
+
+
+def check_type(ok: bool, where: str, expected: str, value: Any, path: Path) -> None:
+    """Raise a ValueError naming ``path``, ``where`` and ``value`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{path}: {where} must be {expected}, got {value!r}")
+
+
+def check_numbers(entry: Mapping, keys: Iterable[str], where: str, path: Path) -> None:
+    """Each of ``keys`` is present in ``entry`` and a number."""
+    for key in keys:
+        value = require(entry, key, where, path)
+        check_type(is_number(value), f"{where}[{key!r}]", "a number", value, path)
+
+
+def check_points(points: Any, keys: tuple[str, ...], where: str, path: Path) -> None:
+    """``points`` is a list of objects each holding the numeric ``keys``."""
+    check_type(isinstance(points, list), where, "a list", points, path)
+    for i, point in enumerate(points):
+        check_type(isinstance(point, dict), f"{where}[{i}]", "an object", point, path)
+        check_numbers(point, keys, f"{where}[{i}]", path)
+
+
+def check_spectra(entry: Mapping, where: str, path: Path) -> None:
+    """``entry["spectra"]``, when present, maps layer names to lists of numbers."""
+    spectra = entry.get("spectra") or {}
+    check_type(isinstance(spectra, dict), f"{where}['spectra']", "an object", spectra, path)
+    for layer, values in spectra.items():
+        check_type(isinstance(values, list) and all(map(is_number, values)),
+                   f"{where}['spectra'][{layer!r}]", "a list of numbers", values, path)
+
+
+def _check_headline(declared: Any, path: Path) -> None:
+    check_type(isinstance(declared, dict), "'headline'", "an object", declared, path)
+    for key, kind, ok in (("key", "a str", str), ("label", "a str", str),
+                          ("higher_is_better", "a bool", bool)):
+        value = require(declared, key, "'headline'", path)
+        check_type(isinstance(value, ok), f"'headline'[{key!r}]", kind, value, path)
+
+
+MethodCheck = Callable[[str, Mapping[str, Any], str, Path], None]
+
+
+def validate_results(results: Any, path: Path, check_method: MethodCheck | None = None) -> None:
+    """Check the common keys of a comparison's results (module docstring).
+
+    Args:
+        results: the parsed ``results.json``.
+        path: the file, for the messages.
+        check_method: the task's own checks of one method, called as
+            ``check_method(name, entry, where, path)`` right after that method's common keys,
+            so the first problem of a method is reported whichever part it is in.
+
+    Raises:
+        ValueError: naming ``path`` and the first missing key or wrong value.
+    """
+    check_type(isinstance(results, dict), "the top level", "an object", results, path)
+    for key in _TOP_KEYS:
+        require(results, key, "the top level", path)
+    check_type(isinstance(results["settings"], dict), "'settings'", "an object",
+               results["settings"], path)
+    if "headline" in results:
+        _check_headline(results["headline"], path)
+    methods = results["methods"]
+    check_type(isinstance(methods, dict) and bool(methods), "'methods'",
+               "a non-empty object", methods, path)
+    for name, entry in methods.items():
+        where = f"methods[{name!r}]"
+        check_type(isinstance(entry, dict), where, "an object", entry, path)
+        check_numbers(entry, _ACCOUNTING, where, path)
+        if check_method is not None:
+            check_method(name, entry, where, path)
+
+
+def load_results(directory: str | os.PathLike,
+                 check_method: MethodCheck | None = None) -> dict[str, Any]:
+    """Read ``<directory>/results.json`` and check its common keys (and the task's).
+
+    Args:
+        directory: the comparison folder.
+        check_method: see :func:`validate_results`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: it is not valid JSON or does not follow the schema.
+    """
+    path = Path(directory) / RESULTS_FILE
+    results = read_json(path, "run `sst compare TASK` to create it")
+    validate_results(results, path, check_method)
+    return results
+
+
+# --------------------------------------------------------------------------
+# The headline metric
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The metric a comparison is judged on: a summary key, its label and its direction."""
+
+    key: str
+    label: str
+    higher_is_better: bool
+
+
+# What each task's report measured before results files declared a headline; the labels
+# are the words today's reports print. Graph reports per graph task (settings.task).
+DEFAULT_HEADLINES = {
+    "lm": Headline("val_ppl", "validation perplexity", False),
+    "mt": Headline("test_bleu", "test BLEU", True),
+    "images": Headline("test_accuracy", "test accuracy", True),
+    "graph:nc": Headline("test_f1", "test F1", True),
+    "graph:lp": Headline("test_roc", "test ROC-AUC", True),
+}
+
+
+def headline(results: Mapping[str, Any], task: str) -> Headline:
+    """The headline ``results`` declares, else :data:`DEFAULT_HEADLINES` ``[task]``.
+
+    Args:
+        results: the results (only ``"headline"`` is read; validated by
+            :func:`validate_results`).
+        task: the :data:`DEFAULT_HEADLINES` key of the calling report.
+    """
+    declared = results.get("headline")
+    if declared is None:
+        return DEFAULT_HEADLINES[task]
+    return Headline(declared["key"], declared["label"], declared["higher_is_better"])
+
+
+def metric_name(label: str) -> str:
+    """``label`` without its split word: "test BLEU" -> "BLEU" (for "the BLEU gap")."""
+    for split in ("test ", "validation ", "val "):
+        if label.startswith(split):
+            return label[len(split):]
+    return label
+
+
+def metric_values(methods: Mapping[str, Any], key: str) -> dict[str, float | None]:
+    """``{method: finite methods[method][key] or None}``."""
+    return {name: finite((entry or {}).get(key)) for name, entry in methods.items()}
+
+
+# --------------------------------------------------------------------------
+# The share of the gap closed
+# --------------------------------------------------------------------------
+
+
+def best_baseline(values: Mapping[str, float | None],
+                  higher_is_better: bool = False) -> tuple[str, float] | None:
+    """The best finite value among the low-rank baselines present: ``(name, value)``.
+
+    Args:
+        values: method name -> metric (None or non-finite when missing or diverged).
+        higher_is_better: True for accuracies/AUCs, False for perplexities.
+    """
+    present = [(value, name) for name in LOW_RANK_BASELINES
+               if is_number(value := values.get(name)) and math.isfinite(value)]
+    if not present:
+        return None
+    value, name = max(present) if higher_is_better else min(present)
+    return name, value
+
+
+def share_of_gap(full: float, sst: float, best_other: float,
+                 higher_is_better: bool = False) -> float | None:
+    """``(best_other - sst) / (best_other - full)``, or None when there is no gap.
+
+    The formula is the same for either direction of the metric; "no gap" means the best
+    other low-rank method is not worse than full rank.
+    """
+    no_gap = best_other >= full if higher_is_better else best_other <= full
+    return None if no_gap else (best_other - sst) / (best_other - full)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """The figures behind "SST closes X% of the gap" (SPEC section 8).
+
+    ``share`` is None when a figure is missing (see ``missing``) or when the best baseline is
+    not worse than full rank (``missing`` empty).
+    """
+
+    share: float | None
+    full: float | None
+    sst: float | None
+    best: tuple[str, float] | None  # (name, value) of the best low-rank baseline
+
+    @property
+    def missing(self) -> list[str]:
+        """Which of "full", "sst", "baseline" has no finite value, in that order."""
+        return [role for role, value in (("full", self.full), ("sst", self.sst),
+                                         ("baseline", self.best)) if value is None]
+
+
+def gap(values: Mapping[str, float | None], higher_is_better: bool) -> Gap:
+    """The share of the full-vs-low-rank gap SST closes on one metric.
+
+    Args:
+        values: method name -> metric value (None or non-finite: missing or diverged).
+        higher_is_better: the metric's direction.
+    """
+    full, sst = finite(values.get("full")), finite(values.get("sst"))
+    best = best_baseline(values, higher_is_better)
+    if full is None or sst is None or best is None:
+        return Gap(None, full, sst, best)
+    return Gap(share_of_gap(full, sst, best[1], higher_is_better), full, sst, best)
+
+
+# --------------------------------------------------------------------------
+# Markdown pieces
+# --------------------------------------------------------------------------
+
+
+def display(name: str) -> str:
+    """The human name of a method ("relora" -> "ReLoRA*"); other names unchanged."""
+    return DISPLAY.get(name, name)
+
+
+def ordered_methods(methods: Mapping[str, Any]) -> list[str]:
+    """Method names in the canonical order, then the others in file order."""
+    known = [name for name in METHOD_ORDER if name in methods]
+    return known + [name for name in methods if name not in METHOD_ORDER]
+
+
+def params_share(entry: Mapping[str, Any]) -> str:
+    """Trainable over all parameters as "12.3%", "-" when the total is 0 or absent."""
+    total = entry.get("total_params")
+    return f"{100 * entry['trainable_params'] / total:.1f}%" if total else "-"
+
+
+def settings_lines(settings: Mapping[str, Any]) -> list[str]:
+    """``- **key**: value`` lines (non-strings as key-sorted JSON); ``- (none)`` if empty."""
+    def show(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+    return [f"- **{key}**: {show(value)}" for key, value in settings.items()] or ["- (none)"]
+
+
+def figure_lines(plot_files: Mapping[str, str]) -> list[str]:
+    """One Markdown image line per plot: ``![val loss](val_loss.png)``."""
+    return [f"![{key.replace('_', ' ')}]({file})" for key, file in plot_files.items()]
+
+
+# --------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------
+
+
+def new_figure(width: float = 6.4, height: float = 4.0):
+    """A figure not registered with pyplot, saved through the Agg canvas.
+
+    Building ``Figure`` directly (matplotlib's recipe for web servers) needs no display and,
+    unlike ``matplotlib.use("Agg")``, leaves the caller's pyplot backend alone (notebooks).
+    """
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def colors(names: list[str]) -> dict[str, Any]:
+    """One colour per name (tab10, in order), the same in every plot of a report."""
+    import matplotlib
+
+    cycle = matplotlib.colormaps["tab10"].colors
+    return {name: cycle[i % len(cycle)] for i, name in enumerate(names)}
+
+
+def no_data(ax, text: str) -> None:
+    """Replace the axes' content by a centred note (a plot is written even without data)."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def finite_points(xs: list[float], ys: list[float], positive: bool = False):
+    """``(xs, ys)`` without the points whose y is not finite (or not > 0 if ``positive``)."""
+    keep = [(x, y) for x, y in zip(xs, ys, strict=True)
+            if math.isfinite(y) and (y > 0 or not positive)]
+    return [x for x, _ in keep], [y for _, y in keep]
+
+
+def plot_val_loss(results: Mapping[str, Any]):
+    """Validation loss against optimizer step, one line per method (``methods[*].curve``)."""
+    fig = new_figure()
+    ax = fig.add_subplot()
+    names = ordered_methods(results["methods"])
+    palette, drawn = colors(names), 0
+    for name in names:
+        curve = results["methods"][name]["curve"]
+        steps, losses = finite_points([p["step"] for p in curve],
+                                      [p["val_loss"] for p in curve])
+        if steps:
+            ax.plot(steps, losses, marker=".", color=palette[name], label=display(name))
+            drawn += 1
+    if not drawn:
+        no_data(ax, "no validation curve recorded")
+        return fig
+    ax.set(xlabel="step", ylabel="validation loss", title="Validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def _spectrum_layers(methods: Mapping[str, Any], names: list[str]) -> list[str]:
+    layers: list[str] = []
+    for name in names:
+        layers += [layer for layer in methods[name].get("spectra") or {} if layer not in layers]
+    return layers
+
+
+def plot_spectra(results: Mapping[str, Any]):
+    """Singular values (log y) by index, one subplot per recorded layer, a line per method."""
+    methods = results["methods"]
+    names = ordered_methods(methods)
+    layers = _spectrum_layers(methods, names)
+    fig = new_figure(width=max(6.4, 4.0 * len(layers)), height=4.0)
+    if not layers:
+        no_data(fig.add_subplot(), "no singular-value spectra recorded")
+        return fig
+    palette = colors(names)
+    axes = fig.subplots(1, len(layers), squeeze=False)[0]
+    for ax, layer in zip(axes, layers, strict=True):
+        for name in names:
+            values = (methods[name].get("spectra") or {}).get(layer)
+            if values:
+                index, sv = finite_points(list(range(1, len(values) + 1)), values,
+                                          positive=True)  # log scale: drop zeros
+                ax.plot(index, sv, color=palette[name], label=display(name))
+        ax.set_yscale("log")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # indices are whole numbers
+        ax.set(xlabel="index", ylabel="singular value", title=layer)
+        ax.title.set_fontsize(8)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write ``fig`` to ``path`` as a 120-dpi PNG, atomically."""
+    # format given explicitly: the temporary file's suffix is not ".png".
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+
+
+def write_report_files(directory: str | os.PathLike, results: Any,
+                       plotters: Mapping[str, Callable[[Any], Any]],
+                       plot_files: Mapping[str, str], markdown: Callable[[Any], str],
+                       report_file: str = REPORT_FILE) -> dict[str, Path]:
+    """Write every plot, then the Markdown report, each atomically; return their paths.
+
+    The report goes last so that an existing report always comes with its figures.
+
+    Args:
+        directory: the output folder.
+        results: whatever the plotters and ``markdown`` read.
+        plotters: key -> function returning a matplotlib figure of ``results``.
+        plot_files: key -> file name of that figure.
+        markdown: function returning the report's text.
+        report_file: the report's file name.
+
+    Returns:
+        ``{"report": path, **{key: plot path}}``.
+    """
+    directory = Path(directory)
+    written: dict[str, Path] = {}
+    for key, plot in plotters.items():
+        path = directory / plot_files[key]
+        save_figure(plot(results), path)
+        written[key] = path
+    report = directory / report_file
+    atomic_write_text(report, markdown(results))
+    return {"report": report, **written}

@@ -58,8 +58,9 @@ LEVELS: dict[str, int] = {
 }
 #: Allowed imports between different units of the same level: (importer, imported).
 SAME_LEVEL = {("spectral", "targeting")}
-#: Units above ``report`` that may import it (they write or show result files).
-REPORT_USERS = {"tasks", "experiments", "cli"}
+#: The only unit that may import ``report``: the command renders what the engine wrote
+#: (tasks and experiments write result files and never import reports).
+REPORT_USERS = {"cli"}
 #: What ``report`` itself may import.
 REPORT_IMPORTS = {"_util"}
 #: What the public API (the root ``__init__``) may not import.
@@ -149,7 +150,7 @@ def forbidden(importer: str, imported: str) -> str | None:
     if importer == "report":
         return None if imported in REPORT_IMPORTS else "report may only import _util"
     if imported == "report":
-        return None if importer in REPORT_USERS else "only tasks/experiments/cli use report"
+        return None if importer in REPORT_USERS else "only cli uses report"
     if importer not in LEVELS or imported not in LEVELS:
         return "unit on no level"
     low, high = LEVELS[imported], LEVELS[importer]

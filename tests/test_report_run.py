@@ -25,13 +25,14 @@ def table(text: str, header: str) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     """A real, tiny image-classification run folder (sklearn digits, a few seconds)."""
-    from sparse_spectral.tasks.images import ImagesSettings, run_train
+    from sparse_spectral.tasks.images import IMAGES, ImagesSettings
+    from sparse_spectral.training.runner import train_run
 
     folder = tmp_path_factory.mktemp("digits") / "run"
-    settings = ImagesSettings(dataset="digits", hidden=[16], rank=4, epochs=1, batch_size=32,
-                              warmup_steps=2, eval_every=10, log_every=5,
-                              output_dir=str(folder))
-    summary = run_train(settings, progress=False)
+    settings = ImagesSettings.from_dict(dict(
+        dataset="digits", hidden=[16], rank=4, epochs=1, batch_size=32, warmup_steps=2,
+        eval_every=10, log_every=5, output_dir=str(folder)))
+    summary = train_run(IMAGES, settings, progress=False).summary
     return folder, summary
 
 

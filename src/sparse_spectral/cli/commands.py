@@ -211,8 +211,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = ImagesSettings(
         dataset="digits", hidden=[args.width, args.width], batch_size=64, seed=args.seed,
         method=MethodChoice(rank=args.rank, interval=args.iteration_interval),
-        optim=OptimSettings(lr=args.lr), schedule=ScheduleSettings(epochs=float(args.epochs),
-                                                                   warmup_steps=0),
+        # As a plain AdamW loop: constant learning rate, no clipping.
+        optim=OptimSettings(lr=args.lr, grad_clip=0.0),
+        schedule=ScheduleSettings(epochs=float(args.epochs), warmup_steps=0, min_lr_ratio=1.0),
         output=OutputSettings(output_dir=args.output_dir))
     print(f"Digits MLP (width {args.width}), {args.epochs} epochs, rank {args.rank}, "
           f"T3 = {args.iteration_interval}, seed {args.seed}")

@@ -19,7 +19,17 @@ import argparse
 import sys
 
 from .._version import __version__
-from . import commands
+from .commands import (
+    cmd_ablate,
+    cmd_compare,
+    cmd_demo,
+    cmd_info,
+    cmd_methods,
+    cmd_models,
+    cmd_report,
+    cmd_tasks,
+    cmd_train,
+)
 from .flags import add_common_flags, add_method_option_flags, add_settings_flags
 
 
@@ -68,19 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sst", description="Sparse Spectral Training")
     parser.add_argument("--version", action="version", version=f"sparse-spectral {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, func, text in (("info", commands.cmd_info, "print versions, threads and device"),
-                             ("models", commands.cmd_models, "list the model presets"),
-                             ("methods", commands.cmd_methods, "list the training methods"),
-                             ("tasks", commands.cmd_tasks, "list the tasks")):
+    for name, func, text in (("info", cmd_info, "print versions, threads and device"),
+                             ("models", cmd_models, "list the model presets"),
+                             ("methods", cmd_methods, "list the training methods"),
+                             ("tasks", cmd_tasks, "list the tasks")):
         sub.add_parser(name, help=text).set_defaults(func=func)
     report = sub.add_parser("report", help="re-render a report from the result files in DIR "
                                            "(a comparison, an ablation or one run folder)")
     report.add_argument("directory")
-    report.set_defaults(func=commands.cmd_report)
-    _add_task_parsers(sub, "train", "train one method", commands.cmd_train)
+    report.set_defaults(func=cmd_report)
+    _add_task_parsers(sub, "train", "train one method", cmd_train)
     _add_task_parsers(sub, "compare", "train several methods side by side",
-                      commands.cmd_compare)
-    _add_task_parsers(sub, "ablate", "the paper's SST ablation", commands.cmd_ablate)
+                      cmd_compare)
+    _add_task_parsers(sub, "ablate", "the paper's SST ablation", cmd_ablate)
     demo = sub.add_parser("demo", help="train an MLP on sklearn digits: full rank vs SST")
     demo.add_argument("--methods", default="full,sst", help="comma-separated method names")
     demo.add_argument("--rank", type=int, default=8, help="rank of every low-rank method")
@@ -92,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=None)
     demo.add_argument("--output_dir", default="runs/demo")
-    demo.set_defaults(func=commands.cmd_demo)
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -103,6 +103,10 @@ class TaskBase:
         """The data do not depend on the seed unless a task says so."""
         return None
 
+    def resolve(self, settings):
+        """``settings`` with every task-chosen default filled in (graph: HyboNet's values)."""
+        return settings
+
     def check(self, settings) -> None:
         """Refuse bad settings before any data or file is touched (default: nothing more)."""
 

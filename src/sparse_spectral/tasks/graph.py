@@ -34,7 +34,6 @@ import torch
 from ..methods import method_config_fields
 from ..training.config import MethodChoice, OptimSettings, OutputSettings, TaskSettings, _help
 from .base import Batches, Headline, TaskBase
-from .registry import register_task
 
 #: HyboNet's per-data-set settings (``gcn/run.*.sh``, reference/hybonet.md section 2.9).
 #: Disease NC and CiteSeer have no official script; they take the Disease LP / Cora values
@@ -335,6 +334,9 @@ class GraphTask(TaskBase):
         label = {"f1": "test F1", "roc": "test ROC-AUC"}[metric]
         return Headline(f"test_{metric}", label, higher_is_better=True)
 
+    def resolve(self, settings: GraphSettings) -> GraphSettings:
+        return settings.resolved()
+
     def prepare_data(self, settings: GraphSettings):
         return load_data(settings)
 
@@ -454,4 +456,4 @@ def _save_embeddings(path: Path, points: torch.Tensor) -> None:
     atomic_write(path, write)
 
 
-GRAPH = register_task(GraphTask())
+GRAPH = GraphTask()

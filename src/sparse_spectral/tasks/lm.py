@@ -24,7 +24,6 @@ from ..spectral.pruning import prune_spectrum
 from ..training.config import MethodChoice, OutputSettings, TaskSettings, _help
 from .base import Batches, Headline, TaskBase
 from ..training.compare import weight_spectra
-from .registry import register_task
 
 PRUNING_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -213,4 +212,4 @@ class LanguageModelling(TaskBase):
         return (f"val ppl {summary['val_ppl']:.3f}, test ppl {summary['test_ppl']:.3f}")
 
 
-LM = register_task(LanguageModelling())
+LM = LanguageModelling()

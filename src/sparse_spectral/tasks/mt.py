@@ -64,7 +64,6 @@ from ..training.config import (
     _help,
 )
 from .base import Batches, Headline, TaskBase
-from .registry import register_task
 
 MODEL_FAMILIES = ("euclidean", "hyperbolic")
 SCHEDULES = ("inverse_sqrt", "noam")
@@ -514,4 +513,4 @@ class Translation(TaskBase):
                 f"val ppl {summary['val_ppl']:.3f}")
 
 
-MT = register_task(Translation())
+MT = Translation()

@@ -1,4 +1,8 @@
-"""The registry of tasks: ``sst train|compare|ablate TASK`` are generic over it."""
+"""The registry of tasks: ``sst train|compare|ablate TASK`` are generic over it.
+
+The built-in tasks are registered by ``sparse_spectral.tasks`` (importing this module
+imports that package first); another task registers itself with :func:`register_task`.
+"""
 
 from __future__ import annotations
 
@@ -21,17 +25,10 @@ def get_task(name: str) -> Task:
     Raises:
         ValueError: unknown name, listing the tasks.
     """
-    _load_builtin()
     if name not in _TASKS:
         raise ValueError(f"unknown task {name!r}; available: {', '.join(available_tasks())}")
     return _TASKS[name]
 
 
 def available_tasks() -> list[str]:
-    _load_builtin()
     return sorted(_TASKS)
-
-
-def _load_builtin() -> None:
-    # Importing a task module registers it; imported lazily so that `sst --help` stays fast.
-    from . import graph, images, lm, mt  # noqa: F401

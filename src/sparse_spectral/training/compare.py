@@ -46,6 +46,7 @@ def run_compare(task, settings, methods: list[str], seeds: list[int] | None = No
             method choice that applies to none of the methods.
     """
     method_lr = dict(method_lr or {})
+    settings = task.resolve(settings)  # results record the values every run trains with
     seeds = list(seeds) if seeds else [settings.seed]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds {seeds} repeat a seed")
@@ -79,7 +80,8 @@ def run_compare(task, settings, methods: list[str], seeds: list[int] | None = No
             if not results["title"]:
                 results["title"] = task.title(settings, data, seeds)
                 results.update(task.results_extras(settings, data))
-            print(f"== {name} (lr {lr:g}, seed {seed}) ==", flush=True)
+            shown = "the task's default" if lr is None else f"{lr:g}"
+            print(f"== {name} (lr {shown}, seed {seed}) ==", flush=True)
             outcome = train_run(task, run, data=data, progress=progress)
             summary = dict(outcome.summary)
             for key in ("settings", "task", "headline"):

@@ -34,16 +34,20 @@ def _runner(settings, data, sparse: bool):
     """A closure running one epoch of one model; returns its training loss."""
     from sparse_spectral.hyperbolic import build_hyperbolic_optimizer
     from sparse_spectral.models.hybonet import train_graph_step
-    from sparse_spectral.tasks.graph import build_model_and_method
+    from sparse_spectral.tasks.graph import GRAPH
+    from sparse_spectral.training.runner import build_method
 
     s = settings.resolved()
-    model, method = build_model_and_method(s, data)
+    model = GRAPH.build_model(s, data)
+    method = build_method(GRAPH, s, model)
+    model = method.prepare(model)
     model.encoder.sparse_products = sparse
-    optimizers = build_hyperbolic_optimizer(model, method, lr=s.lr, weight_decay=s.weight_decay)
+    optimizers = build_hyperbolic_optimizer(model, method, lr=s.optim.lr,
+                                            weight_decay=s.optim.weight_decay)
     rng = copy.deepcopy(data.rng)
     torch_state = torch.random.get_rng_state()  # both models draw the same dropout masks
     step = 0
-    clip = s.grad_clip or None
+    clip = s.optim.grad_clip or None
 
     def epoch() -> float:
         nonlocal step, torch_state
@@ -64,8 +68,9 @@ def _runner(settings, data, sparse: bool):
 def measure(dataset: str, task: str, method: str, data, warmup: int, epochs: int) -> dict:
     from sparse_spectral.tasks.graph import GraphSettings
 
-    settings = GraphSettings(dataset=dataset, task=task, split="hgcn", method=method, rank=2,
-                             seed=1234, save_embeddings=False)
+    settings = GraphSettings.from_dict(dict(dataset=dataset, task=task, split="hgcn",
+                                            method=method, rank=2, seed=1234,
+                                            save_embeddings=False))
     runs = {name: _runner(settings, data, sparse) for name, sparse in
             (("sparse", True), ("dense", False))}
     times: dict[str, list[float]] = {name: [] for name in runs}

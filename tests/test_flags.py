@@ -106,3 +106,39 @@ def test_every_task_is_registered_with_its_flags():
     assert available_tasks() == ["graph", "images", "lm", "mt"]
     for name in available_tasks():
         build_parser().parse_args(["train", name, "--seed", "3"])  # parses
+
+
+def _example_configs():
+    from pathlib import Path
+
+    return sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", _example_configs(), ids=lambda p: p.name)
+def test_every_example_config_maps_onto_settings_without_warnings(path, recwarn):
+    from sparse_spectral.cli.commands import ABLATE_KEYS, _ablation_config
+    from sparse_spectral.cli.flags import COMMAND_KEYS
+
+    command, task = ("ablate", path.name.split("_")[1]) if path.name.startswith("ablate_") \
+        else ("compare", path.name.split("_")[0])
+    args = build_parser().parse_args([command, task, "--config", str(path)])
+    cls = get_task(task).settings_class
+    if command == "ablate":
+        config = _ablation_config(args)
+        settings, _, _ = settings_from_args(args, cls, ABLATE_KEYS, config["settings"])
+    else:
+        settings, extras, _ = settings_from_args(args, cls, COMMAND_KEYS)
+        assert extras["methods"]
+    assert settings.method.interval is not None  # every example sets its T3
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
+
+
+def test_demo_honours_the_rank_for_every_method(capsys):
+    assert main(["demo", "--methods", "lora,sst", "--rank", "2", "--epochs", "1", "--width",
+                 "16", "--threads", "1"]) == 0
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    # 64-16-16-10 MLP, head dense (16 * 10 + 10): LoRA r = 2 on the 64x16 and 16x16 layers
+    # trains 2 (64 + 16) + 2 (16 + 16) = 224 (their weights and biases are frozen); the
+    # default rank 8 would train 896.
+    assert int(rows["lora"].replace(",", "")) == 224 + 170

@@ -176,3 +176,41 @@ def test_cli_train_graph_runs(reference_data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sst: best val epoch" in out and "test roc" in out
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["settings"]["method"]["rank"] == 2
+
+
+def test_resume_is_bit_exact_through_the_one_loop(reference_data, tmp_path, graphs):
+    """Graph runs checkpoint like every task: model, optimizers, LP negative stream, dropout
+    RNG and the early-stopping state come back, so a resumed run ends where a straight one
+    does."""
+    from safetensors.torch import load_file
+
+    common = dict(method="sst", epochs=10, dropout=0.3, rank=2, iteration_interval=3)
+    straight = tiny(reference_data, tmp_path, "disease", "lp", output_dir=str(tmp_path / "a"),
+                    **common)
+    a = train_once(straight, graphs["lp"]).summary
+    interrupted = tiny(reference_data, tmp_path, "disease", "lp",
+                       output_dir=str(tmp_path / "b"), save_every=4, **common)
+    train_once(interrupted, graphs["lp"])
+    root = tmp_path / "b" / "checkpoints"
+    for f in (root / "step_000010").iterdir():
+        f.unlink()
+    (root / "step_000010").rmdir()
+    (root / "latest").write_text("step_000008\n")
+    b = train_run(GRAPH, interrupted, data=graphs["lp"], resume=True, progress=False).summary
+    first = load_file(tmp_path / "a" / "checkpoints" / "step_000010" / "model.safetensors")
+    second = load_file(root / "step_000010" / "model.safetensors")
+    assert first.keys() == second.keys()
+    for key in first:
+        assert (first[key] == second[key]).all(), key
+    assert a["curve"] == b["curve"] and a["test"] == b["test"]
+    assert a["best_epoch"] == b["best_epoch"] and len(b["curve"]) == 10
+
+
+def test_early_stop_saves_a_final_checkpoint(reference_data, tmp_path, graphs):
+    from sparse_spectral.training.checkpoint import latest_checkpoint
+
+    settings = tiny(reference_data, tmp_path, "disease", "lp", method="full", lr=5.0,
+                    epochs=60, patience=2, min_epochs=0)
+    summary = train_once(settings, graphs["lp"]).summary
+    assert summary["epochs_run"] < 60  # lr 5 diverges from the best epoch quickly
+    assert latest_checkpoint(tmp_path / "disease-lp").name == f"step_{summary['epochs_run']:06d}"

@@ -124,6 +124,22 @@ def test_compare_writes_results_and_report(corpus_file, tmp_path):
     assert all(f"| {m} |" in report for m in ("full", "lora", "sst"))
 
 
+def test_compare_over_seeds_reports_mean_and_std(corpus_file, tmp_path):
+    settings = _settings(corpus_file, tmp_path, output_dir=str(tmp_path / "seeds"),
+                         num_training_steps=4)
+    results = compare_and_render(LM, settings, ["full", "sst"], seeds=[0, 1])
+    for name in ("full", "sst"):
+        entry = results["methods"][name]
+        per_seed = [s["val_ppl"] for s in entry["seeds"]]
+        assert [s["seed"] for s in entry["seeds"]] == [0, 1] and per_seed[0] != per_seed[1]
+        assert entry["val_ppl"] == pytest.approx(sum(per_seed) / 2)
+        assert entry["val_ppl_std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2 ** 0.5)
+        assert (tmp_path / "seeds" / name / "seed_1" / "summary.json").is_file()
+    row = next(x for x in (tmp_path / "seeds" / "report.md").read_text().splitlines()
+               if x.startswith("| sst |"))
+    assert f"{results['methods']['sst']['val_ppl']:.2f} ± " in row
+
+
 def _cli(corpus_file, tmp_path, *extra):
     return main(["train", "lm", "--text", str(corpus_file), "--model", "gpt_micro",
                  "--block_size", "16", "--batch_size", "4", "--num_training_steps", "2",

@@ -67,6 +67,19 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def with_seed_std(text: str, entry: Mapping[str, Any], key: str, scale: float = 1.0,
+                  digits: int = 2) -> str:
+    """``text`` plus `` ± std`` when ``entry`` averages several seeds (``key_std``, ``seeds``).
+
+    ``sst compare --seeds`` writes each method's figures as means over seeds with a sample
+    standard deviation beside them; a single seed shows the plain figure.
+    """
+    std = entry.get(f"{key}_std")
+    if is_number(std) and len(entry.get("seeds") or []) > 1 and text != "-":
+        return f"{text} ± {scale * std:.{digits}f}"
+    return text
+
+
 def finite(value: Any) -> float | None:
     """``value`` as a float when it is a finite number, else None (missing or diverged)."""
     return float(value) if is_number(value) and math.isfinite(value) else None

@@ -54,6 +54,7 @@ from .common import (
     plot_val_loss,
     require,
     settings_lines,
+    with_seed_std,
     write_report_files,
 )
 
@@ -154,7 +155,8 @@ def _table_row(name: str, entry: Mapping[str, Any]) -> str:
         name, f"{entry['trainable_params']:,d}", params_share(entry),
         f"{entry['grad_optimizer_bytes'] / MIB:.2f}",
         f"{1000 * entry['step_time_s']:.1f}",
-        _format_ppl(entry["val_ppl"]), _format_ppl(entry.get("test_ppl")),
+        with_seed_std(_format_ppl(entry["val_ppl"]), entry, "val_ppl"),
+        with_seed_std(_format_ppl(entry.get("test_ppl")), entry, "test_ppl"),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -163,7 +165,8 @@ def results_table(results: Mapping[str, Any]) -> str:
     """The Markdown results table, one row per method.
 
     Columns: method | trainable params | share (of all parameters) | grad+optimizer bytes
-    (MiB) | step time (ms, median) | val ppl | test ppl (``-`` when not measured).
+    (MiB) | step time (ms, median) | val ppl | test ppl (``-`` when not measured; mean ± std
+    over seeds when several).
     """
     methods = results["methods"]
     lines = ["| method | trainable params | share | grad+optimizer bytes (MiB) | "

@@ -38,6 +38,7 @@ from .common import (
     plot_spectra,
     plot_val_loss,
     settings_lines,
+    with_seed_std,
     write_report_files,
 )
 from .lm import check_lm_method
@@ -121,7 +122,7 @@ def _number(value: Any, digits: int = 2) -> str:
 
 def bleu_table(results: Mapping[str, Any]) -> str:
     """Markdown table: method | trainable params | share | grad+optimizer MiB | step ms |
-    target tokens/s | val loss | val ppl | test BLEU."""
+    target tokens/s | val loss | val ppl | test BLEU (mean ± std over seeds when several)."""
     lines = ["| method | trainable params | share | grad+optimizer bytes (MiB) | step time (ms) "
              "| target tokens/s | val loss | val ppl | test BLEU |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -129,8 +130,10 @@ def bleu_table(results: Mapping[str, Any]) -> str:
         e = results["methods"][name]
         cells = [name, f"{e['trainable_params']:,d}", params_share(e),
                  f"{e['grad_optimizer_bytes'] / MIB:.2f}", f"{1000 * e['step_time_s']:.1f}",
-                 _number(e.get("target_tokens_per_s"), 0), _number(e["val_loss"], 3),
-                 _number(e["val_ppl"]), _number(e["test_bleu"])]
+                 _number(e.get("target_tokens_per_s"), 0),
+                 with_seed_std(_number(e["val_loss"], 3), e, "val_loss", digits=3),
+                 with_seed_std(_number(e["val_ppl"]), e, "val_ppl"),
+                 with_seed_std(_number(e["test_bleu"]), e, "test_bleu")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

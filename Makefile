@@ -1,4 +1,5 @@
-# The two set-up commands of the README: `make demo` (the main job) and `make test`.
+# The two set-up commands of the README: `make demo` (the main job) and `make test` (lint, then
+# the test suite).
 # Each creates .venv when missing, installs torch==2.13.0 first (the CPU wheel; a looser
 # pin would pull a multi-GB CUDA build), then this package with its extras.
 
@@ -25,6 +26,7 @@ demo: $(STAMP)
 	$(BIN)/sst compare lm --config examples/lm_compare_cpu.toml
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 clean:

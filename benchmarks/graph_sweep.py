@@ -1,6 +1,6 @@
 """HyboNet graph benchmark: data sets x tasks x methods x ranks x seeds, resumable.
 
-Every cell is one ``sparse_spectral.training.runner.train_run`` of the graph task with HyboNet's per-data-set
+Every cell is one ``training.runner.train_run`` of the graph task with HyboNet's per-data-set
 settings (dimension 16, early stopping on validation, test at the best validation epoch), run
 in a worker process with one thread. A finished cell leaves its run folder under ``<out>/runs/
 <data>-<task>/<method>[-r<rank>]/seed<seed>/`` and a compact record (its summary without the

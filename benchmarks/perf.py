@@ -1,6 +1,6 @@
 """Speed and memory of full, LoRA, ReLoRA*, GaLore and SST, measured side by side in one run.
 
-    python benchmarks/perf.py --out benchmarks/results/perf_cpu          # everything (~25 min, 2 cores)
+    python benchmarks/perf.py --out benchmarks/results/perf_cpu   # everything (~25 min, 2 cores)
     python benchmarks/perf.py --quick --out runs/perf_quick               # a 1-minute smoke run
 
 What it measures (all ratios are against full rank in the same run):
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import torch
 
-from sparse_spectral.accounting import memory_report, planned_state_bytes
 from sparse_spectral._util.atomic import atomic_write_json, atomic_write_text
+from sparse_spectral.accounting import memory_report, planned_state_bytes
 from sparse_spectral.methods import make_method
 from sparse_spectral.models.presets import ModelPreset, build_lm, get_preset
 from sparse_spectral.spectral import SpectralLinear
@@ -167,11 +167,11 @@ def measured_round(width: int, args) -> dict:
     for _, layer in runner.method.layers:
         original = layer.resvd_
 
-        def timed(*a, _original=original, **k):
-            synchronize(layer.s.device)
+        def timed(*a, _original=original, _layer=layer, **k):
+            synchronize(_layer.s.device)
             start = time.perf_counter()
             _original(*a, **k)
-            synchronize(layer.s.device)
+            synchronize(_layer.s.device)
             spent.append(time.perf_counter() - start)
 
         layer.resvd_ = timed
@@ -438,7 +438,8 @@ def main(argv=None) -> None:
     results = {"command": "python " + " ".join(["benchmarks/perf.py", *(argv or sys.argv[1:])]),
                "machine": f"{platform.machine()}, {args.threads} threads, torch "
                           f"{torch.__version__}, "
-                          f"{torch.cuda.get_device_name(args.device) if args.device.type == 'cuda' else 'CPU'}",
+                          + (torch.cuda.get_device_name(args.device)
+                             if args.device.type == "cuda" else "CPU"),
                "settings": {k: str(v) if isinstance(v, torch.device) else v
                             for k, v in vars(args).items() if not k.startswith("_")},
                "widths": [], "ranks": [], "rank_width": args.rank_width}

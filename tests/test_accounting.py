@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_llama, token_batch
 
-from conftest import token_batch, tiny_llama
 from sparse_spectral.accounting import memory_report, planned_state_bytes
 from sparse_spectral.methods import make_method
 

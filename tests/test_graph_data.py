@@ -38,7 +38,7 @@ from sparse_spectral.data.restricted_pickle import (
 @pytest.fixture(scope="module")
 def nc(reference_data):
     """NC loads are cheap and reused: a cached ``(name, split, seed) -> GraphData``."""
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def get(name: str, split: str = "hgcn", seed: int = 1234):
         return load_graph(name, "nc", reference_data, split=split, seed=seed)
     return get

@@ -10,8 +10,13 @@ import pytest
 from sparse_spectral.cli import main
 from sparse_spectral.hyperbolic import random_normal
 from sparse_spectral.report.graph import gap_shares, load_graph_results
-from sparse_spectral.tasks.graph import (GRAPH, HYBONET_DEFAULTS, GraphSettings, load_data,
-                                         poincare_projection)
+from sparse_spectral.tasks.graph import (
+    GRAPH,
+    HYBONET_DEFAULTS,
+    GraphSettings,
+    load_data,
+    poincare_projection,
+)
 from sparse_spectral.training.runner import train_run, with_run
 
 
@@ -175,7 +180,8 @@ def test_cli_train_graph_runs(reference_data, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "sst: best val epoch" in out and "test roc" in out
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["settings"]["method"]["rank"] == 2
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["settings"]["method"]["rank"] == 2
 
 
 def test_resume_is_bit_exact_through_the_one_loop(reference_data, tmp_path, graphs):

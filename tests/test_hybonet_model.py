@@ -163,7 +163,8 @@ def test_lp_scores_are_negative_squared_distances():
     model = build("lp")
     h = model(GRAPH.features, GRAPH.adj_norm)
     edges = GRAPH.val_edges
-    inner = -h[edges[:, 0], 0] * h[edges[:, 1], 0] + (h[edges[:, 0], 1:] * h[edges[:, 1], 1:]).sum(1)
+    inner = (-h[edges[:, 0], 0] * h[edges[:, 1], 0]
+             + (h[edges[:, 0], 1:] * h[edges[:, 1], 1:]).sum(1))
     torch.testing.assert_close(model.decoder(h, edges), 2 + 2 * inner)
     assert (model.decoder(h, edges) <= 1e-4).all()
 
@@ -207,7 +208,8 @@ def test_lp_training_loss_uses_as_many_negatives_as_positives():
     model = build("lp")
     h = model(GRAPH.features, GRAPH.adj_norm)
     rng = np.random.RandomState(5)
-    neg = sample_negatives(GRAPH.train_edges_false, len(GRAPH.train_edges), np.random.RandomState(5))
+    neg = sample_negatives(GRAPH.train_edges_false, len(GRAPH.train_edges),
+                           np.random.RandomState(5))
     expected = margin_loss(model.decoder(h, GRAPH.train_edges), model.decoder(h, neg), 2.0)
     torch.testing.assert_close(model.loss(h, GRAPH, "train", rng), expected)
     val = margin_loss(model.decoder(h, GRAPH.val_edges), model.decoder(h, GRAPH.val_edges_false),
@@ -319,7 +321,8 @@ def test_full_with_two_optimizers_equals_hybonets_single_riemannian_adam():
     ours, method = prepared("full")
     theirs = build("nc")
     decay = [p for n, p in theirs.named_parameters() if p.requires_grad
-             and "bias" not in n and "scale" not in n and not isinstance(p, geoopt.ManifoldParameter)]
+             and "bias" not in n and "scale" not in n
+             and not isinstance(p, geoopt.ManifoldParameter)]
     no_decay = [p for n, p in theirs.named_parameters() if p.requires_grad
                 and all(p is not q for q in decay)]
     single = HyboNetRiemannianAdam([{"params": decay, "weight_decay": wd},

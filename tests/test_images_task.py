@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from engine_helpers import compare_and_render, train_summary
+
 from sparse_spectral.cli import main
 from sparse_spectral.tasks.images import (
     IMAGES,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_helpers import compare_and_render, train_summary
 from safetensors.torch import load_file
 
 import sparse_spectral.tasks.lm as lm
-from engine_helpers import compare_and_render, train_summary
 from sparse_spectral.cli import main
 from sparse_spectral.tasks.lm import LM, LMSettings
 from sparse_spectral.training.checkpoint import latest_checkpoint
@@ -23,7 +23,9 @@ def run_train(settings, **kw):
 def run_compare(settings, methods, method_lr, progress=True):
     return compare_and_render(LM, settings, methods, method_lr, progress=progress)
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+SHAKESPEARE = (Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare"
+               / "input.txt")
 
 
 @pytest.fixture(scope="module")

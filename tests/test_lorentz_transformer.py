@@ -16,7 +16,6 @@ from geoopt.manifolds.lorentz import math as gmath
 from torch.nn import functional as F
 
 from sparse_spectral import make_method
-from sparse_spectral.models.decoding import beam_search, greedy_search, length_penalty
 from sparse_spectral.hyperbolic import (
     CombinedOptimizer,
     HyboNetRiemannianAdam,
@@ -27,6 +26,7 @@ from sparse_spectral.hyperbolic import (
     manifold_parameters,
 )
 from sparse_spectral.methods.galore_optim import GaLoreAdamW
+from sparse_spectral.models.decoding import beam_search, greedy_search, length_penalty
 from sparse_spectral.models.lorentz_transformer import (
     LORENTZ_TRANSFORMER_TARGETS,
     LorentzTransformerConfig,

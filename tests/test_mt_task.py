@@ -78,8 +78,12 @@ HYPER = dict(model="hyperbolic", d_model=16, num_heads=2, num_training_steps=20,
 def test_hyperbolic_training_improves_validation_loss_on_the_manifold(reference_data,
                                                                        tmp_path):
     """HyboNet's model: untied output table, Riemannian Adam on the three manifold tables."""
-    from sparse_spectral.hyperbolic import (CombinedOptimizer, HyboNetRiemannianAdam,
-                                            check_point, manifold_parameters)
+    from sparse_spectral.hyperbolic import (
+        CombinedOptimizer,
+        HyboNetRiemannianAdam,
+        check_point,
+        manifold_parameters,
+    )
     from sparse_spectral.spectral import SlotAdamW
     from sparse_spectral.tasks.mt import optimizer_builder
 

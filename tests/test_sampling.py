@@ -122,7 +122,7 @@ def test_weighted_r1_frequencies_follow_weights_chi_square(lam):
 def test_weighted_without_replacement_inclusion_is_monotone_and_matches_theory():
     """r > 1: larger s_i are included more often, in line with successive sampling."""
     s = torch.tensor([0.25, 0.5, 1.0, 2.0, 4.0, 8.0])
-    k, r, n = s.numel(), 2, 3000
+    r, n = 2, 3000
     counts = draw_counts("weighted", s, r, n)
     assert int(counts.sum()) == n * r
     freq = counts.to(torch.float64) / n

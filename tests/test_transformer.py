@@ -97,13 +97,13 @@ def test_inner_linears_by_name_and_all_linear_targets():
     names = inner_linear_names(model)
     attn = ["q_proj", "k_proj", "v_proj", "out_proj"]
     expected = []
-    for l in range(2):
-        expected += [f"encoder.layers.{l}.self_attn.{p}" for p in attn]
-        expected += [f"encoder.layers.{l}.ffn.fc1", f"encoder.layers.{l}.ffn.fc2"]
-    for l in range(2):
-        expected += [f"decoder.layers.{l}.self_attn.{p}" for p in attn]
-        expected += [f"decoder.layers.{l}.cross_attn.{p}" for p in attn]
-        expected += [f"decoder.layers.{l}.ffn.fc1", f"decoder.layers.{l}.ffn.fc2"]
+    for i in range(2):
+        expected += [f"encoder.layers.{i}.self_attn.{p}" for p in attn]
+        expected += [f"encoder.layers.{i}.ffn.fc1", f"encoder.layers.{i}.ffn.fc2"]
+    for i in range(2):
+        expected += [f"decoder.layers.{i}.self_attn.{p}" for p in attn]
+        expected += [f"decoder.layers.{i}.cross_attn.{p}" for p in attn]
+        expected += [f"decoder.layers.{i}.ffn.fc1", f"decoder.layers.{i}.ffn.fc2"]
     assert names == expected
     assert [n for n, _ in find_target_modules(model, "all-linear")] == expected
     assert not any(isinstance(m, nn.MultiheadAttention) for m in model.modules())

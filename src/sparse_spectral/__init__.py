@@ -14,7 +14,6 @@ Quick use::
 """
 
 from ._version import __version__
-
 from .accounting import (  # noqa: E402
     MemoryReport,
     count_parameters,
@@ -30,9 +29,9 @@ from .methods import (  # noqa: E402
     make_method,
     method_from_state,
 )
-from .spectral.pruning import prune_spectrum  # noqa: E402
 from .serialization import load_pretrained, save_pretrained  # noqa: E402
 from .spectral import LowRankLinear, SlotAdamW, SpectralLinear  # noqa: E402
+from .spectral.pruning import prune_spectrum  # noqa: E402
 
 __all__ = [
     "LowRankLinear",

@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from ._version import __version__
 from ._util.atomic import atomic_write, atomic_write_json
+from ._version import __version__
 from .methods.base import TrainingMethod, method_from_state
 
 MODEL_FILE = "model.safetensors"
@@ -43,7 +43,8 @@ def save_pretrained(model: nn.Module, method: TrainingMethod, directory: str | o
     return directory
 
 
-def load_pretrained(model: nn.Module, directory: str | os.PathLike) -> tuple[nn.Module, TrainingMethod]:
+def load_pretrained(model: nn.Module,
+                    directory: str | os.PathLike) -> tuple[nn.Module, TrainingMethod]:
     """Rebuild the method saved in ``directory`` and load its weights into ``model``.
 
     Args:

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..methods import method_config_fields
 from ..training.config import MethodChoice, OptimSettings, OutputSettings, TaskSettings, _help
 from .base import Batches, Headline, TaskBase
 

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ..spectral.pruning import prune_spectrum
+from ..training.compare import weight_spectra
 from ..training.config import MethodChoice, OutputSettings, TaskSettings, _help
 from .base import Batches, Headline, TaskBase
-from ..training.compare import weight_spectra
 
 PRUNING_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -88,8 +88,8 @@ def prepare_data(settings: LMSettings) -> LMData:
 
     corpus = load_corpus("text" if settings.text else settings.corpus,
                          data_dir=settings.data_dir, text_path=settings.text)
-    tokenizer = get_tokenizer(settings.tokenizer, corpus,
-                              vocab_size=settings.vocab_size if settings.tokenizer == "bpe" else None)
+    vocab_size = settings.vocab_size if settings.tokenizer == "bpe" else None
+    tokenizer = get_tokenizer(settings.tokenizer, corpus, vocab_size=vocab_size)
     splits = encode_splits(corpus, tokenizer)
     for name, ids in splits.items():
         if len(ids) < settings.block_size + 1:

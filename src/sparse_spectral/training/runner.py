@@ -28,6 +28,7 @@ from .checkpoint import latest_checkpoint, read_checkpoint_state
 from .loggers import JsonlLogger, MultiLogger, TensorBoardLogger
 from .loop import LoopSettings, train
 
+
 @dataclass
 class RunOutcome:
     """A finished run: its summary and what stays in memory (for compare's extras)."""

@@ -128,8 +128,10 @@ class TaskBase:
         return None
 
     def compare_extras(self, settings, data, outcome, first_seed: bool) -> dict:
-        """Figures ``sst compare`` adds to a method's entry (e.g. weight spectra)."""
-        return {}
+        """Figures ``sst compare`` adds to a method's entry: the first seed's weight spectra."""
+        from ..training.compare import weight_spectra
+
+        return {"spectra": weight_spectra(outcome.model, outcome.method)} if first_seed else {}
 
     def results_extras(self, settings, data) -> dict[str, Any]:
         """Top-level keys ``sst compare`` adds to ``results.json`` (e.g. data notes)."""
@@ -159,3 +161,8 @@ class TaskBase:
                 "extra": {k: summary[k] for k in self.ablation_extras if k in summary}}
 
     ablation_extras: tuple[str, ...] = ()
+    #: ``sst train``'s one-line result, formatted with the summary's keys.
+    summary_format = ""
+
+    def summary_line(self, summary: dict[str, Any]) -> str:
+        return self.summary_format.format(**summary)

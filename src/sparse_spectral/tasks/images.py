@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..training.compare import weight_spectra
 from ..training.config import (
     EvalSettings,
     MethodChoice,
@@ -192,6 +191,7 @@ class ImageClassification(TaskBase):
     settings_class = ImagesSettings
     seed_metrics = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
     ablation_extras = ("val_accuracy", "val_loss")
+    summary_format = "test accuracy {test_accuracy:.2%}, val accuracy {val_accuracy:.2%}"
 
     def headline(self, settings) -> Headline:
         return Headline("test_accuracy", "test accuracy", higher_is_better=True)
@@ -254,12 +254,6 @@ class ImageClassification(TaskBase):
         return (f"MLP {data.input_dim}-{hidden}-{data.num_classes} on {data.name}, rank "
                 f"{settings.method.rank}")
 
-    def compare_extras(self, settings, data, outcome, first_seed: bool) -> dict:
-        return {"spectra": weight_spectra(outcome.model, outcome.method)} if first_seed else {}
-
-    def summary_line(self, summary: dict) -> str:
-        return (f"test accuracy {100 * summary['test_accuracy']:.2f}%, val accuracy "
-                f"{100 * summary['val_accuracy']:.2f}%")
 
 
 IMAGES = ImageClassification()

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from ..spectral.pruning import prune_spectrum
-from ..training.compare import weight_spectra
 from ..training.config import MethodChoice, OutputSettings, TaskSettings, _help
 from .base import Batches, Headline, TaskBase
 
@@ -142,6 +141,7 @@ class LanguageModelling(TaskBase):
     settings_class = LMSettings
     seed_metrics = ("val_loss", "val_ppl", "test_ppl")
     ablation_extras = ("test_ppl", "val_loss")
+    summary_format = "val ppl {val_ppl:.3f}, test ppl {test_ppl:.3f}"
 
     def headline(self, settings) -> Headline:
         return Headline("val_ppl", "validation perplexity", higher_is_better=False)
@@ -206,10 +206,8 @@ class LanguageModelling(TaskBase):
         model, method = outcome.model, outcome.method
         curve = (pruning_curve(model, method, data, settings)
                  if settings.pruning and method.supports_pruning_curve else None)
-        return {"spectra": weight_spectra(model, method), "pruning": curve}
+        return {**super().compare_extras(settings, data, outcome, first_seed), "pruning": curve}
 
-    def summary_line(self, summary: dict) -> str:
-        return (f"val ppl {summary['val_ppl']:.3f}, test ppl {summary['test_ppl']:.3f}")
 
 
 LM = LanguageModelling()

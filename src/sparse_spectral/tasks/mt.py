@@ -54,7 +54,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..hyperbolic.optim import RIEMANNIAN_KINDS
-from ..training.compare import weight_spectra
 from ..training.config import (
     EvalSettings,
     MethodChoice,
@@ -403,6 +402,7 @@ class Translation(TaskBase):
     default_methods = ("full", "lora", "relora", "sst")
     seed_metrics = ("val_loss", "val_ppl", "test_loss", "test_ppl", "test_bleu")
     ablation_extras = ("val_ppl", "bleu_signature")
+    summary_format = "test BLEU {test_bleu:.2f} ({bleu_signature}), val ppl {val_ppl:.3f}"
 
     def headline(self, settings) -> Headline:
         return Headline("test_bleu", "test BLEU", higher_is_better=True)
@@ -505,12 +505,6 @@ class Translation(TaskBase):
         return (f"{settings.model} Transformer (d_model {d}, {layers}+{layers} layers) on "
                 f"{data.name}, rank {settings.method.rank}")
 
-    def compare_extras(self, settings, data, outcome, first_seed: bool) -> dict:
-        return {"spectra": weight_spectra(outcome.model, outcome.method)} if first_seed else {}
-
-    def summary_line(self, summary: dict) -> str:
-        return (f"test BLEU {summary['test_bleu']:.2f} ({summary['bleu_signature']}), "
-                f"val ppl {summary['val_ppl']:.3f}")
 
 
 MT = Translation()

@@ -152,7 +152,8 @@ def _cli(corpus_file, tmp_path, *extra):
 def test_cli_config_file_and_overrides(corpus_file, tmp_path, capsys):
     config = tmp_path / "run.toml"
     config.write_text('method = "lora"\nrank = 3\nlr = 0.002\n')
-    assert _cli(corpus_file, tmp_path, "--config", str(config), "--rank", "2") == 0
+    with pytest.warns(FutureWarning, match="deprecated"):  # flat keys: the old layout
+        assert _cli(corpus_file, tmp_path, "--config", str(config), "--rank", "2") == 0
     state = torch.load(latest_checkpoint(tmp_path / "cli") / "state.pt", weights_only=True)
     assert state["settings"]["method"]["name"] == "lora"
     assert state["settings"]["method"]["rank"] == 2  # the flag wins over the file

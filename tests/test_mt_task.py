@@ -171,13 +171,13 @@ def test_bleu_of_a_perfect_hypothesis_is_100(reference_data):
 def test_noam_schedule_and_the_methods_restart_factor():
     d, w, factor = 64, 40, 5.0
     settings = MTSettings.from_dict(dict(schedule="noam", lr=factor, d_model=d, warmup_steps=w))
-    multiplier = mt_lr_lambda(make_method("full"), 200, w)
+    multiplier = mt_lr_lambda(make_method("full"), w)
     for s in (1, 10, 40, 41, 150):  # LambdaLR index t = s - 1
         noam = factor * d ** -0.5 * min(s ** -0.5, s * w ** -1.5)
         assert settings.peak_lr * multiplier(s - 1) == pytest.approx(noam)
     sst = make_method("sst", rank=4, iteration_interval=20, restart_warmup_steps=5,
                       stagger_resvd=False)
-    rewarm, plain = mt_lr_lambda(sst, 200, w), mt_lr_lambda(make_method("sst", rank=4), 200, w)
+    rewarm, plain = mt_lr_lambda(sst, w), mt_lr_lambda(make_method("sst", rank=4), w)
     assert [rewarm(t) for t in range(20)] == [plain(t) for t in range(20)]
     assert [rewarm(t) / plain(t) for t in range(20, 26)] == pytest.approx(
         [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])

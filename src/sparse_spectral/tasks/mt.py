@@ -201,7 +201,7 @@ def inverse_sqrt_lambda(warmup_steps: int) -> Callable[[int], float]:
     return multiplier
 
 
-def mt_lr_lambda(method, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+def mt_lr_lambda(method, warmup_steps: int) -> Callable[[int], float]:
     """Inverse-sqrt warm-up/decay times the method's restart factor (module docstring)."""
     base = inverse_sqrt_lambda(warmup_steps)
     return lambda t: base(t) * method.restart_factor(t)
@@ -444,7 +444,7 @@ class Translation(TaskBase):
         return model_builder(settings.model)(settings, data.vocab.vocab_size, data.ids.pad)
 
     def lr_lambda(self, settings: MTSettings, method, steps: int):
-        return mt_lr_lambda(method, steps, settings.schedule.warmup_steps)
+        return mt_lr_lambda(method, settings.schedule.warmup_steps)
 
     optimizer_builder = staticmethod(lambda settings: optimizer_builder(settings))
 

@@ -23,7 +23,12 @@ from torch import nn
 
 from .._util.atomic import atomic_write_json
 from ..accounting import count_parameters
-from ..methods import available_methods, method_config_fields
+from ..methods import (
+    available_methods,
+    method_config_class,
+    method_config_fields,
+    method_for_run,
+)
 from .checkpoint import latest_checkpoint, read_checkpoint_state
 from .loggers import JsonlLogger, MultiLogger, TensorBoardLogger
 from .loop import LoopSettings, train
@@ -40,9 +45,12 @@ class RunOutcome:
 
 
 def build_method(task, settings, model: nn.Module):
-    """The method of ``settings.method``, built for this run (rank, seed, interval, targets)."""
-    from ..methods import method_for_run
+    """The method of ``settings.method``, built for this run (rank, seed, interval, targets).
 
+    Options the method does not have are left out (``sst compare`` shares one set of options
+    among its methods; :func:`check_choices` refuses an option that no method takes), and
+    the task's default targets yield to the choice's.
+    """
     choice = settings.method
     fields = method_config_fields(choice.name)
     options = {k: v for k, v in choice.options.items() if k in fields}
@@ -95,8 +103,6 @@ def check_choices(task, settings, methods: list[str],
 
 
 def _takes(method: str, key: str) -> bool:
-    from ..methods import method_config_class
-
     if key == "interval":
         return method_config_class(method).refresh_interval_field is not None
     return key in method_config_fields(method)

@@ -23,8 +23,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-COMMON = ["--model", "gpt_cpu", "--rank", "16", "--block_size", "64", "--batch_size", "12",
+COMMON = ["--model", "gpt_cpu", "--block_size", "64", "--batch_size", "12",
           "--warmup_steps", "100", "--eval_tokens", "32768", "--threads", "1", "--no_progress"]
+RANK = 16  # given to the methods that have a rank (a flag a method lacks is an error)
 
 # (run name, method, learning rate, extra flags)
 GRID = [
@@ -65,6 +66,15 @@ GRID_REWARM = [
 GRIDS = {"lr": GRID, "long": GRID_LONG, "rank": GRID_RANK, "rewarm": GRID_REWARM}
 
 
+def rank_flag(method: str, extra: list[str]) -> list[str]:
+    """``--rank 16`` for a method with a rank, unless the run's own flags set one."""
+    from sparse_spectral.methods import method_config_fields
+
+    if "--rank" in extra or "rank" not in method_config_fields(method):
+        return []
+    return ["--rank", str(RANK)]
+
+
 def run_one(out: Path, steps: int, name: str, method: str, lr: float, extra: list[str]):
     run_dir = out / name
     summary = run_dir / "summary.json"
@@ -73,7 +83,7 @@ def run_one(out: Path, steps: int, name: str, method: str, lr: float, extra: lis
     cmd = [sys.executable, "-m", "sparse_spectral.cli", "train", "lm", "--method", method,
            "--lr", str(lr), "--num_training_steps", str(steps),
            "--eval_every", str(max(1, steps // 10)), "--output_dir", str(run_dir),
-           *COMMON, *extra]
+           *COMMON, *rank_flag(method, extra), *extra]
     log = run_dir.with_suffix(".log")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:

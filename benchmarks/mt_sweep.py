@@ -40,8 +40,9 @@ from sparse_spectral._util.atomic import atomic_write, atomic_write_json, atomic
 COMMON = ["--num_heads", "4", "--num_layers", "2", "--vocab_size", "4000",
           "--max_tokens", "4096", "--warmup_steps", "100",
           "--lr", "2e-3", "--label_smoothing", "0.1", "--eval_every", "146",
-          "--iteration_interval", "50", "--beam_size", "4", "--seed", "0",
-          "--threads", "1", "--no_progress", "--num_examples", "3"]
+          "--beam_size", "4", "--seed", "0", "--threads", "1", "--no_progress",
+          "--num_examples", "3"]
+T3 = 50  # SST's T3 and ReLoRA*'s merge interval: given to the methods that refresh
 METHODS = ("full", "lora", "relora", "sst")
 
 # stage -> (model family, d_model, rank, epochs); stages run in this priority order.
@@ -81,9 +82,16 @@ def run_dir_of(out: Path, stage: str, method: str) -> Path:
 def command(stage: str, method: str, run_dir: Path, data_dir: str | None) -> list[str]:
     """The exact ``sst train mt`` command line of one run."""
     family, d, rank, epochs = STAGES[stage]
+    from sparse_spectral.methods import method_config_class, method_config_fields
+
     cmd = [sys.executable, "-m", "sparse_spectral.cli", "train", "mt", "--model", family,
-           "--method", method, "--d_model", str(d), "--rank", str(rank),
-           "--epochs", str(epochs), "--output_dir", str(run_dir), *COMMON]
+           "--method", method, "--d_model", str(d), "--epochs", str(epochs),
+           "--output_dir", str(run_dir), *COMMON]
+    # A flag the method lacks is an error: full rank gets no rank, LoRA no interval.
+    if "rank" in method_config_fields(method):
+        cmd += ["--rank", str(rank)]
+    if method_config_class(method).refresh_interval_field:
+        cmd += ["--iteration_interval", str(T3)]
     if data_dir:
         cmd += ["--data-dir", data_dir]
     return cmd

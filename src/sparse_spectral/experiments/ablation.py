@@ -37,12 +37,17 @@ __all__ = ["ABLATION_FILE", "AblationVariant", "VariantRun", "default_variants",
 
 ABLATION_FILE = "ablation.json"
 
-# What each SST variant of the registry ablates (table grouping).
-_VARIANT_GROUPS = {
-    "sst-uniform": "sampler", "sst-sequential": "sampler", "sst-top-r": "sampler",
-    "sst-mix": "sampler", "sst-sampled-s": "singular values", "sst-random-init": "init",
-    "sst-default-grad": "gradient",
+# The table group of an SST variant, by the config field its preset changes (the variants
+# themselves are the registry's: methods.SST_VARIANTS).
+_GROUP_OF_FIELD = {
+    "sampler": "sampler", "lam": "sampler", "update_all_singular_values": "singular values",
+    "init": "init", "enhanced_gradient": "gradient",
 }
+
+
+def _group(preset: dict[str, Any]) -> str:
+    groups = {_GROUP_OF_FIELD.get(name, "variant") for name in preset}
+    return groups.pop() if len(groups) == 1 else "variant"
 
 
 @dataclass
@@ -78,8 +83,8 @@ def default_variants(iteration_intervals: list[int] = (), iterations_per_round: 
         references: add ``full`` and ``relora`` (needed for the gradient-norm correlations).
     """
     variants = [AblationVariant("sst", "sst", "default (weighted)")]
-    variants += [AblationVariant(name, name, _VARIANT_GROUPS.get(name, "variant"))
-                 for name in SST_VARIANTS]
+    variants += [AblationVariant(name, name, _group(preset))
+                 for name, preset in SST_VARIANTS.items()]
     variants += [AblationVariant(f"sst T3={t3}", "sst", "iteration interval T3",
                                  {"iteration_interval": int(t3)}) for t3 in iteration_intervals]
     variants += [AblationVariant(f"sst T2={t2}", "sst", "iterations per round T2",

@@ -60,6 +60,20 @@ def _converter(annotation: str):
     return convert
 
 
+def _value_kind(f: dataclasses.Field) -> dict[str, Any]:
+    """``type``/``metavar`` of a field's flag; a bool flag alone means true (``--tensorboard``),
+    ``--tensorboard false`` turns it off."""
+    kind: dict[str, Any] = {"type": _converter(str(f.type)), "metavar": flag_name(f).upper()}
+    if str(f.type).startswith("bool"):
+        kind.update(nargs="?", const=True, metavar="BOOL")
+    return kind
+
+
+def _help_text(f: dataclasses.Field, default: Any) -> str:
+    text = help_of(f)
+    return text if "default" in text else f"{text} (default: {default})"
+
+
 def _dest(section: str | None, name: str) -> str:
     return f"{section}.{name}" if section else name
 
@@ -78,9 +92,10 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings_class: type) ->
         if "_" in flags[0] and name.endswith("_dir"):
             flags.append(flags[0].replace("_", "-"))  # --data-dir, as the data loaders say
         groups[section].add_argument(*flags, dest=_dest(section, name),
-                                     type=_converter(str(f.type)), default=argparse.SUPPRESS,
-                                     metavar=name.upper(),
-                                     help=f"{help_of(f)} (default: {value})")
+                                     default=argparse.SUPPRESS,
+                                     help=_help_text(f, settings_class.DEFAULT_NOTES.get(
+                                         name, value)),
+                                     **_value_kind(f))
 
 
 def add_method_option_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -106,9 +121,9 @@ def add_method_option_flags(parser: argparse.ArgumentParser, skip: tuple[str, ..
     for name, (f, methods) in sorted(takers.items()):
         shown = sorted({m.split("-")[0] if m.startswith("sst-") else m for m in methods})
         group.add_argument(f"--{flag_name(f)}", dest=OPTION + name,
-                           type=_converter(str(f.type)), default=argparse.SUPPRESS,
-                           metavar=name.upper(),
-                           help=f"{help_of(f)} [{', '.join(shown)}; default {f.default!r}]")
+                           default=argparse.SUPPRESS,
+                           help=f"{help_of(f)} [{', '.join(shown)}; default {f.default!r}]",
+                           **_value_kind(f))
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import statistics
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,9 @@ class GraphSettings(TaskSettings):
     schedule: GraphSchedule = field(default_factory=GraphSchedule)
     eval: GraphEval = field(default_factory=GraphEval)
     output: OutputSettings = field(default_factory=lambda: OutputSettings(output_dir="runs/graph"))
+
+    DEFAULT_NOTES: typing.ClassVar[dict[str, str]] = {
+        name: "HyboNet's value for the data set" for name in ("lr", "weight_decay", "grad_clip")}
 
     def __post_init__(self):
         from ..data.graphs import GRAPH_DATASETS, GRAPH_TASKS, SPLITS

@@ -150,6 +150,8 @@ class TaskSettings:
 
     #: Old flat keys and where they live now: ``{"method_options": "method.options"}``.
     LEGACY_KEYS: typing.ClassVar[dict[str, str]] = {"method_options": "method.options"}
+    #: What a ``None`` default means, by field, where the task fills it in (``--help``).
+    DEFAULT_NOTES: typing.ClassVar[dict[str, str]] = {}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "settings"):

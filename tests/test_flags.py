@@ -142,3 +142,18 @@ def test_demo_honours_the_rank_for_every_method(capsys):
     # trains 2 (64 + 16) + 2 (16 + 16) = 224 (their weights and biases are frozen); the
     # default rank 8 would train 896.
     assert int(rows["lora"].replace(",", "")) == 224 + 170
+
+
+@pytest.mark.parametrize("argv, expected", [([], False), (["--tensorboard"], True),
+                                            (["--tensorboard", "false"], False),
+                                            (["--tensorboard", "yes"], True)])
+def test_a_bool_flag_alone_means_true(argv, expected):
+    args = build_parser().parse_args(["train", "lm", *argv])
+    settings, _, _ = settings_from_args(args, get_task("lm").settings_class)
+    assert settings.output.tensorboard is expected
+
+
+def test_a_bad_flag_value_names_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "lm", "--tensorboard", "maybe"])
+    assert "--tensorboard" in capsys.readouterr().err

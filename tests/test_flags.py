@@ -157,3 +157,26 @@ def test_a_bad_flag_value_names_the_flag(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "lm", "--tensorboard", "maybe"])
     assert "--tensorboard" in capsys.readouterr().err
+
+
+def test_yaml_sections_map_like_toml_ones(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("model: gpt_micro\nmethods: full,sst\nmethod:\n  rank: 4\n"
+                      "  iteration_interval: 7\n  options:\n    sampler: uniform\n"
+                      "optim:\n  lr: 0.02\nschedule:\n  num_training_steps: 9\n")
+    args = build_parser().parse_args(["compare", "lm", "--config", str(config)])
+    settings, command, explicit = settings_from_args(args, get_task("lm").settings_class)
+    assert (settings.model, settings.method.rank, settings.method.interval) == ("gpt_micro", 4, 7)
+    assert settings.method.options == {"sampler": "uniform"} and settings.optim.lr == 0.02
+    assert settings.schedule.num_training_steps == 9 and command["methods"] == "full,sst"
+    assert explicit == {"rank", "interval"}
+
+
+def test_unknown_config_keys_are_one_error_naming_them(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text("modle = 'gpt_micro'\n[optim]\nlearning_rate = 1.0\n")
+    assert main(["train", "lm", "--config", str(config), "--no_progress",
+                 "--output_dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown setting(s) ['modle', 'optim.learning_rate']" in err
+    assert "allowed:" in err and not (tmp_path / "run").exists()

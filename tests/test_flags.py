@@ -180,3 +180,22 @@ def test_unknown_config_keys_are_one_error_naming_them(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown setting(s) ['modle', 'optim.learning_rate']" in err
     assert "allowed:" in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("task", ["lm", "mt", "graph", "images"])
+def test_every_compare_takes_seeds_methods_and_method_lr(task, tmp_path, monkeypatch):
+    import sparse_spectral.report as report
+    import sparse_spectral.training.compare as compare
+
+    seen = {}
+
+    def fake_compare(task_obj, settings, methods, seeds=None, method_lr=None, progress=True):
+        seen.update(task=task_obj.name, methods=methods, seeds=seeds, method_lr=method_lr)
+        (tmp_path / "report.md").write_text("report\n")
+
+    monkeypatch.setattr(compare, "run_compare", fake_compare)
+    monkeypatch.setattr(report, "render", lambda directory: {})
+    assert main(["compare", task, "--methods", "full,sst", "--seeds", "3,4", "--method_lr",
+                 "sst=0.01", "--output_dir", str(tmp_path)]) == 0
+    assert seen == {"task": task, "methods": ["full", "sst"], "seeds": [3, 4],
+                    "method_lr": {"sst": 0.01}}

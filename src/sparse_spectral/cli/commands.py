@@ -171,6 +171,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"threads         {torch.get_num_threads()}")
     print(f"device          {device}")
     print(f"cuda available  {cuda}")
+    from ..training.device import PRECISIONS, describe, resolve_device
+
+    print(f"--device auto   {describe(resolve_device('auto'))}")
+    print(f"precisions      {', '.join(PRECISIONS)} (--precision; bf16 on CUDA needs bf16 "
+          "support)")
     return 0
 
 

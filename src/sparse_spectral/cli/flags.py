@@ -197,8 +197,8 @@ def _warn_flat_keys(values: dict[str, Any], settings_class: type, source: str) -
             and field_paths(settings_class)[k][0] is not None]
     if flat:
         warnings.warn(f"{source}: flat key(s) {sorted(flat)} are deprecated; put them in "
-                      "their sections ([optim], [schedule], [eval], [output], [method]) as "
-                      "examples/ does", FutureWarning, stacklevel=3)
+                      "their sections ([optim], [schedule], [eval], [output], [method], "
+                      "[runtime]) as examples/ does", FutureWarning, stacklevel=3)
 
 
 def settings_from_args(args: argparse.Namespace, settings_class: type,

@@ -107,6 +107,13 @@ class TaskBase:
         """``settings`` with every task-chosen default filled in (graph: HyboNet's values)."""
         return settings
 
+    def to_device(self, data, device, dtype=None):
+        """``data`` with its tensors on ``device`` (floating ones cast to ``dtype`` if given;
+        a no-op on the CPU in fp32)."""
+        from ..training.device import move_to
+
+        return move_to(data, device, dtype)
+
     def check(self, settings) -> None:
         """Refuse bad settings before any data or file is touched (default: nothing more)."""
 

@@ -337,11 +337,12 @@ def evaluate_loss(model: nn.Module, split: MTSplit, ids, max_tokens: int) -> dic
     from ..data.mt_batching import collate, token_batches
 
     total, count = 0.0, 0
+    device = next(model.parameters()).device  # batches are built on the CPU
     for chosen in token_batches([len(s) for s in split.source], [len(t) for t in split.target],
                                 max_tokens):
         batch = collate(split.source, split.target, chosen, ids)
-        total += float(translation_loss(model, batch.src, batch.tgt_in, batch.tgt_out, ids.pad,
-                                        reduction="sum"))
+        total += float(translation_loss(model, batch.src.to(device), batch.tgt_in.to(device),
+                                        batch.tgt_out.to(device), ids.pad, reduction="sum"))
         count += batch.target_tokens
     loss = total / count
     return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": count}
@@ -363,11 +364,13 @@ def translate(model: nn.Module, sources: list[np.ndarray], vocab, *, beam_size: 
     banned = (vocab.pad_id, vocab.bos_id)
     max_positions = getattr(getattr(model, "config", None), "max_positions", None)
     order = sorted(range(len(sources)), key=lambda i: (len(sources[i]), i))
+    device = next(model.parameters()).device
     outputs: list[str] = [""] * len(sources)
     try:
         for start in range(0, len(order), batch_size):
             chosen = order[start:start + batch_size]
-            src = pad_rows([np.append(sources[i], vocab.eos_id) for i in chosen], vocab.pad_id)
+            src = pad_rows([np.append(sources[i], vocab.eos_id) for i in chosen],
+                           vocab.pad_id).to(device)
             common = dict(bos_id=vocab.bos_id, eos_id=vocab.eos_id, banned=banned,
                           max_len_a=max_len_a, max_len_b=max_len_b, max_positions=max_positions)
             if beam_size == 1:

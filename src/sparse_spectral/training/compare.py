@@ -25,7 +25,8 @@ from torch import nn
 from .._util.atomic import atomic_write_json
 from ..targeting import find_target_modules
 from .config import to_flat_dict
-from .runner import check_choices, train_run, with_run
+from .device import input_dtype
+from .runner import check_choices, check_runtime, train_run, with_run
 
 
 def run_compare(task, settings, methods: list[str], seeds: list[int] | None = None,
@@ -51,6 +52,7 @@ def run_compare(task, settings, methods: list[str], seeds: list[int] | None = No
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds {seeds} repeat a seed")
     check_choices(task, settings, methods)
+    device = check_runtime(settings)
     if set(method_lr) - set(methods):
         raise ValueError(f"method_lr names {sorted(set(method_lr) - set(methods))} are not "
                          f"among the methods run ({', '.join(methods)})")
@@ -61,7 +63,8 @@ def run_compare(task, settings, methods: list[str], seeds: list[int] | None = No
     def data_for(run):
         key = task.data_key(run)
         if key not in data_cache:
-            data_cache[key] = task.prepare_data(run)
+            data_cache[key] = task.to_device(task.prepare_data(run), device,
+                                             input_dtype(settings.runtime.precision))
         return data_cache[key]
 
     flat = {**to_flat_dict(settings), "methods": methods, "method_lr": method_lr,

@@ -23,8 +23,8 @@ from typing import Any
 from .._util.checks import is_int
 
 __all__ = ["EvalSettings", "MethodChoice", "OptimSettings", "OutputSettings",
-           "ScheduleSettings", "TaskSettings", "field_paths", "flag_name", "from_dict",
-           "help_of", "is_section", "nest", "section_names", "to_flat_dict"]
+           "RuntimeSettings", "ScheduleSettings", "TaskSettings", "field_paths", "flag_name",
+           "from_dict", "help_of", "is_section", "nest", "section_names", "to_flat_dict"]
 
 
 def _help(text: str, **more) -> dict[str, Any]:
@@ -138,6 +138,23 @@ class MethodChoice:
 
 
 @dataclass
+class RuntimeSettings:
+    """Where and in which precision the run trains (see :mod:`.device`)."""
+
+    device: str = field(default="auto", metadata=_help(
+        "auto (CUDA when present), cpu, cuda or cuda:N"))
+    precision: str = field(default="fp32", metadata=_help(
+        "fp32, bf16-mixed (fp32 parameters, bf16 autocast) or bf16 (bf16 parameters)"))
+
+    def __post_init__(self):
+        from .device import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is unknown; allowed: "
+                             f"{', '.join(PRECISIONS)}")
+
+
+@dataclass
 class TaskSettings:
     """Fields and sections every task has; each task's settings derive from this."""
 
@@ -147,6 +164,7 @@ class TaskSettings:
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
     #: Old flat keys and where they live now: ``{"method_options": "method.options"}``.
     LEGACY_KEYS: typing.ClassVar[dict[str, str]] = {"method_options": "method.options"}

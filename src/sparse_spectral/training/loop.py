@@ -25,6 +25,7 @@ from torch import nn
 
 from ..accounting import memory_report
 from .checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from .device import autocast, input_dtype, move_to
 from .loggers import MetricLogger
 from .schedules import method_lr_lambda
 
@@ -93,7 +94,8 @@ def train(model: nn.Module, method, *,
           tokens_per_step: int = 0, progress: bool = True,
           lr_lambda: Callable[[int], float] | None = None,
           build_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-          batch_state: Any = None) -> TrainResult:
+          batch_state: Any = None, device: torch.device | None = None,
+          precision: str = "fp32") -> TrainResult:
     """Train ``model`` (already prepared by ``method``) for ``settings.num_training_steps``.
 
     Args:
@@ -119,6 +121,9 @@ def train(model: nn.Module, method, *,
             checkpoints save and ``method.after_step`` receives.
         batch_state: an object with ``state_dict``/``load_state_dict`` that ``batch_fn`` or
             ``loss_fn`` draws from (checkpointed), or None.
+        device: where the batches go (the model is already there); None: leave them.
+        precision: ``fp32``, ``bf16-mixed`` (forward, loss and evaluation under bf16
+            autocast on ``device``) or ``bf16`` (the model's parameters are already bf16).
 
     Raises:
         TrainingDiverged: on a non-finite loss; the last good checkpoint stays the latest.
@@ -151,7 +156,11 @@ def train(model: nn.Module, method, *,
         total_loss = 0.0
         for micro in range(settings.grad_accumulation):
             inputs, targets = batch_fn(step, micro)
-            loss = loss_fn(model, inputs, targets) / settings.grad_accumulation
+            if device is not None:
+                cast = input_dtype(precision)
+                inputs, targets = move_to(inputs, device, cast), move_to(targets, device, cast)
+            with autocast(precision, device or torch.device("cpu")):
+                loss = loss_fn(model, inputs, targets) / settings.grad_accumulation
             loss.backward()
             total_loss += loss.item()
         if not math.isfinite(total_loss):
@@ -181,7 +190,8 @@ def train(model: nn.Module, method, *,
         last = step == settings.num_training_steps
         if (settings.eval_every and step % settings.eval_every == 0) \
                 or (last and settings.evaluate_last):
-            metrics = _evaluate(model, eval_fn)
+            with autocast(precision, device or torch.device("cpu")):
+                metrics = _evaluate(model, eval_fn)
             result.evaluations.append({"step": step, **metrics})
             logger.log_dict(metrics, step)
             if len(result.evaluations) % settings.print_every_evals == 0:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .._util.atomic import atomic_write_json
@@ -30,6 +31,13 @@ from ..methods import (
     method_for_run,
 )
 from .checkpoint import latest_checkpoint, read_checkpoint_state
+from .device import (
+    check_precision,
+    describe,
+    input_dtype,
+    parameter_dtype,
+    resolve_device,
+)
 from .loggers import JsonlLogger, MultiLogger, TensorBoardLogger
 from .loop import LoopSettings, train
 
@@ -108,6 +116,18 @@ def _takes(method: str, key: str) -> bool:
     return key in method_config_fields(method)
 
 
+def check_runtime(settings) -> torch.device:
+    """The run's device, with its precision checked (before anything is written).
+
+    Raises:
+        ValueError: an unknown device or precision, CUDA where there is none, or a precision
+            the device cannot run.
+    """
+    device = resolve_device(settings.runtime.device)
+    check_precision(settings.runtime.precision, device)
+    return device
+
+
 def loop_settings(settings, steps: int, grad_accumulation: int = 1, lr: float | None = None,
                   warmup_steps: int | None = None) -> LoopSettings:
     """The loop's settings from a task's composed settings."""
@@ -124,14 +144,20 @@ def loop_settings(settings, steps: int, grad_accumulation: int = 1, lr: float | 
 def train_run(task, settings, *, data=None, resume: bool = False,
               progress: bool = True) -> RunOutcome:
     """Train ``settings.method`` on ``task``; write the run folder; return the outcome."""
+    device = check_runtime(settings)
     task.check(settings)
-    data = data if data is not None else task.prepare_data(settings)
+    data = task.to_device(data if data is not None else task.prepare_data(settings), device,
+                          input_dtype(settings.runtime.precision))
     batches = task.batches(settings, data)
     loop = task.loop_settings(settings, batches)
     run_dir = Path(settings.output.output_dir)
     model = task.build_model(settings, data)
     method = build_method(task, settings, model)
-    model = method.prepare(model)
+    # Decompose on the CPU as always (the same factors everywhere), then move (and for
+    # pure bf16 cast: only then, so that fp32 runs keep any float64 buffer they have).
+    model = method.prepare(model).to(device)
+    if settings.runtime.precision == "bf16":
+        model = model.to(parameter_dtype("bf16"))
     trainable, total = count_parameters(model)
     loggers = [JsonlLogger(run_dir / "metrics.jsonl", resume_step=_resume_step(run_dir, resume))]
     if settings.output.tensorboard:
@@ -146,7 +172,8 @@ def train_run(task, settings, *, data=None, resume: bool = False,
                        tokens_per_step=batches.tokens_per_step, progress=progress,
                        lr_lambda=task.lr_lambda(settings, method, batches.steps),
                        build_optimizer=task.optimizer_builder(settings),
-                       batch_state=batches.state)
+                       batch_state=batches.state, device=device,
+                       precision=settings.runtime.precision)
     finally:
         logger.close()
     summary = {
@@ -160,6 +187,7 @@ def train_run(task, settings, *, data=None, resume: bool = False,
     result.evaluator = evaluator
     summary.update(task.finish(settings, data, model, method, result, batches))
     summary["wall_time_s"] = time.perf_counter() - began
+    summary["device"] = describe(device)
     summary["headline"] = task.headline(settings).to_dict()
     atomic_write_json(run_dir / "summary.json", summary)
     return RunOutcome(summary, model, method, result)

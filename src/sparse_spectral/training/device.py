@@ -1,0 +1,114 @@
+"""Where and in which precision a run trains: ``--device`` and ``--precision``.
+
+Devices: ``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda``, ``cuda:N``.
+Precisions (Lightning's names):
+
+* ``fp32``: float32 parameters and arithmetic (the default; bit-exact resume on CPU).
+* ``bf16-mixed``: float32 parameters and optimizer state, the forward pass and loss under
+  ``torch.autocast(dtype=torch.bfloat16)`` on the run's device; gradients are float32.
+* ``bf16``: parameters (and so gradients and optimizer state) in bfloat16; SST's re-SVD runs
+  in its ``svd_dtype`` (float32) and is cast back.
+
+Both are checked before a run writes anything, with one error naming the value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+import torch
+
+PRECISIONS = ("fp32", "bf16-mixed", "bf16")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """The ``torch.device`` of ``--device spec``.
+
+    Raises:
+        ValueError: an unknown spelling, CUDA requested where none exists, or a CUDA index
+            beyond the visible devices.
+    """
+    text = str(spec).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        index = text.partition(":")[2]
+        if index and not index.isdigit():
+            raise ValueError(f"device={spec!r} is unknown; allowed: auto, cpu, cuda, cuda:N")
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={spec!r}: CUDA is not available on this machine; "
+                             "allowed here: auto, cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ValueError(f"device={spec!r}: only {torch.cuda.device_count()} CUDA "
+                             f"device(s) are visible (cuda:0 to "
+                             f"cuda:{torch.cuda.device_count() - 1})")
+        return torch.device(text)
+    raise ValueError(f"device={spec!r} is unknown; allowed: auto, cpu, cuda, cuda:N")
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a precision that is unknown or that ``device`` cannot run."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
+    if precision != "fp32" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision={precision!r}: {torch.cuda.get_device_name(device)} has no "
+                         "bfloat16 support; allowed here: fp32")
+
+
+def autocast(precision: str, device: torch.device):
+    """The context the forward pass and loss run in (a no-op unless ``bf16-mixed``)."""
+    if precision == "bf16-mixed":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def parameter_dtype(precision: str) -> torch.dtype:
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def move_to(value: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """``value`` with every tensor in it on ``device`` (tuples, lists, dicts, dataclasses).
+
+    ``dtype``: also cast floating tensors to it (pure ``bf16`` runs feed bf16 inputs).
+    Objects that are neither are returned as they are (numpy arrays, tokenizers), and so is
+    every container whose tensors need no change: on the CPU in fp32 this copies nothing.
+    """
+    if isinstance(value, torch.Tensor):
+        cast = dtype if dtype is not None and value.is_floating_point() else None
+        return value.to(device=device, dtype=cast)
+    if isinstance(value, (list, tuple, dict)):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        moved = {k: move_to(v, device, dtype) for k, v in items}
+        if all(moved[k] is v for k, v in (value.items() if isinstance(value, dict)
+                                         else enumerate(value))):
+            return value
+        if isinstance(value, dict):
+            return type(value)(moved)
+        parts = [moved[i] for i in range(len(value))]
+        return type(value)(*parts) if hasattr(value, "_fields") else type(value)(parts)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: move_to(getattr(value, f.name), device, dtype)
+                   for f in dataclasses.fields(value) if f.init}
+        if all(changes[k] is getattr(value, k) for k in changes):
+            return value
+        return dataclasses.replace(value, **changes)
+    return value
+
+
+def input_dtype(precision: str) -> torch.dtype | None:
+    """The dtype floating inputs are cast to: bf16 for pure ``bf16`` runs, else unchanged."""
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def describe(device: torch.device) -> str:
+    """``cpu`` or ``cuda:0 (NVIDIA H200, bf16)`` for ``sst info`` and summaries."""
+    if device.type != "cuda":
+        return str(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    bf16 = "bf16" if torch.cuda.is_bf16_supported() else "no bf16"
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)}, {bf16})"

@@ -27,34 +27,29 @@ def scored_lm() -> dict:
     return results
 
 
-def test_lm_without_headline_uses_validation_perplexity(tmp_path, scored_lm):
-    write_json(tmp_path / "results.json", scored_lm)
-    render(tmp_path)
-    assert gap_line(tmp_path) == (
-        "SST closes 60.0% of the validation-perplexity gap between the best other low-rank "
-        "method (LoRA, 25.00) and full rank (20.00): (best other - SST) / (best other - full) "
-        "with SST at 22.00.")
-    assert gap_closed(scored_lm) == pytest.approx(0.6)
-
-
-def test_lm_headline_higher_is_better_picks_the_highest_baseline(tmp_path, scored_lm):
-    scored_lm["headline"] = {"key": "score", "label": "test score", "higher_is_better": True}
-    write_json(tmp_path / "results.json", scored_lm)
-    render(tmp_path)
+@pytest.mark.parametrize("declared, sentence, share", [
+    # No headline: validation perplexity, lower is better.
+    (None, "SST closes 60.0% of the validation-perplexity gap between the best other low-rank "
+     "method (LoRA, 25.00) and full rank (20.00): (best other - SST) / (best other - full) "
+     "with SST at 22.00.", 0.6),
     # ReLoRA* (0.7) beats LoRA (0.6) when higher is better.
-    assert gap_line(tmp_path) == (
-        "SST closes 50.0% of the test-score gap between the best other low-rank method "
-        "(ReLoRA*, 0.70) and full rank (0.90): (best other - SST) / (best other - full) with "
-        "SST at 0.80.")
-    assert gap_closed(scored_lm) == pytest.approx(0.5)
-
-
-def test_lm_headline_lower_is_better_flips_the_best_baseline(tmp_path, scored_lm):
-    scored_lm["headline"] = {"key": "score", "label": "test score", "higher_is_better": False}
+    ({"key": "score", "label": "test score", "higher_is_better": True},
+     "SST closes 50.0% of the test-score gap between the best other low-rank method "
+     "(ReLoRA*, 0.70) and full rank (0.90): (best other - SST) / (best other - full) with "
+     "SST at 0.80.", 0.5),
+    # Lower is better flips the best baseline: LoRA (0.6) beats full rank, no gap.
+    ({"key": "score", "label": "test score", "higher_is_better": False},
+     "Share of the gap closed by SST: not computed; the best other low-rank method (LoRA, "
+     "0.60) is not worse than full rank (0.90), so there is no gap to close.", None),
+], ids=["default", "higher-is-better", "lower-is-better"])
+def test_lm_headline_picks_the_metric_and_the_best_baseline(tmp_path, scored_lm, declared,
+                                                            sentence, share):
+    if declared is not None:
+        scored_lm["headline"] = declared
     write_json(tmp_path / "results.json", scored_lm)
     render(tmp_path)
-    assert "(LoRA, 0.60) is not worse than full rank (0.90)" in gap_line(tmp_path)
-    assert gap_closed(scored_lm) is None
+    assert gap_line(tmp_path) == sentence
+    assert gap_closed(scored_lm) == (None if share is None else pytest.approx(share))
 
 
 def test_mt_headline_names_its_metric(tmp_path):

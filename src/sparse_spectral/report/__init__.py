@@ -8,8 +8,9 @@
 
 The package reads result files only (it imports nothing of sparse_spectral but ``_util``),
 so a report can be re-rendered wherever the files are. Modules: :mod:`.common` (loading,
-validation, headline metric, gap share, table and plot helpers), :mod:`.lm`, :mod:`.mt`,
-:mod:`.graph`, :mod:`.images`, :mod:`.ablation`, :mod:`.run`.
+validation, headline metric, gap share, method names, writing), :mod:`.markdown` (cells,
+tables, the gap sentence, the report layout), :mod:`.plots` (figures), then one per report:
+:mod:`.lm`, :mod:`.mt`, :mod:`.graph`, :mod:`.images`, :mod:`.ablation`, :mod:`.run`.
 """
 
 from __future__ import annotations

@@ -26,17 +26,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .common import (
-    colors,
-    display,
-    figure_lines,
-    is_number,
-    new_figure,
-    no_data,
-    read_json,
-    settings_lines,
-    write_report_files,
-)
+from .common import display, is_number, read_json, render_report
+from .markdown import markdown_table, number_text, report_markdown
+from .plots import colors, new_figure, no_data
 
 __all__ = ["ablation_markdown", "ablation_table", "load_ablation", "plot_ablation",
            "plot_grad_norms", "render_ablation_report", "variant_labels"]
@@ -79,14 +71,6 @@ def variant_labels(data: Mapping[str, Any]) -> list[str]:
     return order + [label for label in data["variants"] if label not in order]
 
 
-def _fmt(value: Any, digits: int = 4, signed: bool = False) -> str:
-    if not is_number(value):
-        return "-"
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
 def ablation_table(data: Mapping[str, Any]) -> str:
     """Markdown table, one row per variant in run order.
 
@@ -97,9 +81,9 @@ def ablation_table(data: Mapping[str, Any]) -> str:
     variants = data["variants"]
     sst = variants.get("sst", {}).get("metric")
     sign = 1.0 if data["higher_is_better"] else -1.0
-    lines = [f"| group | variant | method and options | lr | {data['metric']} | better than "
-             "SST by | step time (ms) | grad-norm corr. with full |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    header = ["group", "variant", "method and options", "lr", data["metric"],
+              "better than SST by", "step time (ms)", "grad-norm corr. with full"]
+    rows = []
     for label in variant_labels(data):
         e = variants[label]
         options = ", ".join(f"{k}={v}" for k, v in (e.get("options") or {}).items())
@@ -108,12 +92,11 @@ def ablation_table(data: Mapping[str, Any]) -> str:
                 if is_number(sst) and label != "sst" and math.isfinite(sst) else None)
         step = e.get("step_time_s")
         lr = e.get("lr")
-        cells = [e["group"], label, method, f"{lr:g}" if is_number(lr) else "-",
-                 _fmt(e["metric"]), _fmt(diff, signed=True),
-                 f"{1000 * step:.1f}" if is_number(step) else "-",
-                 _fmt(e.get("grad_norm_corr_full"), 3)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([e["group"], label, method, f"{lr:g}" if is_number(lr) else "-",
+                     number_text(e["metric"], 4), number_text(diff, 4, signed=True),
+                     f"{1000 * step:.1f}" if is_number(step) else "-",
+                     number_text(e.get("grad_norm_corr_full"), 3)])
+    return "\n".join(markdown_table(header, rows, left=3))
 
 
 def _correlation_sentence(data: Mapping[str, Any]) -> str:
@@ -130,16 +113,11 @@ def _correlation_sentence(data: Mapping[str, Any]) -> str:
 
 def ablation_markdown(data: Mapping[str, Any]) -> str:
     """The whole ``ablation.md`` text."""
-    settings = data.get("settings") or {}
-    lines = [f"# SST ablation on {data['task']}", "",
-             f"Metric: {data['metric']} ({'higher' if data['higher_is_better'] else 'lower'} "
-             "is better). Every variant shares the settings below; only its method and "
-             "options change.", "", "## Settings", ""]
-    lines += settings_lines(settings)
-    lines += ["", "## Results", "", ablation_table(data), "", _correlation_sentence(data), "",
-              "## Figures", ""]
-    lines += figure_lines(PLOT_FILES)
-    return "\n".join(lines) + "\n"
+    lead = (f"Metric: {data['metric']} ({'higher' if data['higher_is_better'] else 'lower'} "
+            "is better). Every variant shares the settings below; only its method and "
+            "options change.")
+    return report_markdown(f"SST ablation on {data['task']}", lead, data.get("settings") or {},
+                           ablation_table(data), [_correlation_sentence(data)], PLOT_FILES)
 
 
 def plot_ablation(data: Mapping[str, Any]):
@@ -194,15 +172,7 @@ _PLOTTERS = {"metric": plot_ablation, "grad_norm": plot_grad_norms}
 
 
 def render_ablation_report(directory: str | os.PathLike) -> dict[str, Path]:
-    """Write ``ablation.png``, ``grad_norm.png``, then ``ablation.md`` (each atomically).
-
-    Returns:
-        ``{"report": ablation.md, "metric": ablation.png, "grad_norm": grad_norm.png}``.
-
-    Raises:
-        FileNotFoundError: ``ablation.json`` does not exist.
-        ValueError: it is invalid (the message names the path and the key).
-    """
-    data = load_ablation(directory)
-    return write_report_files(directory, data, _PLOTTERS, PLOT_FILES, ablation_markdown,
-                              REPORT_FILE)
+    """Write ``ablation.png``, ``grad_norm.png``, then ``ablation.md``, from ``ablation.json``
+    (:func:`.common.render_report`: the returned paths, the errors)."""
+    return render_report(directory, load_ablation, _PLOTTERS, PLOT_FILES, ablation_markdown,
+                         REPORT_FILE)

@@ -1,5 +1,5 @@
-"""What every report shares: reading result files, the headline metric, the gap SST closes,
-table cells, the plot helpers and atomic writing.
+"""What every report shares: reading and checking result files, the headline metric, the gap
+SST closes, the names and order of methods, and writing a report's files atomically.
 
 The common part of a comparison's ``results.json`` (every task writes it)::
 
@@ -17,7 +17,7 @@ The common part of a comparison's ``results.json`` (every task writes it)::
 is measured on it). Files written before it existed have none; :data:`DEFAULT_HEADLINES`
 then gives the metric each task always used.
 
-matplotlib is imported only inside the plot helpers, so importing this module stays cheap.
+The Markdown of the reports is :mod:`.markdown`'s, their figures :mod:`.plots`'.
 """
 
 from __future__ import annotations
@@ -33,18 +33,15 @@ from typing import Any
 from .._util.atomic import atomic_write, atomic_write_text
 
 __all__ = [
-    "DEFAULT_HEADLINES", "Gap", "Headline", "LOW_RANK_BASELINES", "MIB", "REPORT_FILE",
-    "RESULTS_FILE", "best_baseline", "check_numbers", "check_points", "check_spectra",
-    "check_type", "colors", "display", "figure_lines", "finite", "finite_points", "gap",
-    "headline", "is_number", "load_results", "metric_name", "metric_values", "new_figure",
-    "no_data", "ordered_methods", "params_share", "plot_spectra", "plot_val_loss", "read_json",
-    "require", "save_figure", "settings_lines", "share_of_gap", "validate_results",
-    "write_report_files",
+    "DEFAULT_HEADLINES", "Gap", "Headline", "LOW_RANK_BASELINES", "REPORT_FILE", "RESULTS_FILE",
+    "best_baseline", "check_numbers", "check_points", "check_spectra", "check_type", "display",
+    "finite", "gap", "headline", "headline_gap", "is_number", "load_results", "metric_name",
+    "metric_values", "ordered_methods", "read_json", "render_report", "require", "save_figure",
+    "share_of_gap", "validate_results", "write_report_files",
 ]
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
-MIB = 2 ** 20
 
 # The low-rank methods SST is compared against (SPEC section 8).
 LOW_RANK_BASELINES = ("lora", "relora", "galore")
@@ -65,19 +62,6 @@ _ACCOUNTING = ("trainable_params", "total_params", "grad_optimizer_bytes", "step
 def is_number(value: Any) -> bool:
     """True for an int or float that is not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def with_seed_std(text: str, entry: Mapping[str, Any], key: str, scale: float = 1.0,
-                  digits: int = 2) -> str:
-    """``text`` plus `` ± std`` when ``entry`` averages several seeds (``key_std``, ``seeds``).
-
-    ``sst compare --seeds`` writes each method's figures as means over seeds with a sample
-    standard deviation beside them; a single seed shows the plain figure.
-    """
-    std = entry.get(f"{key}_std")
-    if is_number(std) and len(entry.get("seeds") or []) > 1 and text != "-":
-        return f"{text} ± {scale * std:.{digits}f}"
-    return text
 
 
 def finite(value: Any) -> float | None:
@@ -324,8 +308,20 @@ def gap(values: Mapping[str, float | None], higher_is_better: bool) -> Gap:
     return Gap(share_of_gap(full, sst, best[1], higher_is_better), full, sst, best)
 
 
+def headline_gap(results: Mapping[str, Any], task: str) -> tuple[Headline, Gap]:
+    """The headline metric of a comparison and the gap SST closes on it (per-method values).
+
+    Args:
+        results: reads ``headline`` and ``methods[*][headline key]`` (no methods: no gap).
+        task: the :data:`DEFAULT_HEADLINES` key of the calling report.
+    """
+    metric = headline(results, task)
+    values = metric_values(results.get("methods", {}), metric.key)
+    return metric, gap(values, metric.higher_is_better)
+
+
 # --------------------------------------------------------------------------
-# Markdown pieces
+# Method names
 # --------------------------------------------------------------------------
 
 
@@ -338,118 +334,6 @@ def ordered_methods(methods: Mapping[str, Any]) -> list[str]:
     """Method names in the canonical order, then the others in file order."""
     known = [name for name in METHOD_ORDER if name in methods]
     return known + [name for name in methods if name not in METHOD_ORDER]
-
-
-def params_share(entry: Mapping[str, Any]) -> str:
-    """Trainable over all parameters as "12.3%", "-" when the total is 0 or absent."""
-    total = entry.get("total_params")
-    return f"{100 * entry['trainable_params'] / total:.1f}%" if total else "-"
-
-
-def settings_lines(settings: Mapping[str, Any]) -> list[str]:
-    """``- **key**: value`` lines (non-strings as key-sorted JSON); ``- (none)`` if empty."""
-    def show(value: Any) -> str:
-        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-
-    return [f"- **{key}**: {show(value)}" for key, value in settings.items()] or ["- (none)"]
-
-
-def figure_lines(plot_files: Mapping[str, str]) -> list[str]:
-    """One Markdown image line per plot: ``![val loss](val_loss.png)``."""
-    return [f"![{key.replace('_', ' ')}]({file})" for key, file in plot_files.items()]
-
-
-# --------------------------------------------------------------------------
-# Plots
-# --------------------------------------------------------------------------
-
-
-def new_figure(width: float = 6.4, height: float = 4.0):
-    """A figure not registered with pyplot, saved through the Agg canvas.
-
-    Building ``Figure`` directly (matplotlib's recipe for web servers) needs no display and,
-    unlike ``matplotlib.use("Agg")``, leaves the caller's pyplot backend alone (notebooks).
-    """
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def colors(names: list[str]) -> dict[str, Any]:
-    """One colour per name (tab10, in order), the same in every plot of a report."""
-    import matplotlib
-
-    cycle = matplotlib.colormaps["tab10"].colors
-    return {name: cycle[i % len(cycle)] for i, name in enumerate(names)}
-
-
-def no_data(ax, text: str) -> None:
-    """Replace the axes' content by a centred note (a plot is written even without data)."""
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
-    ax.set_axis_off()
-
-
-def finite_points(xs: list[float], ys: list[float], positive: bool = False):
-    """``(xs, ys)`` without the points whose y is not finite (or not > 0 if ``positive``)."""
-    keep = [(x, y) for x, y in zip(xs, ys, strict=True)
-            if math.isfinite(y) and (y > 0 or not positive)]
-    return [x for x, _ in keep], [y for _, y in keep]
-
-
-def plot_val_loss(results: Mapping[str, Any]):
-    """Validation loss against optimizer step, one line per method (``methods[*].curve``)."""
-    fig = new_figure()
-    ax = fig.add_subplot()
-    names = ordered_methods(results["methods"])
-    palette, drawn = colors(names), 0
-    for name in names:
-        curve = results["methods"][name]["curve"]
-        steps, losses = finite_points([p["step"] for p in curve],
-                                      [p["val_loss"] for p in curve])
-        if steps:
-            ax.plot(steps, losses, marker=".", color=palette[name], label=display(name))
-            drawn += 1
-    if not drawn:
-        no_data(ax, "no validation curve recorded")
-        return fig
-    ax.set(xlabel="step", ylabel="validation loss", title="Validation loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig
-
-
-def _spectrum_layers(methods: Mapping[str, Any], names: list[str]) -> list[str]:
-    layers: list[str] = []
-    for name in names:
-        layers += [layer for layer in methods[name].get("spectra") or {} if layer not in layers]
-    return layers
-
-
-def plot_spectra(results: Mapping[str, Any]):
-    """Singular values (log y) by index, one subplot per recorded layer, a line per method."""
-    methods = results["methods"]
-    names = ordered_methods(methods)
-    layers = _spectrum_layers(methods, names)
-    fig = new_figure(width=max(6.4, 4.0 * len(layers)), height=4.0)
-    if not layers:
-        no_data(fig.add_subplot(), "no singular-value spectra recorded")
-        return fig
-    palette = colors(names)
-    axes = fig.subplots(1, len(layers), squeeze=False)[0]
-    for ax, layer in zip(axes, layers, strict=True):
-        for name in names:
-            values = (methods[name].get("spectra") or {}).get(layer)
-            if values:
-                index, sv = finite_points(list(range(1, len(values) + 1)), values,
-                                          positive=True)  # log scale: drop zeros
-                ax.plot(index, sv, color=palette[name], label=display(name))
-        ax.set_yscale("log")
-        ax.xaxis.get_major_locator().set_params(integer=True)  # indices are whole numbers
-        ax.set(xlabel="index", ylabel="singular value", title=layer)
-        ax.title.set_fontsize(8)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    return fig
 
 
 # --------------------------------------------------------------------------
@@ -491,3 +375,31 @@ def write_report_files(directory: str | os.PathLike, results: Any,
     report = directory / report_file
     atomic_write_text(report, markdown(results))
     return {"report": report, **written}
+
+
+def render_report(directory: str | os.PathLike, load: Callable[[str | os.PathLike], Any],
+                  plotters: Mapping[str, Callable[[Any], Any]], plot_files: Mapping[str, str],
+                  markdown: Callable[[Any], str], report_file: str = REPORT_FILE
+                  ) -> dict[str, Path]:
+    """Read a folder's result files, then write its plots and its report there.
+
+    Every plot is written, even without data (it then shows a "no data" note), and the report
+    last, each atomically (:func:`write_report_files`).
+
+    Args:
+        directory: the folder holding the result files; the report goes there too.
+        load: reads and checks the folder's files (``load(directory)``).
+        plotters: see :func:`write_report_files`.
+        plot_files: see :func:`write_report_files`.
+        markdown: see :func:`write_report_files`.
+        report_file: the report's file name.
+
+    Returns:
+        ``{"report": path, **{key: plot path}}``.
+
+    Raises:
+        FileNotFoundError: a result file does not exist (from ``load``).
+        ValueError: it is invalid; the message names the path and the key (from ``load``).
+    """
+    results = load(directory)
+    return write_report_files(directory, results, plotters, plot_files, markdown, report_file)

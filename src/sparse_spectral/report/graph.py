@@ -23,29 +23,30 @@ task's other gap metrics (LP: AP).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .common import (
-    MIB,
     RESULTS_FILE,
     Headline,
-    colors,
     display,
-    figure_lines,
     gap,
     headline,
     load_results,
-    new_figure,
-    no_data,
     ordered_methods,
-    params_share,
-    settings_lines,
-    write_report_files,
+    render_report,
 )
+from .markdown import (
+    Column,
+    GapWording,
+    accounting_columns,
+    gap_sentence,
+    methods_table,
+    report_markdown,
+)
+from .plots import finite_points, new_figure, no_data, plot_methods
 
 __all__ = ["gap_shares", "graph_report_markdown", "graph_table", "load_graph_results",
            "plot_embeddings", "plot_val_curves", "render_graph_report"]
@@ -55,6 +56,10 @@ _METRIC_NAMES = {"acc": "accuracy", "f1": "F1", "roc": "ROC-AUC", "ap": "AP"}
 _REPORTED = {"nc": ("acc", "f1"), "lp": ("roc", "ap")}
 # Every graph metric is a score (higher is better); the headline comes first.
 _GAP_KEYS = {"nc": ("test_f1",), "lp": ("test_roc", "test_ap")}
+# The graph report names the metric by its whole label and gives means over seeds.
+_WORDING = GapWording(
+    subject="{label} ", missing=" (needs full rank, SST and a low-rank baseline).",
+    no_gap_end=".", gap_name="{label}", closing=", with SST at {sst} (means over seeds).")
 
 
 def load_graph_results(directory: str | os.PathLike) -> dict[str, Any]:
@@ -86,23 +91,19 @@ def _pm(stat: Mapping[str, float] | None, scale: float = 100.0) -> str:
     return f"{scale * stat['mean']:.1f} ± {scale * stat['std']:.1f}"
 
 
+def _stat_column(header: str, key: str, scale: float = 100.0) -> Column:
+    return header, lambda entry: _pm(entry.get(key), scale)
+
+
 def graph_table(results: Mapping[str, Any]) -> str:
     """Markdown table, one row per method: sizes, step time, metrics (mean ± std, in %)."""
-    task = results["settings"]["task"]
-    metrics = _REPORTED[task]
-    head = (["method", "trainable params", "share", "grad+optimizer (MiB)", "step (ms)"]
-            + [f"val {_METRIC_NAMES[m]}" for m in metrics]
-            + [f"test {_METRIC_NAMES[m]}" for m in metrics] + ["best epoch", "seeds"])
-    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
-    for name in ordered_methods(results["methods"]):
-        e = results["methods"][name]
-        cells = [display(name), f"{e['trainable_params']:,d}", params_share(e),
-                 f"{e['grad_optimizer_bytes'] / MIB:.3f}", f"{1000 * e['step_time_s']:.1f}"]
-        cells += [_pm(e.get(f"val_{m}")) for m in metrics]
-        cells += [_pm(e.get(f"test_{m}")) for m in metrics]
-        cells += [_pm(e.get("best_epoch"), 1.0), str(len(e.get("runs", [])))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    metrics = _REPORTED[results["settings"]["task"]]
+    columns = accounting_columns("grad+optimizer (MiB)", "step (ms)", mib_digits=3)
+    columns += [_stat_column(f"{split} {_METRIC_NAMES[m]}", f"{split}_{m}")
+                for split in ("val", "test") for m in metrics]
+    columns += [_stat_column("best epoch", "best_epoch", 1.0),
+                ("seeds", lambda entry: str(len(entry.get("runs", []))))]
+    return methods_table(results, columns, display)
 
 
 def _gap_metrics(results: Mapping[str, Any]) -> list[Headline]:
@@ -129,70 +130,41 @@ def gap_shares(results: Mapping[str, Any]) -> dict[str, tuple[float | None, str]
         means = {n: (e.get(metric.key) or {}).get("mean")
                  for n, e in results["methods"].items()}
         result = gap(means, metric.higher_is_better)
-        name = metric.key.removeprefix("test_")
-        if result.missing:
-            out[name] = (None, f"Share of the {metric.label} gap closed by SST: not computed "
-                               "(needs full rank, SST and a low-rank baseline).")
-            continue
-        best, other = result.best
-        if result.share is None:
-            out[name] = (None, f"Share of the {metric.label} gap closed by SST: not computed; "
-                               f"the best other low-rank method ({display(best)}, "
-                               f"{100 * other:.1f}) is not worse than full rank "
-                               f"({100 * result.full:.1f}).")
-            continue
-        out[name] = (result.share,
-                     f"SST closes {100 * result.share:.1f}% of the {metric.label} gap between "
-                     f"the best other low-rank method ({display(best)}, {100 * other:.1f}) "
-                     f"and full rank ({100 * result.full:.1f}), with SST at "
-                     f"{100 * result.sst:.1f} (means over seeds).")
+        sentence = gap_sentence(result, metric.label, lambda value: f"{100 * value:.1f}",
+                                _WORDING)
+        out[metric.key.removeprefix("test_")] = (result.share, sentence)
     return out
 
 
 def graph_report_markdown(results: Mapping[str, Any]) -> str:
     """The whole ``report.md`` text of a graph comparison."""
-    lines = [f"# {results['title']}", "", "Task: hyperbolic graph "
-             f"({results['settings']['task'].upper()}), HyboNet", "", "## Settings", ""]
     # An empty method_options says nothing; a non-empty one is listed.
     settings = {k: v for k, v in results["settings"].items() if k != "method_options"
                 or v}
-    lines += settings_lines(settings)
-    notes = results.get("notes") or []
-    if notes:
-        lines += ["", "## Data notes", ""] + [f"- {n}" for n in notes]
-    lines += ["", "## Results", "", graph_table(results), ""]
-    lines += [sentence for _, sentence in gap_shares(results).values()]
-    lines += ["", "Metrics in %, mean ± sample standard deviation over seeds, each seed's test "
-              "value taken at its best validation epoch (HyboNet's selection: F1 for NC, "
-              "(ROC + AP) / 2 for LP). Share: trainable over all parameters; grad+optimizer: "
-              "gradient and optimizer-state bytes of the Euclidean weights' optimizer at the "
-              "end of the first seed's run; step: median seconds per training step.",
-              "", "## Figures", ""]
-    lines += figure_lines(PLOT_FILES)
-    return "\n".join(lines) + "\n"
+    return report_markdown(
+        results["title"], f"Task: hyperbolic graph ({results['settings']['task'].upper()}), "
+        "HyboNet", settings, graph_table(results),
+        [sentence for _, sentence in gap_shares(results).values()], PLOT_FILES,
+        data_notes=results.get("notes") or [],
+        note="Metrics in %, mean ± sample standard deviation over seeds, each seed's test "
+             "value taken at its best validation epoch (HyboNet's selection: F1 for NC, "
+             "(ROC + AP) / 2 for LP). Share: trainable over all parameters; grad+optimizer: "
+             "gradient and optimizer-state bytes of the Euclidean weights' optimizer at the "
+             "end of the first seed's run; step: median seconds per training step.")
+
+
+def _first_seed_curve(entry: Mapping[str, Any]) -> tuple[list[float], list[float]]:
+    runs = entry.get("runs") or []
+    curve = runs[0].get("curve", []) if runs else []
+    return finite_points([p["epoch"] for p in curve], [p["val_score"] for p in curve])
 
 
 def plot_val_curves(results: Mapping[str, Any]):
     """Validation selection score against epoch, first seed of each method."""
-    fig = new_figure()
-    ax = fig.add_subplot()
-    names = ordered_methods(results["methods"])
-    palette, drawn = colors(names), 0
-    for name in names:
-        runs = results["methods"][name].get("runs") or []
-        curve = runs[0].get("curve", []) if runs else []
-        pts = [(p["epoch"], p["val_score"]) for p in curve if math.isfinite(p["val_score"])]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), color=palette[name], label=display(name), linewidth=1)
-            drawn += 1
-    if not drawn:
-        no_data(ax, "no validation curve recorded")
-        return fig
     score = "F1" if results["settings"]["task"] == "nc" else "(ROC-AUC + AP) / 2"
-    ax.set(xlabel="epoch", ylabel=f"validation {score}", title="Validation (first seed)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig
+    return plot_methods(results, _first_seed_curve, empty="no validation curve recorded",
+                        xlabel="epoch", ylabel=f"validation {score}",
+                        title="Validation (first seed)", linewidth=1)
 
 
 def plot_embeddings(results: Mapping[str, Any]):
@@ -229,14 +201,7 @@ _PLOTTERS = {"val_curves": plot_val_curves, "embeddings": plot_embeddings}
 
 
 def render_graph_report(directory: str | os.PathLike) -> dict[str, Path]:
-    """Write ``val_curves.png``, ``embeddings.png``, then ``report.md`` (each atomically).
-
-    Returns:
-        ``{"report": ..., "val_curves": ..., "embeddings": ...}`` paths.
-
-    Raises:
-        FileNotFoundError: ``results.json`` does not exist.
-        ValueError: it is invalid (the message names the path and the key).
-    """
-    results = load_graph_results(directory)
-    return write_report_files(directory, results, _PLOTTERS, PLOT_FILES, graph_report_markdown)
+    """Write ``val_curves.png``, ``embeddings.png``, then ``report.md``, from ``results.json``
+    (:func:`.common.render_report`: the returned paths, the errors)."""
+    return render_report(directory, load_graph_results, _PLOTTERS, PLOT_FILES,
+                         graph_report_markdown)

@@ -22,31 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from .common import (
-    MIB,
-    Gap,
     check_numbers,
     check_points,
     check_spectra,
-    colors,
-    display,
-    figure_lines,
-    finite_points,
-    gap,
-    headline,
+    headline_gap,
     is_number,
     load_results,
-    metric_name,
-    metric_values,
-    new_figure,
-    no_data,
-    ordered_methods,
-    params_share,
-    plot_spectra,
-    plot_val_loss,
+    render_report,
     require,
-    settings_lines,
-    write_report_files,
 )
+from .markdown import (
+    accounting_columns,
+    gap_sentence,
+    methods_table,
+    report_markdown,
+    seeds_column,
+)
+from .plots import finite_points, plot_methods, plot_spectra, plot_val_loss
 
 __all__ = ["accuracy_gap_closed", "accuracy_table", "images_report_markdown",
            "load_images_results", "plot_accuracy", "render_images_report"]
@@ -63,18 +55,8 @@ def _check_images_method(name: str, entry: Mapping[str, Any], where: str, path: 
 
 
 def load_images_results(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``<directory>/results.json`` of an image-classification comparison.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: it is invalid (the message names the path and the key).
-    """
+    """:func:`.common.load_results` of an image-classification comparison, with its keys."""
     return load_results(directory, _check_images_method)
-
-
-def _gap(results: Mapping[str, Any]) -> Gap:
-    metric = headline(results, "images")
-    return gap(metric_values(results["methods"], metric.key), metric.higher_is_better)
 
 
 def accuracy_gap_closed(results: Mapping[str, Any]) -> float | None:
@@ -85,7 +67,7 @@ def accuracy_gap_closed(results: Mapping[str, Any]) -> float | None:
     Args:
         results: reads ``headline`` and ``methods[*][headline key]``.
     """
-    return _gap(results).share
+    return headline_gap(results, "images")[1].share
 
 
 def _metric(key: str, value: float) -> str:
@@ -94,101 +76,55 @@ def _metric(key: str, value: float) -> str:
 
 
 def _gap_sentence(results: Mapping[str, Any]) -> str:
-    metric = headline(results, "images")
-    result = _gap(results)
-    what = metric_name(metric.label)
-    if result.missing:
-        return (f"Share of the {what} gap closed by SST: not computed; it needs full "
-                "rank, SST and a low-rank baseline (LoRA, ReLoRA*, GaLore).")
-    name, best = result.best
-    best_text, full_text = _metric(metric.key, best), _metric(metric.key, result.full)
-    if result.share is None:
-        return (f"Share of the {what} gap closed by SST: not computed; the best other "
-                f"low-rank method ({display(name)}, {best_text}) is not worse than "
-                f"full rank ({full_text}), so there is no gap to close.")
-    return (f"SST closes {100 * result.share:.1f}% of the {metric.label.replace(' ', '-')} gap "
-            f"between the best other low-rank method ({display(name)}, {best_text}) and full "
-            f"rank ({full_text}): (SST - best other) / (full - best other) with SST at "
-            f"{_metric(metric.key, result.sst)}.")
+    metric, result = headline_gap(results, "images")
+    return gap_sentence(result, metric.label, lambda value: _metric(metric.key, value))
 
 
-def _pct(entry: Mapping[str, Any], key: str) -> str:
-    value = entry.get(key)
-    if not is_number(value):
-        return "-"
-    text = f"{100 * value:.2f}"
-    std = entry.get(f"{key}_std")
-    if is_number(std) and len(entry.get("seeds") or []) > 1:
-        text += f" ± {100 * std:.2f}"
-    return text
+def _percent(value: Any) -> str:
+    return f"{100 * value:.2f}" if is_number(value) else "-"
+
+
+_COLUMNS = [*accounting_columns(), ("val loss", lambda e: f"{e['val_loss']:.4f}"),
+            seeds_column("val accuracy (%)", "val_accuracy", _percent, scale=100.0),
+            seeds_column("test accuracy (%)", "test_accuracy", _percent, scale=100.0)]
 
 
 def accuracy_table(results: Mapping[str, Any]) -> str:
     """Markdown table: method | trainable params | share | grad+optimizer MiB | step ms |
     val loss | val accuracy (%) | test accuracy (%) (mean ± std over seeds when several)."""
-    lines = ["| method | trainable params | share | grad+optimizer bytes (MiB) | step time (ms) "
-             "| val loss | val accuracy (%) | test accuracy (%) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in ordered_methods(results["methods"]):
-        e = results["methods"][name]
-        cells = [name, f"{e['trainable_params']:,d}", params_share(e),
-                 f"{e['grad_optimizer_bytes'] / MIB:.2f}", f"{1000 * e['step_time_s']:.1f}",
-                 f"{e['val_loss']:.4f}", _pct(e, "val_accuracy"), _pct(e, "test_accuracy")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return methods_table(results, _COLUMNS)
 
 
 def images_report_markdown(results: Mapping[str, Any]) -> str:
     """The whole ``report.md`` text of an image-classification comparison."""
     seeds = results["settings"].get("seeds") or [results["settings"].get("seed")]
-    lines = [f"# {results['title']}", "", f"Task: {results['task']}", "", "## Settings", ""]
-    lines += settings_lines(results["settings"])
-    lines += ["", "## Results", "", accuracy_table(results), "", _gap_sentence(results), "",
-              f"Accuracies are over whole splits; seeds: {seeds} (mean ± sample std when "
-              "several; curves, step times and spectra are the first seed's). Validation is "
-              "held out of the training images; test is the official test split "
-              "(Fashion-MNIST) or a seeded 20% (digits). Share: trainable parameters over all "
-              "parameters.", "", "## Figures", ""]
-    lines += figure_lines(PLOT_FILES)
-    return "\n".join(lines) + "\n"
+    return report_markdown(
+        results["title"], f"Task: {results['task']}", results["settings"],
+        accuracy_table(results), [_gap_sentence(results)], PLOT_FILES,
+        note=f"Accuracies are over whole splits; seeds: {seeds} (mean ± sample std when "
+             "several; curves, step times and spectra are the first seed's). Validation is "
+             "held out of the training images; test is the official test split "
+             "(Fashion-MNIST) or a seeded 20% (digits). Share: trainable parameters over all "
+             "parameters.")
+
+
+def _accuracy(entry: Mapping[str, Any]) -> tuple[list[float], list[float]]:
+    curve = [p for p in entry["curve"] if is_number(p.get("val_accuracy"))]
+    return finite_points([p["step"] for p in curve], [100 * p["val_accuracy"] for p in curve])
 
 
 def plot_accuracy(results: Mapping[str, Any]):
     """Validation accuracy against optimizer step, one line per method."""
-    fig = new_figure()
-    ax = fig.add_subplot()
-    names = ordered_methods(results["methods"])
-    palette, drawn = colors(names), 0
-    for name in names:
-        curve = [p for p in results["methods"][name]["curve"] if is_number(p.get("val_accuracy"))]
-        steps, acc = finite_points([p["step"] for p in curve],
-                                   [100 * p["val_accuracy"] for p in curve])
-        if steps:
-            ax.plot(steps, acc, marker=".", color=palette[name], label=display(name))
-            drawn += 1
-    if not drawn:
-        no_data(ax, "no accuracy curve recorded")
-        return fig
-    ax.set(xlabel="step", ylabel="validation accuracy (%)", title="Validation accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig
+    return plot_methods(results, _accuracy, empty="no accuracy curve recorded", xlabel="step",
+                        ylabel="validation accuracy (%)", title="Validation accuracy",
+                        marker=".")
 
 
 _PLOTTERS = {"val_loss": plot_val_loss, "accuracy": plot_accuracy, "spectra": plot_spectra}
 
 
 def render_images_report(directory: str | os.PathLike) -> dict[str, Path]:
-    """Write ``val_loss.png``, ``accuracy.png``, ``spectra.png``, then ``report.md``.
-
-    Each is written atomically, the report last.
-
-    Returns:
-        ``{"report": ..., "val_loss": ..., "accuracy": ..., "spectra": ...}`` paths.
-
-    Raises:
-        FileNotFoundError: ``results.json`` does not exist.
-        ValueError: it is invalid (the message names the path and the key).
-    """
-    results = load_images_results(directory)
-    return write_report_files(directory, results, _PLOTTERS, PLOT_FILES, images_report_markdown)
+    """Write ``val_loss.png``, ``accuracy.png``, ``spectra.png``, then ``report.md``, from
+    ``results.json`` (:func:`.common.render_report`: the returned paths, the errors)."""
+    return render_report(directory, load_images_results, _PLOTTERS, PLOT_FILES,
+                         images_report_markdown)

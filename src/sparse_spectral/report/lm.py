@@ -24,39 +24,31 @@ measured on the headline metric (validation perplexity unless the file declares 
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .common import (
-    MIB,
-    Gap,
     check_numbers,
     check_points,
     check_spectra,
     check_type,
-    colors,
-    display,
-    figure_lines,
-    finite_points,
-    gap,
-    headline,
+    headline_gap,
     is_number,
     load_results,
-    metric_values,
-    new_figure,
-    no_data,
-    ordered_methods,
-    params_share,
-    plot_spectra,
-    plot_val_loss,
+    render_report,
     require,
-    settings_lines,
-    with_seed_std,
-    write_report_files,
 )
+from .markdown import (
+    GapWording,
+    accounting_columns,
+    gap_sentence,
+    methods_table,
+    report_markdown,
+    seeds_column,
+)
+from .plots import finite_points, plot_methods, plot_spectra, plot_val_loss
 
 __all__ = ["check_lm_method", "gap_closed", "lm_report_markdown", "load_lm_results",
            "plot_pruning", "render_lm_report", "results_table"]
@@ -82,12 +74,8 @@ def check_lm_method(name: str, entry: Mapping[str, Any], where: str, path: Path)
 
 
 def load_lm_results(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``<directory>/results.json`` of an LM comparison.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: it is not valid JSON or does not follow the schema.
-    """
+    """:func:`.common.load_results` of an LM comparison, each method also checked by
+    :func:`check_lm_method`."""
     return load_results(directory, check_lm_method)
 
 
@@ -96,28 +84,16 @@ def load_lm_results(directory: str | os.PathLike) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 
 
-def _gap(results: Mapping[str, Any]) -> Gap:
-    metric = headline(results, "lm")
-    return gap(metric_values(results.get("methods", {}), metric.key), metric.higher_is_better)
+# The LM report's own words: no metric name before "gap", the missing figures named, and
+# the formula written from the baseline's side.
+_WORDING = GapWording(
+    subject="", missing="; no finite {label} for {roles}.",
+    closing=": (best other - SST) / (best other - full) with SST at {sst}.")
 
 
 def _gap_sentence(results: Mapping[str, Any]) -> str:
-    label = headline(results, "lm").label
-    result = _gap(results)
-    if result.missing:
-        roles = {"full": "full rank", "sst": "SST",
-                 "baseline": "a low-rank baseline (LoRA, ReLoRA*, GaLore)"}
-        return (f"Share of the gap closed by SST: not computed; no finite {label} for "
-                f"{' or '.join(roles[role] for role in result.missing)}.")
-    name, other = result.best
-    if result.share is None:
-        return (f"Share of the gap closed by SST: not computed; the best other low-rank "
-                f"method ({display(name)}, {other:.2f}) is not worse than full rank "
-                f"({result.full:.2f}), so there is no gap to close.")
-    return (f"SST closes {100 * result.share:.1f}% of the {label.replace(' ', '-')} gap "
-            f"between the best other low-rank method ({display(name)}, {other:.2f}) and full "
-            f"rank ({result.full:.2f}): (best other - SST) / (best other - full) with SST at "
-            f"{result.sst:.2f}.")
+    metric, result = headline_gap(results, "lm")
+    return gap_sentence(result, metric.label, wording=_WORDING)
 
 
 def gap_closed(results: Mapping[str, Any]) -> float | None:
@@ -136,7 +112,7 @@ def gap_closed(results: Mapping[str, Any]) -> float | None:
         The share, or None when full rank, SST or every baseline is missing (or not
         finite), or when the best baseline is not worse than full rank (no gap).
     """
-    return _gap(results).share
+    return headline_gap(results, "lm")[1].share
 
 
 # --------------------------------------------------------------------------
@@ -144,21 +120,8 @@ def gap_closed(results: Mapping[str, Any]) -> float | None:
 # --------------------------------------------------------------------------
 
 
-def _format_ppl(value: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.2f}" if math.isfinite(value) else str(value)
-
-
-def _table_row(name: str, entry: Mapping[str, Any]) -> str:
-    cells = [
-        name, f"{entry['trainable_params']:,d}", params_share(entry),
-        f"{entry['grad_optimizer_bytes'] / MIB:.2f}",
-        f"{1000 * entry['step_time_s']:.1f}",
-        with_seed_std(_format_ppl(entry["val_ppl"]), entry, "val_ppl"),
-        with_seed_std(_format_ppl(entry.get("test_ppl")), entry, "test_ppl"),
-    ]
-    return "| " + " | ".join(cells) + " |"
+_COLUMNS = [*accounting_columns(), seeds_column("val ppl", "val_ppl"),
+            seeds_column("test ppl", "test_ppl")]
 
 
 def results_table(results: Mapping[str, Any]) -> str:
@@ -168,24 +131,16 @@ def results_table(results: Mapping[str, Any]) -> str:
     (MiB) | step time (ms, median) | val ppl | test ppl (``-`` when not measured; mean ± std
     over seeds when several).
     """
-    methods = results["methods"]
-    lines = ["| method | trainable params | share | grad+optimizer bytes (MiB) | "
-             "step time (ms) | val ppl | test ppl |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [_table_row(name, methods[name]) for name in ordered_methods(methods)]
-    return "\n".join(lines)
+    return methods_table(results, _COLUMNS)
 
 
 def lm_report_markdown(results: Mapping[str, Any]) -> str:
     """The whole ``report.md`` text of an LM comparison."""
-    lines = [f"# {results['title']}", "", f"Task: {results['task']}", "", "## Settings", ""]
-    lines += settings_lines(results["settings"])
-    lines += ["", "## Results", "", results_table(results), "", _gap_sentence(results), "",
-              "Share: trainable parameters over all parameters. Gradient and optimizer-state "
-              "bytes are measured from the tensors; step time is the median per optimizer "
-              "step.", "", "## Figures", ""]
-    lines += figure_lines(PLOT_FILES)
-    return "\n".join(lines) + "\n"
+    return report_markdown(
+        results["title"], f"Task: {results['task']}", results["settings"],
+        results_table(results), [_gap_sentence(results)], PLOT_FILES,
+        note="Share: trainable parameters over all parameters. Gradient and optimizer-state "
+             "bytes are measured from the tensors; step time is the median per optimizer step.")
 
 
 # --------------------------------------------------------------------------
@@ -193,47 +148,24 @@ def lm_report_markdown(results: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------
 
 
+def _pruning(entry: Mapping[str, Any]) -> tuple[list[float], list[float]]:
+    points = entry.get("pruning") or []
+    return finite_points([p["ratio"] for p in points], [p["ppl"] for p in points],
+                         positive=True)  # log scale: drop zeros
+
+
 def plot_pruning(results: Mapping[str, Any]):
     """Validation perplexity (log y) against the pruning ratio, one line per method."""
-    fig = new_figure()
-    ax = fig.add_subplot()
-    names = ordered_methods(results["methods"])
-    palette, drawn = colors(names), 0
-    for name in names:
-        points = results["methods"][name].get("pruning") or []
-        ratios, ppl = finite_points([p["ratio"] for p in points], [p["ppl"] for p in points],
-                                    positive=True)
-        if ratios:
-            ax.plot(ratios, ppl, marker="o", color=palette[name], label=display(name))
-            drawn += 1
-    if not drawn:
-        no_data(ax, "no pruning data recorded")
-        return fig
-    ax.set_yscale("log")
-    ax.set(xlabel="pruning ratio (share of singular values removed)",
-           ylabel="validation perplexity", title="Singular-value pruning")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig
+    return plot_methods(results, _pruning, empty="no pruning data recorded",
+                        xlabel="pruning ratio (share of singular values removed)",
+                        ylabel="validation perplexity", title="Singular-value pruning",
+                        log_y=True, marker="o")
 
 
 _PLOTTERS = {"val_loss": plot_val_loss, "spectra": plot_spectra, "pruning": plot_pruning}
 
 
 def render_lm_report(directory: str | os.PathLike) -> dict[str, Path]:
-    """Render ``report.md`` and the three plots from ``<directory>/results.json``.
-
-    The plots are written first and ``report.md`` last, each atomically (temporary file,
-    then ``os.replace``), so an existing ``report.md`` always comes with its figures. Plots
-    without data show a "no data" note.
-
-    Returns:
-        ``{"report": report.md, "val_loss": val_loss.png, "spectra": spectra.png,
-        "pruning": pruning.png}`` paths.
-
-    Raises:
-        FileNotFoundError: If ``results.json`` does not exist.
-        ValueError: If it is invalid; the message names the path and the key.
-    """
-    results = load_lm_results(directory)
-    return write_report_files(directory, results, _PLOTTERS, PLOT_FILES, lm_report_markdown)
+    """Write ``val_loss.png``, ``spectra.png``, ``pruning.png``, then ``report.md``, from
+    ``results.json`` (:func:`.common.render_report`: the returned paths, the errors)."""
+    return render_report(directory, load_lm_results, _PLOTTERS, PLOT_FILES, lm_report_markdown)

@@ -16,32 +16,30 @@ SST closes on the headline metric, test BLEU by default; translation examples si
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .common import (
-    MIB,
-    Gap,
     display,
-    figure_lines,
-    gap,
-    headline,
+    headline_gap,
     is_number,
     load_results,
-    metric_name,
-    metric_values,
     ordered_methods,
-    params_share,
-    plot_spectra,
-    plot_val_loss,
-    settings_lines,
-    with_seed_std,
-    write_report_files,
+    render_report,
 )
 from .lm import check_lm_method
+from .markdown import (
+    accounting_columns,
+    gap_sentence,
+    methods_table,
+    number_text,
+    report_markdown,
+    seeds_column,
+)
+from .plots import plot_spectra, plot_val_loss
 
 __all__ = ["bleu_gap_closed", "bleu_table", "load_mt_results", "mt_report_markdown",
            "render_mt_report"]
@@ -70,18 +68,8 @@ def _check_mt_method(name: str, entry: Mapping[str, Any], where: str, path: Path
 
 
 def load_mt_results(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``<directory>/results.json`` of a translation comparison.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: it is invalid (the message names the path and the key).
-    """
+    """:func:`.common.load_results` of a translation comparison, with the LM and MT keys."""
     return load_results(directory, _check_mt_method)
-
-
-def _gap(results: Mapping[str, Any]) -> Gap:
-    metric = headline(results, "mt")
-    return gap(metric_values(results["methods"], metric.key), metric.higher_is_better)
 
 
 def bleu_gap_closed(results: Mapping[str, Any]) -> float | None:
@@ -94,48 +82,27 @@ def bleu_gap_closed(results: Mapping[str, Any]) -> float | None:
     Args:
         results: reads ``headline`` and ``methods[*][headline key]``.
     """
-    return _gap(results).share
+    return headline_gap(results, "mt")[1].share
 
 
 def _gap_sentence(results: Mapping[str, Any]) -> str:
-    label = headline(results, "mt").label
-    result = _gap(results)
-    if result.missing:
-        return (f"Share of the {metric_name(label)} gap closed by SST: not computed; it needs "
-                "full rank, SST and a low-rank baseline (LoRA, ReLoRA*, GaLore).")
-    name, best = result.best
-    if result.share is None:
-        return (f"Share of the {metric_name(label)} gap closed by SST: not computed; the best "
-                f"other low-rank method ({display(name)}, {best:.2f}) is not worse than full "
-                f"rank ({result.full:.2f}), so there is no gap to close.")
-    return (f"SST closes {100 * result.share:.1f}% of the {label.replace(' ', '-')} gap "
-            f"between the best other low-rank method ({display(name)}, {best:.2f}) and full "
-            f"rank ({result.full:.2f}): (SST - best other) / (full - best other) with SST at "
-            f"{result.sst:.2f}.")
+    metric, result = headline_gap(results, "mt")
+    return gap_sentence(result, metric.label)
 
 
-def _number(value: Any, digits: int = 2) -> str:
-    if not is_number(value):
-        return "-"
-    return f"{value:,.{digits}f}" if math.isfinite(value) else str(value)
+_grouped = partial(number_text, grouped=True)  # "12,345.60"
+
+_COLUMNS = [*accounting_columns(),
+            ("target tokens/s", lambda e: _grouped(e.get("target_tokens_per_s"), 0)),
+            seeds_column("val loss", "val_loss", partial(_grouped, digits=3), digits=3),
+            seeds_column("val ppl", "val_ppl", _grouped),
+            seeds_column("test BLEU", "test_bleu", _grouped)]
 
 
 def bleu_table(results: Mapping[str, Any]) -> str:
     """Markdown table: method | trainable params | share | grad+optimizer MiB | step ms |
     target tokens/s | val loss | val ppl | test BLEU (mean ± std over seeds when several)."""
-    lines = ["| method | trainable params | share | grad+optimizer bytes (MiB) | step time (ms) "
-             "| target tokens/s | val loss | val ppl | test BLEU |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in ordered_methods(results["methods"]):
-        e = results["methods"][name]
-        cells = [name, f"{e['trainable_params']:,d}", params_share(e),
-                 f"{e['grad_optimizer_bytes'] / MIB:.2f}", f"{1000 * e['step_time_s']:.1f}",
-                 _number(e.get("target_tokens_per_s"), 0),
-                 with_seed_std(_number(e["val_loss"], 3), e, "val_loss", digits=3),
-                 with_seed_std(_number(e["val_ppl"]), e, "val_ppl"),
-                 with_seed_std(_number(e["test_bleu"]), e, "test_bleu")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return methods_table(results, _COLUMNS)
 
 
 def _bleu_note(results: Mapping[str, Any]) -> str:
@@ -172,24 +139,13 @@ def _examples(results: Mapping[str, Any]) -> list[str]:
 
 def mt_report_markdown(results: Mapping[str, Any]) -> str:
     """The whole ``report.md`` text of a translation comparison."""
-    lines = [f"# {results['title']}", "", f"Task: {results['task']}", "", "## Settings", ""]
-    lines += settings_lines(results["settings"])
-    lines += ["", "## Results", "", bleu_table(results), "", _gap_sentence(results), "",
-              _bleu_note(results), "", "## Figures", ""]
-    lines += figure_lines(PLOT_FILES)
-    lines += ["", "## Translation examples (test set)", ""] + _examples(results)
-    return "\n".join(lines).rstrip("\n") + "\n"
+    return report_markdown(
+        results["title"], f"Task: {results['task']}", results["settings"], bleu_table(results),
+        [_gap_sentence(results)], PLOT_FILES, note=_bleu_note(results),
+        appendix=["", "## Translation examples (test set)", "", *_examples(results)])
 
 
 def render_mt_report(directory: str | os.PathLike) -> dict[str, Path]:
-    """Write ``val_loss.png``, ``spectra.png``, then ``report.md`` (each atomically).
-
-    Returns:
-        ``{"report": ..., "val_loss": ..., "spectra": ...}`` paths.
-
-    Raises:
-        FileNotFoundError: ``results.json`` does not exist.
-        ValueError: it is invalid (the message names the path and the key).
-    """
-    results = load_mt_results(directory)
-    return write_report_files(directory, results, _PLOTTERS, PLOT_FILES, mt_report_markdown)
+    """Write ``val_loss.png``, ``spectra.png``, then ``report.md``, from ``results.json``
+    (:func:`.common.render_report`: the returned paths, the errors)."""
+    return render_report(directory, load_mt_results, _PLOTTERS, PLOT_FILES, mt_report_markdown)

@@ -25,18 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import (
-    MIB,
-    figure_lines,
-    finite_points,
-    is_number,
-    new_figure,
-    no_data,
-    params_share,
-    read_json,
-    settings_lines,
-    write_report_files,
-)
+from .common import is_number, read_json, write_report_files
+from .markdown import MIB, figure_lines, markdown_table, params_share, settings_lines
+from .plots import finite_points, new_figure, no_data
 
 __all__ = ["METRICS_FILE", "SUMMARY_FILE", "Run", "eval_keys", "final_figures",
            "is_run_folder", "load_run", "render_run_report", "run_report_markdown"]
@@ -193,12 +184,11 @@ def _curve_table(records: list[Mapping[str, Any]]) -> list[str]:
     if not rows:
         return ["(no validation recorded in metrics.jsonl)"]
     x_key = _x_key(records)
-    lines = ["| " + " | ".join([x_key, *keys]) + " |", "|---:" * (len(keys) + 1) + "|"]
     shown = _thinned(rows)
-    for record in shown:
-        cells = [_number(record.get(x_key, record.get("step")))]
-        cells += [_number(record.get(key)) for key in keys]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = markdown_table(
+        [x_key, *keys], ([_number(record.get(x_key, record.get("step"))),
+                         *(_number(record.get(key)) for key in keys)] for record in shown),
+        left=0)
     if len(shown) < len(rows):
         lines += ["", f"{len(shown)} of {len(rows)} evaluations shown; the plots have all."]
     return lines
@@ -236,8 +226,8 @@ def run_report_markdown(run: Run) -> str:
     figures = final_figures(summary)
     lines += ["", "## Final figures (summary.json)", ""]
     if figures:
-        lines += ["| figure | value |", "|---|---:|"]
-        lines += [f"| {key} | {_number(value)} |" for key, value in figures.items()]
+        lines += markdown_table(["figure", "value"],
+                                ([key, _number(value)] for key, value in figures.items()))
     else:
         lines.append("(none recorded)")
     lines += ["", "## Validation curve (metrics.jsonl)", ""] + _curve_table(run.records)

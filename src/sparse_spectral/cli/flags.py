@@ -212,8 +212,8 @@ def settings_from_args(args: argparse.Namespace, settings_class: type,
     Returns:
         settings: an instance of ``settings_class``.
         command_values: the ``COMMAND_KEYS`` found in the config file and flags.
-        explicit: the method choices given explicitly (``rank``, ``interval`` and option
-            names), for the "does not apply to the chosen method" check.
+        explicit: which of ``rank`` and ``interval`` were given at all, for the "does not
+            apply to the chosen method" check (method options are checked by name).
     """
     values: dict[str, Any] = dict(config) if config is not None else {}
     if args.config and config is None:

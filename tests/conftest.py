@@ -14,6 +14,10 @@ from torch import nn
 torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
+
+
 def reference_data_dir(marker: str) -> Path | None:
     """``$SST_DATA_DIR`` or ``../shared/data`` from the project root, if it holds ``marker``."""
     project = Path(__file__).resolve().parents[1]

@@ -30,9 +30,23 @@ Two equivalent evaluations (same outputs and gradients up to rounding; pick with
   layer, and in the backward pass form ``G`` once as a transient ``(m, n)`` buffer and read
   the ``s`` and active-vector gradients off it; cost ``3 T m n + m n (2k + 3r)``, cheaper
   than factored once ``T`` is a small multiple of ``k``.
+
+Precision (mixed precision, ``torch.autocast``): autocast casts the operands of the ops it
+knows, but a custom Function is not one of them, so both Functions apply its policy
+themselves, for whatever device the parameters are on (cpu, cuda, ...). When autocast is
+on for ``s.device.type``, forward casts every floating input that is not float64 (input,
+factors, ``s``, bias) to autocast's dtype (:func:`torch.get_autocast_dtype`, e.g. bf16)
+and runs every product in it with autocast itself off, so the output has that dtype, like
+``nn.Linear``'s. Backward runs in the same dtype with autocast off (whatever the caller's
+state) and returns each gradient in the dtype of its input, so fp32 parameters get fp32
+gradients. Without autocast nothing is cast (fp32 numbers are unchanged; a model cast to
+bf16 computes in bf16). Products with a fixed operand run in the operand's dtype: torch
+has no bf16 sparse CSR product on CPU, and such products are bound by memory, not math.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -62,6 +76,74 @@ def _saved_input(ctx, saved: tuple) -> tuple[torch.Tensor | FixedOperand, tuple]
     return saved[0], saved[1:]
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes in on ``device_type`` now, or None where it is off."""
+    if not hasattr(torch, "get_autocast_dtype"):  # torch < 2.4: per-device functions only
+        if device_type == "cpu" and torch.is_autocast_cpu_enabled():
+            return torch.get_autocast_cpu_dtype()
+        if device_type == "cuda" and torch.is_autocast_enabled():
+            return torch.get_autocast_gpu_dtype()
+        return None
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+    except RuntimeError:  # a device type autocast does not know (e.g. meta)
+        pass
+    return None
+
+
+def _autocast_off(device_type: str):
+    """A context with autocast off on ``device_type``: the Functions cast for themselves."""
+    if _autocast_dtype(device_type) is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
+
+
+def _cast_inputs(ctx, device: torch.device, inputs: tuple) -> tuple:
+    """Record the call's precision on ``ctx``; return ``inputs`` as the forward uses them.
+
+    Under autocast every floating tensor that is not float64 is cast to autocast's dtype
+    (autocast's own policy; integer indices and fixed operands stay as they are).
+
+    Args:
+        device: the parameters' device; autocast's state is read for its type.
+        inputs: the Function's arguments, in order.
+    """
+    ctx.device_type = device.type
+    ctx.compute_dtype = _autocast_dtype(device.type)
+    ctx.input_dtypes = tuple(t.dtype if isinstance(t, torch.Tensor) else None for t in inputs)
+    if ctx.compute_dtype is None:
+        return inputs
+    return tuple(t.to(ctx.compute_dtype) if isinstance(t, torch.Tensor)
+                 and t.is_floating_point() and t.dtype != torch.float64 else t
+                 for t in inputs)
+
+
+def _cast_grad_output(ctx, grad_y: torch.Tensor) -> torch.Tensor:
+    """``dL/dy`` in the dtype the forward computed in."""
+    return grad_y if ctx.compute_dtype is None else grad_y.to(ctx.compute_dtype)
+
+
+def _cast_grads(ctx, grads: tuple) -> tuple:
+    """Each gradient in its input's dtype (fp32 parameters get fp32 gradients)."""
+    assert len(grads) == len(ctx.input_dtypes)
+    return tuple(None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.input_dtypes))
+
+
+def _times(x2: torch.Tensor | FixedOperand, M: torch.Tensor) -> torch.Tensor:
+    """``x2 @ M`` in ``M``'s dtype; a fixed operand multiplies in its own dtype."""
+    if isinstance(x2, torch.Tensor):
+        return x2 @ M
+    return (x2 @ M.to(getattr(x2, "dtype", M.dtype))).to(M.dtype)
+
+
+def _rtimes(G: torch.Tensor, x2: torch.Tensor | FixedOperand) -> torch.Tensor:
+    """``G @ x2`` in ``G``'s dtype; a fixed operand multiplies in its own dtype."""
+    if isinstance(x2, torch.Tensor):
+        return G @ x2
+    return (G.to(getattr(x2, "dtype", G.dtype)) @ x2).to(G.dtype)
+
+
 def _scatter_s(s: torch.Tensor, idx: torch.Tensor, active: torch.Tensor,
                frozen_idx: torch.Tensor, frozen: torch.Tensor | None) -> torch.Tensor:
     """A ``(k,)`` gradient for ``s`` from its active part and (optionally) its frozen part."""
@@ -77,11 +159,26 @@ class SpectralLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias,
                 enhanced: bool, all_singular_values: bool = True):
+        args = _cast_inputs(ctx, s.device, (x, U_frozen, Vh_frozen, s, U_active, Vh_active,
+                                            idx, frozen_idx, bias, enhanced,
+                                            all_singular_values))
+        with _autocast_off(ctx.device_type):
+            return SpectralLinearFunction._forward(ctx, *args)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        with _autocast_off(ctx.device_type):
+            grads = SpectralLinearFunction._backward(ctx, _cast_grad_output(ctx, grad_y))
+        return _cast_grads(ctx, grads)
+
+    @staticmethod
+    def _forward(ctx, x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias,
+                 enhanced: bool, all_singular_values: bool = True):
         x2 = _flatten(x)  # (T, n), T the number of tokens
         s_active = s.index_select(0, idx)  # (r,)
         s_frozen = s.index_select(0, frozen_idx)  # (k - r,)
-        z = x2 @ Vh_frozen.t()  # (T, k - r)
-        z_active = x2 @ Vh_active.t()  # (T, r)
+        z = _times(x2, Vh_frozen.t())  # (T, k - r)
+        z_active = _times(x2, Vh_active.t())  # (T, r)
         y = (z * s_frozen) @ U_frozen.t() + (z_active * s_active) @ U_active.t()
         if bias is not None:
             y = y + bias
@@ -94,7 +191,7 @@ class SpectralLinearFunction(torch.autograd.Function):
         return y.reshape(*x.shape[:-1], U_active.shape[0])
 
     @staticmethod
-    def backward(ctx, grad_y):
+    def _backward(ctx, grad_y):
         x2, saved = _saved_input(ctx, ctx.saved_tensors)
         U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, z, z_active = saved
         gy = _flatten(grad_y)  # (T, m)
@@ -117,7 +214,7 @@ class SpectralLinearFunction(torch.autograd.Function):
         if need[4]:
             grad_U_active = gy.t() @ (z_active * scale)  # (m, r): G v_i [* s_i]
         if need[5]:
-            grad_Vh_active = (g_active * scale).t() @ x2  # (r, n): (G^T u_i)^T [* s_i]
+            grad_Vh_active = _rtimes((g_active * scale).t(), x2)  # (r, n): (G^T u_i)^T [* s_i]
         if ctx.has_bias and need[8]:
             grad_bias = gy.sum(0)
         return (grad_x, None, None, grad_s, grad_U_active, grad_Vh_active, None, None,
@@ -164,11 +261,26 @@ class ComposedSpectralLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias,
                 enhanced: bool, all_singular_values: bool = True):
+        args = _cast_inputs(ctx, s.device, (x, U_frozen, Vh_frozen, s, U_active, Vh_active,
+                                            idx, frozen_idx, bias, enhanced,
+                                            all_singular_values))
+        with _autocast_off(ctx.device_type):
+            return ComposedSpectralLinearFunction._forward(ctx, *args)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        with _autocast_off(ctx.device_type):
+            grads = ComposedSpectralLinearFunction._backward(ctx, _cast_grad_output(ctx, grad_y))
+        return _cast_grads(ctx, grads)
+
+    @staticmethod
+    def _forward(ctx, x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias,
+                 enhanced: bool, all_singular_values: bool = True):
         W = compose_weight(U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx)
         if isinstance(x, torch.Tensor):
             y = torch.nn.functional.linear(x, W, bias)
         else:  # a fixed operand: its own product
-            y = x @ W.t()
+            y = _times(x, W.t())
             y = y if bias is None else y + bias
         ctx.save_for_backward(*_save_input(ctx, _flatten(x)), W, U_frozen, Vh_frozen, s,
                               U_active, Vh_active, idx, frozen_idx)
@@ -179,7 +291,7 @@ class ComposedSpectralLinearFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, grad_y):
+    def _backward(ctx, grad_y):
         x2, saved = _saved_input(ctx, ctx.saved_tensors)
         W, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx = saved
         gy = _flatten(grad_y)  # (T, m)
@@ -188,7 +300,7 @@ class ComposedSpectralLinearFunction(torch.autograd.Function):
         if need[0]:
             grad_x = (gy @ W).reshape(ctx.x_shape)
         if need[3] or need[4] or need[5]:
-            G = gy.t() @ x2  # (m, n), the only full-size transient
+            G = _rtimes(gy.t(), x2)  # (m, n), the only full-size transient
             G_v = G @ Vh_active.t()  # (m, r): G v_i
             Gt_u = U_active.t() @ G  # (r, n): (G^T u_i)^T
             if need[3]:
@@ -245,7 +357,9 @@ def spectral_linear(
             up to rounding.
 
     Returns:
-        Output of shape ``(..., m)``.
+        Output of shape ``(..., m)``: in autocast's dtype where autocast is on for
+        ``s.device.type`` (gradients still land in each input's own dtype), else in the
+        inputs' dtype.
     """
     if mode == "factored":
         function = SpectralLinearFunction

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..linear import FixedOperand, is_conv1d, linear_weight
 from .cost import choose_mode
-from .function import spectral_linear
+from .function import _autocast_off, spectral_linear
 from .optim import reset_param_state, reset_slots
 
 
@@ -167,9 +167,14 @@ class SpectralLinear(nn.Module):
 
     @torch.no_grad()
     def dense_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``W = U_eff diag(s) Vh_eff``, shape ``(m, n)``, composed in ``dtype``."""
+        """``W = U_eff diag(s) Vh_eff``, shape ``(m, n)``, composed in ``dtype``.
+
+        Autocast stays off here, so ``dtype`` holds even inside an autocast region (a
+        re-SVD of a bf16-rounded ``W`` would lose what the fp32 factors hold).
+        """
         U, s, Vh = (t.to(dtype) for t in self.effective_factors())
-        return (U * s) @ Vh
+        with _autocast_off(U.device.type):
+            return (U * s) @ Vh
 
     @torch.no_grad()
     def to_linear(self) -> nn.Module:

@@ -116,16 +116,26 @@ class SparseRows:
 
 
 class _Product(torch.autograd.Function):
-    """``X h`` (or ``X^T h``) with the gradient for ``h``; none for the data ``X``."""
+    """``X h`` (or ``X^T h``) with the gradient for ``h``; none for the data ``X``.
+
+    The product runs in ``X``'s dtype with autocast off (torch has no bf16 CSR product on
+    the CPU, and a sparse sum is where low precision hurts most); under autocast a bf16
+    ``h`` is read in that dtype and its gradient is returned as bf16 again.
+    """
 
     @staticmethod
     def forward(ctx, h, x: SparseRows, transposed: bool):
-        ctx.x, ctx.transposed = x, transposed
-        return x.t_mm(h) if transposed else x.mm(h)
+        ctx.x, ctx.transposed, ctx.h_dtype = x, transposed, h.dtype
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            h = h.to(x.dtype)
+            return x.t_mm(h) if transposed else x.mm(h)
 
     @staticmethod
     def backward(ctx, grad):
         if not ctx.needs_input_grad[0]:
             return None, None, None
         x = ctx.x
-        return (x.mm(grad) if ctx.transposed else x.t_mm(grad)), None, None
+        with torch.autocast(device_type=grad.device.type, enabled=False):
+            grad = grad.to(x.dtype)
+            out = x.mm(grad) if ctx.transposed else x.t_mm(grad)
+        return out.to(ctx.h_dtype), None, None

@@ -340,6 +340,13 @@ class GraphTask(TaskBase):
     def resolve(self, settings: GraphSettings) -> GraphSettings:
         return settings.resolved()
 
+    def check(self, settings: GraphSettings) -> None:
+        if settings.runtime.precision == "bf16":
+            # The features and adjacency are CSR products, which torch does not run in bf16
+            # on the CPU; bf16-mixed keeps them in fp32 and runs the dense maps in bf16.
+            raise ValueError("precision='bf16' is not supported by the graph task (no bf16 "
+                             "sparse product); allowed: fp32, bf16-mixed")
+
     def prepare_data(self, settings: GraphSettings):
         return load_data(settings)
 

@@ -32,6 +32,7 @@ from ..methods import (
 )
 from .checkpoint import latest_checkpoint, read_checkpoint_state
 from .device import (
+    autocast,
     check_precision,
     describe,
     input_dtype,
@@ -185,7 +186,8 @@ def train_run(task, settings, *, data=None, resume: bool = False,
         "curve": [dict(e) for e in result.evaluations],
     }
     result.evaluator = evaluator
-    summary.update(task.finish(settings, data, model, method, result, batches))
+    with autocast(settings.runtime.precision, device):  # final figures as the run trained
+        summary.update(task.finish(settings, data, model, method, result, batches))
     summary["wall_time_s"] = time.perf_counter() - began
     summary["device"] = describe(device)
     summary["headline"] = task.headline(settings).to_dict()

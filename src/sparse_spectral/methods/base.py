@@ -28,6 +28,7 @@ from torch import nn
 from .._util.checks import is_int
 from ..spectral.optim import SlotAdamW
 from ..targeting import find_target_modules, linear_shape, replace_module
+from .guard import watch
 
 TargetSpec = str | list[str] | None
 
@@ -117,11 +118,14 @@ class TrainingMethod:
         variant: the ablation variant's name when :func:`make_method` built the method by
             one (e.g. ``"sst-uniform"``), else None. Not saved: a variant's state reloads as
             the plain method with the variant's config.
+        needs_after_step: whether training is wrong without :meth:`after_step` after every
+            optimizer step; :mod:`.guard` then raises when steps run without it.
     """
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     draws_pruning_curve: ClassVar[bool] = False
+    needs_after_step: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.config_class()
@@ -272,6 +276,7 @@ class ReplacingMethod(TrainingMethod):
         self.layers = self.converted_layers(model)
         if not self.layers:
             raise ValueError(f"model has no {self.layer_type.__name__} layer; call prepare() first")
+        watch(self)  # fail loudly if training skips after_step (see .guard)
         return model
 
     def converted_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -31,6 +31,7 @@ from .base import (
     register_method,
 )
 from .galore_optim import PROJ_TYPES, GaLoreAdamW, check_projection_settings
+from .guard import watch
 
 
 @dataclass
@@ -78,6 +79,7 @@ class GaLore(TrainingMethod):
         weights = self._target_weights(model)
         self.target_names = [name for name, _, _ in weights]
         self.target_ids = {id(w) for _, w, _ in weights}
+        watch(self)  # fail loudly if an optimizer trains the targets unprojected (.guard)
         return model
 
     def param_groups(self, model: nn.Module, weight_decay: float = 0.0,

@@ -82,6 +82,7 @@ class ReLoRA(LoRA):
 
     name = "relora"
     config_class = ReLoRAConfig
+    needs_after_step = True
 
     def after_step(self, step: int, optimizer=None) -> None:
         super().after_step(step, optimizer)

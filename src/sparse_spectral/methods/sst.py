@@ -123,6 +123,7 @@ class SparseSpectral(ReplacingMethod):
     config_class = SSTConfig
     layer_type = SpectralLinear
     draws_pruning_curve = True
+    needs_after_step = True
 
     def convert_layer(self, index: int, module: nn.Module) -> SpectralLinear:
         cfg = self.config

@@ -153,23 +153,35 @@ def _scatter_s(s: torch.Tensor, idx: torch.Tensor, active: torch.Tensor,
     return out
 
 
+def _amp_forward(impl, ctx, args: tuple):
+    """Run a Function's ``impl(ctx, x, U_frozen, Vh_frozen, s, ...)`` under autocast rules.
+
+    The inputs are cast as autocast would (on the device of ``s``, ``args[3]``), then the
+    arithmetic runs with autocast off so that every product has the dtype chosen here.
+    """
+    args = _cast_inputs(ctx, args[3].device, args)
+    with _autocast_off(ctx.device_type):
+        return impl(ctx, *args)
+
+
+def _amp_backward(impl, ctx, grad_y):
+    """``impl(ctx, grad_y)`` with autocast off; gradients return in their inputs' dtypes."""
+    with _autocast_off(ctx.device_type):
+        grads = impl(ctx, _cast_grad_output(ctx, grad_y))
+    return _cast_grads(ctx, grads)
+
+
 class SpectralLinearFunction(torch.autograd.Function):
     """``y = W x + b`` evaluated through the factors, with SST's gradients."""
 
     @staticmethod
-    def forward(ctx, x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias,
-                enhanced: bool, all_singular_values: bool = True):
-        args = _cast_inputs(ctx, s.device, (x, U_frozen, Vh_frozen, s, U_active, Vh_active,
-                                            idx, frozen_idx, bias, enhanced,
-                                            all_singular_values))
-        with _autocast_off(ctx.device_type):
-            return SpectralLinearFunction._forward(ctx, *args)
+    def forward(ctx, *args):
+        """``args``: those of :meth:`_forward`; cast for autocast, run with it off."""
+        return _amp_forward(SpectralLinearFunction._forward, ctx, args)
 
     @staticmethod
     def backward(ctx, grad_y):
-        with _autocast_off(ctx.device_type):
-            grads = SpectralLinearFunction._backward(ctx, _cast_grad_output(ctx, grad_y))
-        return _cast_grads(ctx, grads)
+        return _amp_backward(SpectralLinearFunction._backward, ctx, grad_y)
 
     @staticmethod
     def _forward(ctx, x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias,
@@ -259,19 +271,13 @@ class ComposedSpectralLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias,
-                enhanced: bool, all_singular_values: bool = True):
-        args = _cast_inputs(ctx, s.device, (x, U_frozen, Vh_frozen, s, U_active, Vh_active,
-                                            idx, frozen_idx, bias, enhanced,
-                                            all_singular_values))
-        with _autocast_off(ctx.device_type):
-            return ComposedSpectralLinearFunction._forward(ctx, *args)
+    def forward(ctx, *args):
+        """``args``: those of :meth:`_forward`; cast for autocast, run with it off."""
+        return _amp_forward(ComposedSpectralLinearFunction._forward, ctx, args)
 
     @staticmethod
     def backward(ctx, grad_y):
-        with _autocast_off(ctx.device_type):
-            grads = ComposedSpectralLinearFunction._backward(ctx, _cast_grad_output(ctx, grad_y))
-        return _cast_grads(ctx, grads)
+        return _amp_backward(ComposedSpectralLinearFunction._backward, ctx, grad_y)
 
     @staticmethod
     def _forward(ctx, x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias,

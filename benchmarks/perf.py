@@ -43,6 +43,7 @@ from sparse_spectral.accounting import memory_report, planned_state_bytes
 from sparse_spectral.methods import make_method
 from sparse_spectral.models.presets import ModelPreset, build_lm, get_preset
 from sparse_spectral.spectral import SpectralLinear
+from sparse_spectral.training.device import autocast
 
 METHODS = ("full", "lora", "relora", "galore", "sst")
 MIB = 2**20
@@ -64,6 +65,7 @@ class Runner:
         self.model = self.method.prepare(self.model)
         self.optimizer = self.method.build_optimizer(self.model, lr=1e-4)
         self.ids = ids
+        self.precision = getattr(args, "precision", "fp32")  # fp32 or bf16-mixed
         self.step_count = 0
         self.memory = None
 
@@ -71,7 +73,8 @@ class Runner:
         """One training step; returns its wall time in seconds."""
         synchronize(self.ids.device)
         start = time.perf_counter()
-        loss = self.model(input_ids=self.ids, labels=self.ids).loss
+        with autocast(getattr(self, "precision", "fp32"), self.ids.device):
+            loss = self.model(input_ids=self.ids, labels=self.ids).loss
         loss.backward()
         self.optimizer.step()
         self.memory = memory_report(self.model, self.optimizer)  # grads still allocated
@@ -403,6 +406,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda (peak memory: CUDA allocator)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16-mixed"),
+                   help="fp32, or bf16 autocast around forward and loss (fp32 parameters)")
     p.add_argument("--no_peak", action="store_true", help="skip the per-process peak memory")
     p.add_argument("--peak_only", action="store_true",
                    help="re-measure only the peak memory of the widths in <out>/perf.json")

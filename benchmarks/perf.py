@@ -97,18 +97,28 @@ def batch(args) -> torch.Tensor:
     return ids.to(args.device)
 
 
+def step_times_in_turns(runners: dict, warmup: int, repeats: int) -> dict:
+    """Step every runner ``warmup`` times, then ``repeats`` times in rotating order.
+
+    Returns each runner's step times (seconds) after warm-up. Taking turns, with the order
+    rotated each round, makes machine load hit every runner alike.
+    """
+    keys = list(runners)
+    for _ in range(warmup):
+        for key in keys:
+            runners[key].step()
+    times = {key: [] for key in keys}
+    for rep in range(repeats):
+        for key in keys[rep % len(keys):] + keys[:rep % len(keys)]:
+            times[key].append(runners[key].step())
+    return times
+
+
 def time_side_by_side(width: int, rank: int, methods, args) -> dict:
     """Median step time and state bytes of each method at one width and rank."""
     ids = batch(args)
     runners = {name: Runner(name, width, rank, args, ids) for name in methods}
-    for _ in range(args.warmup):
-        for runner in runners.values():
-            runner.step()
-    times = {name: [] for name in methods}
-    for rep in range(args.repeats):
-        order = list(methods[rep % len(methods):]) + list(methods[:rep % len(methods)])
-        for name in order:
-            times[name].append(runners[name].step())
+    times = step_times_in_turns(runners, args.warmup, args.repeats)
     out = {}
     for name in methods:
         report = runners[name].memory
@@ -390,6 +400,18 @@ def remeasure_peaks(out: Path, args) -> None:
 
 
 # ---------------------------------------------------------------------- main
+def add_run_arguments(p: argparse.ArgumentParser, repeats: int, threads: int) -> None:
+    """The model shape, batch and timing flags every timing script here shares."""
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--threads", type=int, default=threads)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (peak memory: CUDA allocator)")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/results/perf_cpu")
@@ -398,14 +420,7 @@ def parse_args(argv=None):
     p.add_argument("--ranks", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--schedule_width", type=int, default=256,
                    help="width of the whole-round re-SVD measurement (0: skip)")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--tokens", type=int, default=4096)
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu", help="cpu or cuda (peak memory: CUDA allocator)")
+    add_run_arguments(p, repeats=5, threads=2)
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16-mixed"),
                    help="fp32, or bf16 autocast around forward and loss (fp32 parameters)")
     p.add_argument("--no_peak", action="store_true", help="skip the per-process peak memory")

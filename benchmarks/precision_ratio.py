@@ -10,13 +10,15 @@ machine load hits every cell alike. Writes ``precision.json`` and ``precision.md
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from perf import Runner, batch  # noqa: E402
+from perf import Runner, add_run_arguments, batch, step_times_in_turns  # noqa: E402
 
 from sparse_spectral._util.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -27,19 +29,10 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/results/precision_cpu")
     p.add_argument("--widths", type=int, nargs="+", default=[256, 512])
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--tokens", type=int, default=4096)
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu")
+    add_run_arguments(p, repeats=7, threads=1)
     args = p.parse_args(argv)
     args.device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    import statistics
-    import time
 
     rows = []
     for width in args.widths:
@@ -49,15 +42,7 @@ def main(argv=None) -> None:
             args.precision = precision
             for name in ("full", "sst"):
                 runners[(precision, name)] = Runner(name, width, width // 8, args, ids)
-        keys = list(runners)
-        for _ in range(args.warmup):
-            for key in keys:
-                runners[key].step()
-        times = {key: [] for key in keys}
-        for rep in range(args.repeats):
-            order = keys[rep % len(keys):] + keys[:rep % len(keys)]
-            for key in order:
-                times[key].append(runners[key].step())
+        times = step_times_in_turns(runners, args.warmup, args.repeats)
         ms = {key: 1e3 * statistics.median(v) for key, v in times.items()}
         for precision in PRECISIONS:
             rows.append({"width": width, "precision": precision,

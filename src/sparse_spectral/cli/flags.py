@@ -192,9 +192,9 @@ def merge(base: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
 
 
 def _warn_flat_keys(values: dict[str, Any], settings_class: type, source: str) -> None:
+    paths = field_paths(settings_class)
     flat = [k for k, v in values.items()
-            if not isinstance(v, dict) and k in field_paths(settings_class)
-            and field_paths(settings_class)[k][0] is not None]
+            if not isinstance(v, dict) and k in paths and paths[k][0] is not None]
     if flat:
         warnings.warn(f"{source}: flat key(s) {sorted(flat)} are deprecated; put them in "
                       "their sections ([optim], [schedule], [eval], [output], [method], "
@@ -223,6 +223,7 @@ def settings_from_args(args: argparse.Namespace, settings_class: type,
     command = {k: values.pop(k) for k in extra_keys if k in values}
     source = f"--config {args.config}" if args.config else "settings"
     flags: dict[str, Any] = {}
+    fields, sections = field_paths(settings_class), section_names(settings_class)
     for dest, value in vars(args).items():
         if dest.startswith(OPTION):
             flags.setdefault("method", {}).setdefault("options", {})[dest[len(OPTION):]] = value
@@ -231,7 +232,7 @@ def settings_from_args(args: argparse.Namespace, settings_class: type,
             flags.setdefault(section, {})[name] = value
         elif dest in extra_keys and value is not None:
             command[dest] = value
-        elif dest in field_paths(settings_class) and dest not in section_names(settings_class):
+        elif dest in fields and dest not in sections:
             flags[dest] = value
     layers = [nest(settings_class, values, source),
               nest(settings_class, parse_set(args.set), "--set"), flags]

@@ -98,6 +98,10 @@ class TaskBase:
     default_methods: tuple[str, ...] = ("full", "lora", "relora", "galore", "sst")
     #: Summary keys averaged over seeds by ``sst compare`` (mean and ``*_std``).
     seed_metrics: tuple[str, ...] = ()
+    #: Summary keys an ablation keeps beside the headline figure.
+    ablation_extras: tuple[str, ...] = ()
+    #: ``sst train``'s one-line result, formatted with the summary's keys.
+    summary_format = ""
 
     def data_key(self, settings) -> Hashable:
         """The data do not depend on the seed unless a task says so."""
@@ -166,10 +170,6 @@ class TaskBase:
 
         return {"curve": summary["curve"], "grad_norm": metric_trace(run_dir, "grad_norm"),
                 "extra": {k: summary[k] for k in self.ablation_extras if k in summary}}
-
-    ablation_extras: tuple[str, ...] = ()
-    #: ``sst train``'s one-line result, formatted with the summary's keys.
-    summary_format = ""
 
     def summary_line(self, summary: dict[str, Any]) -> str:
         return self.summary_format.format(**summary)

@@ -374,14 +374,14 @@ class GraphTask(TaskBase):
                        state=sampler)
 
     def loop_settings(self, settings: GraphSettings, batches: Batches):
-        from ..training.loop import LoopSettings
+        from ..training.runner import loop_settings
 
+        # HyboNet's loop: no warm-up, a log line at every evaluation, no extra evaluation
+        # after the last epoch; print every 100th of the per-epoch evaluations.
         s = settings.resolved()
-        return LoopSettings(num_training_steps=batches.steps, lr=s.optim.lr,
-                            weight_decay=s.optim.weight_decay, warmup_steps=0,
-                            grad_clip=s.optim.grad_clip, eval_every=s.eval.eval_every,
-                            save_every=s.output.save_every, log_every=s.eval.eval_every,
-                            evaluate_last=False, print_every_evals=100)
+        return dataclasses.replace(
+            loop_settings(s, batches.steps, warmup_steps=0), log_every=s.eval.eval_every,
+            evaluate_last=False, print_every_evals=100)
 
     def lr_lambda(self, settings: GraphSettings, method, steps: int):
         every, gamma = settings.schedule.lr_reduce_freq or steps, settings.schedule.gamma

@@ -15,6 +15,7 @@ spelling differs from the field name, the flag (``metadata={"flag": "iteration_i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -184,16 +185,20 @@ def is_section(f: dataclasses.Field) -> bool:
         dataclasses.is_dataclass(f.default_factory())
 
 
-def section_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls) if is_section(f)]
+@functools.cache
+def section_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if is_section(f))
 
 
 def _section_class(cls: type, name: str) -> type:
     return next(type(f.default_factory()) for f in dataclasses.fields(cls) if f.name == name)
 
 
+@functools.cache
 def field_paths(cls: type) -> dict[str, tuple[str | None, dataclasses.Field]]:
     """``{field name: (section or None, field)}`` for every leaf field of ``cls``.
+
+    Cached per class (it builds each section's default to read its fields); do not mutate.
 
     Raises:
         TypeError: two sections define the same field name (flat keys would be ambiguous).

@@ -81,15 +81,13 @@ def move_to(value: Any, device: torch.device, dtype: torch.dtype | None = None) 
     if isinstance(value, torch.Tensor):
         cast = dtype if dtype is not None and value.is_floating_point() else None
         return value.to(device=device, dtype=cast)
-    if isinstance(value, (list, tuple, dict)):
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        moved = {k: move_to(v, device, dtype) for k, v in items}
-        if all(moved[k] is v for k, v in (value.items() if isinstance(value, dict)
-                                         else enumerate(value))):
+    if isinstance(value, dict):
+        moved = {k: move_to(v, device, dtype) for k, v in value.items()}
+        return value if all(moved[k] is v for k, v in value.items()) else type(value)(moved)
+    if isinstance(value, (list, tuple)):
+        parts = [move_to(v, device, dtype) for v in value]
+        if all(new is old for new, old in zip(parts, value)):
             return value
-        if isinstance(value, dict):
-            return type(value)(moved)
-        parts = [moved[i] for i in range(len(value))]
         return type(value)(*parts) if hasattr(value, "_fields") else type(value)(parts)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         changes = {f.name: move_to(getattr(value, f.name), device, dtype)

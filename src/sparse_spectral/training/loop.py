@@ -78,7 +78,7 @@ class TrainResult:
     grad_optimizer_bytes: int = 0
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
-    evaluator: Any = None  # set by the runner: the task's eval_fn (e.g. its early stopping)
+    evaluator: Any = None  # the eval_fn trained with (e.g. a task's early stopping)
 
     @property
     def median_step_time(self) -> float:
@@ -148,7 +148,8 @@ def train(model: nn.Module, method, *,
         if path is None:
             raise FileNotFoundError(f"--resume: {run_dir} has no checkpoint to resume from")
         start = restore_checkpoint(path, model, optimizer, scheduler, method, stateful)
-    result = TrainResult(final_step=start)
+    result = TrainResult(final_step=start, evaluator=eval_fn)
+    amp_device, cast = device or torch.device("cpu"), input_dtype(precision)
     bar = _progress_bar(settings.num_training_steps, start, progress)
     for step in range(start + 1, settings.num_training_steps + 1):
         model.train()
@@ -157,9 +158,8 @@ def train(model: nn.Module, method, *,
         for micro in range(settings.grad_accumulation):
             inputs, targets = batch_fn(step, micro)
             if device is not None:
-                cast = input_dtype(precision)
                 inputs, targets = move_to(inputs, device, cast), move_to(targets, device, cast)
-            with autocast(precision, device or torch.device("cpu")):
+            with autocast(precision, amp_device):
                 loss = loss_fn(model, inputs, targets) / settings.grad_accumulation
             loss.backward()
             total_loss += loss.item()
@@ -190,7 +190,7 @@ def train(model: nn.Module, method, *,
         last = step == settings.num_training_steps
         if (settings.eval_every and step % settings.eval_every == 0) \
                 or (last and settings.evaluate_last):
-            with autocast(precision, device or torch.device("cpu")):
+            with autocast(precision, amp_device):
                 metrics = _evaluate(model, eval_fn)
             result.evaluations.append({"step": step, **metrics})
             logger.log_dict(metrics, step)

@@ -90,31 +90,33 @@ def check_choices(task, settings, methods: list[str],
                          f"{', '.join(available_methods())}")
     if not methods:
         raise ValueError("at least one method must be given (e.g. --methods full,sst)")
-    default = task.settings_class().method
-    fields = {m: method_config_fields(m) for m in methods}
     chosen = settings.method
     if explicit is None:
+        default = task.settings_class().method
         explicit = {key for key in ("rank", "interval")
                     if getattr(chosen, key) != getattr(default, key)}
     flags = {"rank": "--rank", "interval": "--iteration_interval"}
-    wanted = {key: flags[key] for key in ("rank", "interval") if key in explicit}
-    for key, flag in wanted.items():
-        takers = [m for m in methods if _takes(m, key)]
-        if not takers:
-            raise ValueError(f"{flag} {getattr(chosen, key)} does not apply to "
+    for key in ("rank", "interval"):
+        if key in explicit and not any(_takes(m, key) for m in methods):
+            raise ValueError(f"{flags[key]} {getattr(chosen, key)} does not apply to "
                              f"{', '.join(methods)}: no such setting (methods that take it: "
-                             f"{', '.join(m for m in available_methods() if _takes(m, key))})")
+                             f"{', '.join(_takers(key))})")
     for option in chosen.options:
-        if not any(option in fields[m] for m in methods):
+        if not any(option in method_config_fields(m) for m in methods):
             takers = [m for m in available_methods() if option in method_config_fields(m)]
             raise ValueError(f"method option {option!r} does not apply to {', '.join(methods)}"
                              f" (methods that take it: {', '.join(takers) or 'none'})")
 
 
-def _takes(method: str, key: str) -> bool:
-    if key == "interval":
+def _takes(method: str, choice: str) -> bool:
+    """Whether ``method`` uses the run choice ``rank`` or ``interval`` (a refresh interval)."""
+    if choice == "interval":
         return method_config_class(method).refresh_interval_field is not None
-    return key in method_config_fields(method)
+    return choice in method_config_fields(method)
+
+
+def _takers(choice: str) -> list[str]:
+    return [m for m in available_methods() if _takes(m, choice)]
 
 
 def check_runtime(settings) -> torch.device:
@@ -137,9 +139,11 @@ def loop_settings(settings, steps: int, grad_accumulation: int = 1, lr: float | 
         num_training_steps=steps, lr=s.optim.lr if lr is None else lr,
         weight_decay=s.optim.weight_decay, grad_clip=s.optim.grad_clip,
         warmup_steps=s.schedule.warmup_steps if warmup_steps is None else warmup_steps,
-        min_lr_ratio=getattr(s.schedule, "min_lr_ratio", 0.1),
+        # Sections without these fields (MT's schedule, graph's evaluation) take the loop's.
+        min_lr_ratio=getattr(s.schedule, "min_lr_ratio", LoopSettings.min_lr_ratio),
         grad_accumulation=grad_accumulation, eval_every=s.eval.eval_every,
-        save_every=s.output.save_every, log_every=getattr(s.eval, "log_every", 10))
+        save_every=s.output.save_every,
+        log_every=getattr(s.eval, "log_every", LoopSettings.log_every))
 
 
 def train_run(task, settings, *, data=None, resume: bool = False,
@@ -164,11 +168,10 @@ def train_run(task, settings, *, data=None, resume: bool = False,
     if settings.output.tensorboard:
         loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
     logger = MultiLogger(*loggers)
-    evaluator = task.evaluator(settings, data)
     began = time.perf_counter()
     try:
         result = train(model, method, batch_fn=batches.batch_fn, loss_fn=task.loss(settings, data),
-                       eval_fn=evaluator, settings=loop, run_dir=run_dir,
+                       eval_fn=task.evaluator(settings, data), settings=loop, run_dir=run_dir,
                        logger=logger, checkpoint_settings=asdict(settings), resume=resume,
                        tokens_per_step=batches.tokens_per_step, progress=progress,
                        lr_lambda=task.lr_lambda(settings, method, batches.steps),
@@ -185,7 +188,6 @@ def train_run(task, settings, *, data=None, resume: bool = False,
         "num_training_steps": batches.steps, **(batches.info or {}),
         "curve": [dict(e) for e in result.evaluations],
     }
-    result.evaluator = evaluator
     with autocast(settings.runtime.precision, device):  # final figures as the run trained
         summary.update(task.finish(settings, data, model, method, result, batches))
     summary["wall_time_s"] = time.perf_counter() - began

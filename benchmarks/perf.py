@@ -56,14 +56,23 @@ def lm_shape(width: int, layers: int) -> ModelPreset:
 
 
 class Runner:
-    """One model + method + optimizer, stepping on a fixed batch ``ids (B, T)``."""
+    """One model + method + optimizer, stepping on a fixed batch ``ids (B, T)``.
 
-    def __init__(self, name: str, width: int, rank: int, args, ids: torch.Tensor):
-        self.model = build_lm(lm_shape(width, args.layers), args.vocab, ids.shape[1], seed=0)
+    Args:
+        shape: a width (a ``--layers``-block LLaMA shape, :func:`lm_shape`) or a preset.
+        micro_batches: split ``ids`` into this many micro-batches along ``B`` and
+            accumulate their gradients (``args.micro_batches``; default 1), so large
+            token counts per step fit in memory.
+    """
+
+    def __init__(self, name: str, shape: int | ModelPreset, rank: int, args, ids: torch.Tensor):
+        spec = lm_shape(shape, args.layers) if isinstance(shape, int) else shape
+        self.model = build_lm(spec, args.vocab, ids.shape[1], seed=0)
         self.model.to(ids.device)  # convert on the device: SVDs of CUDA weights run on CUDA
         self.method = make_method(name, **({} if name == "full" else {"rank": rank}))
         self.model = self.method.prepare(self.model)
         self.optimizer = self.method.build_optimizer(self.model, lr=1e-4)
+        self.micro = ids.chunk(getattr(args, "micro_batches", 1))
         self.ids = ids
         self.precision = getattr(args, "precision", "fp32")  # fp32 or bf16-mixed
         self.step_count = 0
@@ -73,9 +82,10 @@ class Runner:
         """One training step; returns its wall time in seconds."""
         synchronize(self.ids.device)
         start = time.perf_counter()
-        with autocast(getattr(self, "precision", "fp32"), self.ids.device):
-            loss = self.model(input_ids=self.ids, labels=self.ids).loss
-        loss.backward()
+        for micro in self.micro:
+            with autocast(self.precision, self.ids.device):
+                loss = self.model(input_ids=micro, labels=micro).loss / len(self.micro)
+            loss.backward()
         self.optimizer.step()
         self.memory = memory_report(self.model, self.optimizer)  # grads still allocated
         self.optimizer.zero_grad(set_to_none=True)

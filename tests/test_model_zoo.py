@@ -125,6 +125,12 @@ def _train(model: nn.Module, method, arch: str) -> list[float]:
     return losses
 
 
+def _tied(model: nn.Module) -> bool:
+    """Whether the output embedding shares the input embedding's tensor."""
+    head = model.get_output_embeddings()
+    return head is not None and head.weight is model.get_input_embeddings().weight
+
+
 def _target_weights(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
     modules = dict(model.named_modules())
     return {name: modules[name].weight.detach().clone() for name in names}
@@ -155,6 +161,7 @@ def test_conversion_keeps_outputs(name, arch):
 @methods
 def test_train_merge_and_round_trips(name, arch, tmp_path):
     model = _build(arch)
+    tied = _tied(model)
     targets = [n for n, _ in find_target_modules(model)]
     before = _target_weights(model, targets)
     method = _method(name, arch)
@@ -170,6 +177,7 @@ def test_train_merge_and_round_trips(name, arch, tmp_path):
     assert type(merged) is type(model)
     assert not any(isinstance(m, (SpectralLinear, LoRALinear)) for m in merged.modules())
     torch.testing.assert_close(_logits(merged, arch), converted, rtol=0, atol=1e-5)
+    assert _tied(merged) == _tied(model) == tied
     after = _target_weights(merged, targets)
     assert all(is_linear(dict(merged.named_modules())[n]) for n in targets)
     changed = [n for n in targets if not torch.equal(after[n], before[n])]
@@ -178,6 +186,7 @@ def test_train_merge_and_round_trips(name, arch, tmp_path):
     # Plain transformers: the merged model loads without this package.
     merged.save_pretrained(tmp_path / "hf")
     reloaded = type(merged).from_pretrained(tmp_path / "hf").eval()
+    assert _tied(reloaded) == tied
     assert torch.equal(_logits(reloaded, arch), _logits(merged, arch))
 
     # The project's own format: a converted model and its method, ready to resume.
@@ -185,6 +194,21 @@ def test_train_merge_and_round_trips(name, arch, tmp_path):
     loaded, loaded_method = load_pretrained(_build(arch, seed=1), tmp_path / "sst")
     assert loaded_method.state_dict() == method.state_dict()
     assert torch.equal(_logits(loaded.eval(), arch), converted)
+
+
+def test_tied_embeddings_of_the_table():
+    assert {arch for arch in ARCHS if _tied(_build(arch))} == {"bert-mlm", "gemma", "gpt2", "t5"}
+
+
+@pytest.mark.parametrize("name", ["lora", "sst"])
+def test_phi3_fused_projections_convert_whole(name):
+    method = _method(name, "phi3")
+    model = method.prepare(_build("phi3"))
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    layer_type = SpectralLinear if name == "sst" else LoRALinear
+    assert isinstance(attn.qkv_proj, layer_type) and isinstance(mlp.gate_up_proj, layer_type)
+    # q (32) + k, v (2 x 2 heads x 8) outputs; gate and up (2 x 48).
+    assert (attn.qkv_proj.out_features, mlp.gate_up_proj.out_features) == (64, 96)
 
 
 @pytest.mark.parametrize("name", ["lora", "galore", "sst"])

@@ -339,6 +339,63 @@ def test_all_linear_opt() -> None:
     assert shapes["model.decoder.layers.0.fc2"] == (32, 64)
 
 
+_BERT = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+             intermediate_size=48, max_position_embeddings=32)
+_DECODER = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
+
+# Task models x the linear layers all-linear leaves dense (output embedding, task heads).
+HEAD_CASES = {
+    "bert-seq-cls": (lambda: transformers.BertForSequenceClassification(
+        transformers.BertConfig(**_BERT, num_labels=3)), {"classifier"}),
+    "bert-token-cls": (lambda: transformers.BertForTokenClassification(
+        transformers.BertConfig(**_BERT, num_labels=5)), {"classifier"}),
+    "bert-qa": (lambda: transformers.BertForQuestionAnswering(
+        transformers.BertConfig(**_BERT)), {"qa_outputs"}),
+    "bert-mlm": (lambda: transformers.BertForMaskedLM(
+        transformers.BertConfig(**_BERT)), {"cls.predictions.decoder"}),
+    "roberta-seq-cls": (lambda: transformers.RobertaForSequenceClassification(
+        transformers.RobertaConfig(**_BERT, num_labels=3)),
+        {"classifier.dense", "classifier.out_proj"}),  # a head module: all of it
+    "qwen2-seq-cls": (lambda: transformers.Qwen2ForSequenceClassification(
+        transformers.Qwen2Config(**_DECODER, num_labels=3)), {"score"}),
+    "llama-seq-cls": (lambda: transformers.LlamaForSequenceClassification(
+        transformers.LlamaConfig(**_DECODER, num_labels=3)), {"score"}),
+    "t5-lm": (lambda: transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=1, num_heads=4)),
+        {"lm_head"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEAD_CASES))
+def test_all_linear_leaves_output_embedding_and_task_heads(case: str) -> None:
+    build, heads = HEAD_CASES[case]
+    model = build()
+    found = set(names(find_target_modules(model)))
+    linear = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    assert linear - found == heads
+    # The backbone stays a target: BERT's pooler and MLM transform included (as in peft).
+    if case == "bert-seq-cls":  # (token classification and QA build BERT without a pooler)
+        assert "bert.pooler.dense" in found
+    if case == "bert-mlm":
+        assert "cls.predictions.transform.dense" in found
+
+
+def test_task_heads_go_by_name_at_any_depth_without_a_getter() -> None:
+    model = nn.ModuleDict({"backbone": nn.Linear(4, 4),
+                           "task": nn.ModuleDict({"classifier": nn.Linear(4, 3),
+                                                  "score": nn.Linear(4, 1)}),
+                           "scores": nn.Linear(4, 4)})  # a whole component only
+    assert names(find_target_modules(model)) == ["backbone", "scores"]
+
+
+def test_explicit_targets_may_name_a_head() -> None:
+    model = HEAD_CASES["bert-seq-cls"][0]()
+    assert names(find_target_modules(model, ["classifier"])) == ["classifier"]
+    assert names(find_target_modules(model, r"(classifier|bert\.pooler\.dense)")) == [
+        "bert.pooler.dense", "classifier"]
+
+
 # --------------------------------------------------------------------------
 # exclude_modules
 # --------------------------------------------------------------------------

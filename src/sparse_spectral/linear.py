@@ -104,7 +104,15 @@ def is_conv1d(module: object) -> bool:
 
 
 def linear_weight(module: nn.Module) -> torch.Tensor:
-    """The weight of a linear module in the ``(out, in)`` = ``(m, n)`` layout (a view)."""
+    """The weight of a linear module in the ``(out, in)`` = ``(m, n)`` layout (a view).
+
+    Raises:
+        TypeError: if ``module`` is not a linear module (:func:`is_linear`). Converted
+            layers (SST, LoRA) have a ``weight`` property too, in the layout of the module
+            they replaced, so ``.weight`` alone does not tell the layout.
+    """
+    if not is_linear(module):
+        raise TypeError(f"expected nn.Linear or transformers Conv1D, got {type(module).__name__}")
     return module.weight.t() if is_conv1d(module) else module.weight
 
 

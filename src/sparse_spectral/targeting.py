@@ -7,7 +7,17 @@ The matching rules follow huggingface peft's ``target_modules`` /
   :func:`re.fullmatch` the module's dotted name;
 * a list/tuple/set of strings matches a module whose name equals an entry or
   ends with ``"." + entry`` (whole name components only);
-* ``"all-linear"`` selects every linear module except the output head.
+* ``"all-linear"`` selects every linear module except the model's heads: the output
+  embedding (``get_output_embeddings()``, else a module named ``lm_head``) and task heads
+  (modules named ``classifier``, ``score``, ``qa_outputs`` or ``classification_head``, and
+  every linear inside them).
+
+Why the heads stay dense (peft is the reference): peft's ``all-linear`` drops the output
+embedding, and for classification puts the ``classifier``/``score`` head in
+``modules_to_save`` (trained densely). A task head is small and task-specific; with a few
+labels it is narrower than any useful rank (a 3-label head has ``min(m, n) = 3``). Layers
+of the backbone stay targets, BERT's pooler and MLM transform included (peft targets them
+too). A head named in an explicit ``target_modules`` is still a target.
 
 Only linear modules (:func:`~sparse_spectral.linear.is_linear`: :class:`torch.nn.Linear`
 and GPT-2's ``Conv1D``) can be targets.
@@ -25,6 +35,7 @@ from torch import nn
 from .linear import is_conv1d, is_linear, linear_shape  # noqa: F401
 
 __all__ = [
+    "TASK_HEAD_NAMES",
     "find_target_modules",
     "replace_module",
 ]
@@ -33,6 +44,11 @@ ALL_LINEAR = "all-linear"
 
 # Name used to spot the output head when the model cannot tell us itself.
 _HEAD_NAME = "lm_head"
+
+# Task heads by name (transformers' conventions): sequence/token classification
+# (``classifier``, ``score``; peft's SEQ_CLS_HEAD_NAMES), extractive QA (``qa_outputs``) and
+# the BART/T5 classification head module (``classification_head``).
+TASK_HEAD_NAMES = ("classifier", "score", "qa_outputs", "classification_head")
 
 # How many module names a "nothing matched" error lists before truncating.
 _MAX_LISTED_NAMES = 20
@@ -129,20 +145,26 @@ def _output_head(model: nn.Module) -> nn.Module | None:
     return head if isinstance(head, nn.Module) else None
 
 
-def _head_predicate(model: nn.Module) -> Callable[[str, nn.Module], bool]:
-    """Build a predicate that recognises the output head.
+def _in_task_head(name: str) -> bool:
+    """Whether dotted ``name`` is a task head or lies inside one (a component matches)."""
+    return any(part in TASK_HEAD_NAMES for part in name.split("."))
 
-    The model's own ``get_output_embeddings()`` is authoritative; models that
-    do not provide it fall back to the conventional ``lm_head`` name.
+
+def _head_predicate(model: nn.Module) -> Callable[[str, nn.Module], bool]:
+    """Build a predicate that recognises the model's heads (output embedding, task heads).
+
+    For the output embedding the model's own ``get_output_embeddings()`` is
+    authoritative; models that do not provide it fall back to the conventional
+    ``lm_head`` name. Task heads go by name (:data:`TASK_HEAD_NAMES`) in every model.
     """
     head = _output_head(model)
     if head is not None:
-        return lambda name, module: module is head
-    return lambda name, module: name.rsplit(".", 1)[-1] == _HEAD_NAME
+        return lambda name, module: module is head or _in_task_head(name)
+    return lambda name, module: name.rsplit(".", 1)[-1] == _HEAD_NAME or _in_task_head(name)
 
 
 def _all_linear_matcher(model: nn.Module) -> Callable[[str, nn.Module], bool]:
-    """Match every linear module except the output head."""
+    """Match every linear module except the heads."""
     is_head = _head_predicate(model)
     return lambda name, module: is_linear(module) and not is_head(name, module)
 
@@ -194,8 +216,9 @@ def find_target_modules(
     Args:
         model: The model to search.
         target_modules: ``"all-linear"`` (every linear module except the output
-            head), a regex that must fully match a dotted module name, or a
-            list/tuple/set of names matched exactly or as a dotted suffix.
+            embedding and task heads: see the module docstring), a regex that must
+            fully match a dotted module name, or a list/tuple/set of names matched
+            exactly or as a dotted suffix.
         exclude_modules: Modules to drop from the selection, in the same regex
             or list forms as ``target_modules``; None excludes nothing.
 

@@ -77,7 +77,8 @@ class MethodConfig:
         default="all-linear",
         metadata={"help": "Modules the method replaces: a regex (full match on the dotted "
                   "name), a list of name suffixes, or 'all-linear' (every linear layer but "
-                  "the output head)."},
+                  "the output embedding and task heads: classifier, score, qa_outputs, "
+                  "classification_head)."},
     )
     exclude_modules: TargetSpec = field(
         default=None, metadata={"help": "Modules never replaced; same forms as target_modules."}

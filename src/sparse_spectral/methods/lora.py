@@ -57,6 +57,26 @@ class LoRALinear(nn.Module):
         """Standard deviation of ``A`` at (re-)initialisation: ``1 / r``."""
         return 1.0 / self.rank
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight ``W + (alpha / r) B A``, read-only, in the base's layout.
+
+        ``(m, n)`` for an ``nn.Linear`` base, ``(n, m)`` for a ``Conv1D`` one; for code that
+        reads a linear layer's ``.weight`` (a dtype check, or a functional call such as
+        ``nn.MultiheadAttention``'s with ``out_proj.weight``). Differentiable in ``A`` and
+        ``B`` by plain autograd, like :meth:`forward`. Each read costs ``m n r``
+        multiply-adds and a new ``(m, n)`` tensor; training goes through :meth:`forward`.
+        (peft's LoRA layers return the base weight here; the effective one keeps a
+        functional use correct.) Not a parameter, not in the state_dict.
+        """
+        delta = (self.lora_B @ self.lora_A) * self.scaling
+        return self.base.weight + (delta.t() if self.conv1d else delta)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The base layer's bias (frozen), for code that reads ``.bias`` beside ``.weight``."""
+        return self.base.bias
+
     accepts_operands = True  # fixed (T, n) operands too: see sparse_spectral.linear
 
     def forward(self, x: torch.Tensor | FixedOperand) -> torch.Tensor:

@@ -261,6 +261,59 @@ def _sandwich_diagonal(U: torch.Tensor, G: torch.Tensor, Vh: torch.Tensor) -> to
     return out
 
 
+def _factor_grads(G: torch.Tensor, need: tuple, U_frozen: torch.Tensor, Vh_frozen: torch.Tensor,
+                  s: torch.Tensor, U_active: torch.Tensor, Vh_active: torch.Tensor,
+                  idx: torch.Tensor, frozen_idx: torch.Tensor, enhanced: bool,
+                  all_singular_values: bool) -> tuple:
+    """SST's gradients of ``s``, ``U_active``, ``Vh_active`` from ``G = dL/dW`` ``(m, n)``.
+
+    ``G v_i``, ``G^T u_i`` for the active pairs (times ``s_i`` unless ``enhanced``) and
+    ``u_i^T G v_i`` for the singular values (the frozen ones only with
+    ``all_singular_values``); ``need`` says which of the three to compute (None otherwise).
+    """
+    grad_s = grad_U_active = grad_Vh_active = None
+    G_v = G @ Vh_active.t()  # (m, r): G v_i
+    Gt_u = U_active.t() @ G  # (r, n): (G^T u_i)^T
+    if need[0]:
+        frozen = _sandwich_diagonal(U_frozen, G, Vh_frozen) if all_singular_values else None
+        grad_s = _scatter_s(s, idx, (Gt_u * Vh_active).sum(1), frozen_idx, frozen)
+    s_active = s.index_select(0, idx)
+    if need[1]:
+        grad_U_active = G_v if enhanced else G_v * s_active
+    if need[2]:
+        grad_Vh_active = Gt_u if enhanced else Gt_u * s_active.unsqueeze(1)
+    return grad_s, grad_U_active, grad_Vh_active
+
+
+class SpectralWeightFunction(torch.autograd.Function):
+    """``W = U_eff diag(s) Vh_eff`` ``(m, n)`` as a tensor, with SST's gradients.
+
+    For code that reads a layer's weight and computes with it instead of calling the layer
+    (:attr:`~sparse_spectral.spectral.layer.SpectralLinear.weight`): ``dL/dW`` reaches
+    ``s`` and the active vectors exactly as it does through :class:`ComposedSpectralLinearFunction`
+    (enhanced gradient, singular values per ``all_singular_values``), the frozen vectors get
+    none. Autocast is off inside: ``W`` has the factors' dtype, like a dense layer's weight.
+    """
+
+    @staticmethod
+    def forward(ctx, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx,
+                enhanced: bool, all_singular_values: bool):
+        with _autocast_off(s.device.type):
+            W = compose_weight(U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx)
+        ctx.save_for_backward(U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx)
+        ctx.enhanced, ctx.all_singular_values = enhanced, all_singular_values
+        return W
+
+    @staticmethod
+    def backward(ctx, grad_W):
+        U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx = ctx.saved_tensors
+        with _autocast_off(s.device.type):
+            grads = _factor_grads(grad_W.to(s.dtype), ctx.needs_input_grad[2:5], U_frozen,
+                                  Vh_frozen, s, U_active, Vh_active, idx, frozen_idx,
+                                  ctx.enhanced, ctx.all_singular_values)
+        return (None, None, *grads, None, None, None, None)
+
+
 class ComposedSpectralLinearFunction(torch.autograd.Function):
     """The same map and gradients as :class:`SpectralLinearFunction`, run as a dense layer.
 
@@ -307,18 +360,10 @@ class ComposedSpectralLinearFunction(torch.autograd.Function):
             grad_x = (gy @ W).reshape(ctx.x_shape)
         if need[3] or need[4] or need[5]:
             G = _rtimes(gy.t(), x2)  # (m, n), the only full-size transient
-            G_v = G @ Vh_active.t()  # (m, r): G v_i
-            Gt_u = U_active.t() @ G  # (r, n): (G^T u_i)^T
-            if need[3]:
-                frozen = (_sandwich_diagonal(U_frozen, G, Vh_frozen)
-                          if ctx.all_singular_values else None)
-                grad_s = _scatter_s(s, idx, (Gt_u * Vh_active).sum(1), frozen_idx, frozen)
+            grad_s, grad_U_active, grad_Vh_active = _factor_grads(
+                G, need[3:6], U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx,
+                ctx.enhanced, ctx.all_singular_values)
             del G
-            s_active = s.index_select(0, idx)
-            if need[4]:
-                grad_U_active = G_v if ctx.enhanced else G_v * s_active
-            if need[5]:
-                grad_Vh_active = Gt_u if ctx.enhanced else Gt_u * s_active.unsqueeze(1)
         if ctx.has_bias and need[8]:
             grad_bias = gy.sum(0)
         return (grad_x, None, None, grad_s, grad_U_active, grad_Vh_active, None, None,

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..linear import FixedOperand, is_conv1d, linear_weight
 from .cost import choose_mode
-from .function import _autocast_off, spectral_linear
+from .function import SpectralWeightFunction, _autocast_off, spectral_linear
 from .optim import reset_param_state, reset_slots
 
 
@@ -148,6 +148,30 @@ class SpectralLinear(nn.Module):
         return spectral_linear(x, self.U_frozen, self.Vh_frozen, self.s, self.U_active,
                                self.Vh_active, self.idx, self.frozen_idx, self.bias,
                                self.enhanced, self.all_singular_values, mode=self.mode_for(x))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight, read-only, in the replaced module's layout (for code that reads it).
+
+        ``(out, in) = (m, n)`` as ``nn.Linear`` stores it, or ``(n, m)`` for a layer that
+        was a GPT-2 ``Conv1D``, in the factors' dtype (autocast off). Some models read a
+        linear layer's ``.weight`` for its dtype (T5's feed-forward reads ``wo.weight`` on
+        every call) or compute with it (``nn.MultiheadAttention`` passes ``out_proj.weight``
+        to its functional form). It is differentiable with SST's own gradients
+        (:class:`~sparse_spectral.spectral.function.SpectralWeightFunction`), so such
+        a model trains as it would through :meth:`forward`.
+
+        Cost: every read composes ``U_eff diag(s) Vh_eff``, ``m n k`` multiply-adds and a
+        new ``(m, n)`` tensor (and a backward through it, a transient ``(m, n)`` gradient).
+        Training and inference go through :meth:`forward`, which picks the cheaper
+        evaluation per call; this is for compatibility, not a fast path. It is a property:
+        not a parameter, not in the state_dict, and it cannot be assigned.
+        """
+        W = SpectralWeightFunction.apply(self.U_frozen, self.Vh_frozen, self.s,
+                                         self.U_active, self.Vh_active, self.idx,
+                                         self.frozen_idx, self.enhanced,
+                                         self.all_singular_values)
+        return W.t() if self.conv1d else W
 
     def mode_for(self, x: torch.Tensor | FixedOperand) -> str:
         """The evaluation (``"factored"`` or ``"composed"``) used for input ``x (..., n)``."""

@@ -128,6 +128,28 @@ def _one_layer(name: str):
 LAYERS = {"llama": "num_hidden_layers", "opt": "num_hidden_layers", "gpt2": "n_layer"}
 
 
+def _mlp_loss_bf16_mixed(model, batch):
+    """The loop's bf16-mixed: autocast around the call, outside the compiled region; SST's
+    Functions apply autocast's casts themselves, so dynamo traces them under it."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return _mlp_loss(model, batch)
+
+
+@pytest.mark.parametrize("forward_mode", ["factored", "composed"])
+def test_bf16_mixed_compiles_once_and_trains_as_eager(forward_mode):
+    counter = CompileCounterWithBackend("aot_eager")
+    options = dict(rank=2, iteration_interval=2, forward_mode=forward_mode)
+    eager_losses, eager_state = _train("sst", TinyMLP, _mlp_batch, _mlp_loss_bf16_mixed, 6,
+                                       **options)
+    losses, state = _train("sst", TinyMLP, _mlp_batch, _mlp_loss_bf16_mixed, 6, counter,
+                           **options)
+    assert counter.frame_count == 1
+    torch.testing.assert_close(losses, eager_losses, **TOLERANCE)
+    for key in state:
+        assert state[key].dtype == eager_state[key].dtype  # fp32 parameters stay fp32
+        torch.testing.assert_close(state[key], eager_state[key], **TOLERANCE, msg=key)
+
+
 @pytest.mark.parametrize("name, method, options", [
     ("llama", "sst", dict(rank=2, iteration_interval=1, iterations_per_round=1)),
     ("gpt2", "sst", dict(rank=2, iteration_interval=1, forward_mode="factored")),  # Conv1D

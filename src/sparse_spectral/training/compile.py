@@ -15,11 +15,14 @@ Why there are no recompiles when a method changes its layers: every state change
 ``swap_``/``resvd_``, ReLoRA*'s merge and re-initialisation, GaLore's projections, which
 live in the optimizer) copies into tensors of fixed shape, dtype and ``requires_grad``, and
 dynamo guards on those, not on values. What does recompile, once each: evaluation
-(``model.eval()`` under ``no_grad``), and a second input shape (default
-``dynamic=None``: the second shape makes the changing sizes symbolic, so later shapes, e.g.
-translation's token-bucketed batches or a short last evaluation batch, reuse that graph).
-SST's ``forward_mode="auto"`` picks the evaluation from the token count: with symbolic sizes
-that choice becomes a guard, so a graph exists per mode actually used, at most two.
+(``model.eval()`` under ``no_grad``) and a second input shape. With the default
+``dynamic=None`` the second shape makes the sizes that changed symbolic, so later shapes
+(translation's token-bucketed batches, a short last evaluation batch) reuse that graph; a
+dimension that first changes later adds one more. ``dynamic=False`` would compile once per
+distinct shape and, with ``fullgraph=True``, fail hard at dynamo's recompile limit (8),
+which translation's buckets exceed in an epoch. SST's ``forward_mode="auto"`` picks the
+evaluation from the token count: with symbolic sizes that choice becomes a guard, so there
+is a graph per mode actually used, at most two.
 
 Outside the compiled region, as in eager runs: the loss (a task's function of the model's
 output), the optimizer step, the method guard (an optimizer step post-hook) and

@@ -341,6 +341,14 @@ class GraphTask(TaskBase):
         return settings.resolved()
 
     def check(self, settings: GraphSettings) -> None:
+        if settings.runtime.compile:
+            # HyboNet runs on sparse COO/CSR tensors (sparse_rows.SparseRows, whose use
+            # depends on the data's density) and keeps its CSR operands on the module keyed
+            # by tensor versions: dynamo cannot trace either (data-dependent sizes, sparse
+            # layouts), so compiling would mean a different model, not a faster one.
+            raise ValueError("compile=true is not supported by the graph task: HyboNet's "
+                             "sparse CSR products (sparse_rows.py) cannot be traced by "
+                             "torch.compile; allowed: compile=false")
         if settings.runtime.precision == "bf16":
             # The features and adjacency are CSR products, which torch does not run in bf16
             # on the CPU; bf16-mixed keeps them in fp32 and runs the dense maps in bf16.

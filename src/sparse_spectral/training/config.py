@@ -140,12 +140,18 @@ class MethodChoice:
 
 @dataclass
 class RuntimeSettings:
-    """Where and in which precision the run trains (see :mod:`.device`)."""
+    """Where, in which precision and whether compiled the run trains (:mod:`.device`,
+    :mod:`.compile`; the backend is checked when the run starts)."""
 
     device: str = field(default="auto", metadata=_help(
         "auto (CUDA when present), cpu, cuda or cuda:N"))
     precision: str = field(default="fp32", metadata=_help(
         "fp32, bf16-mixed (fp32 parameters, bf16 autocast) or bf16 (bf16 parameters)"))
+    compile: bool = field(default=False, metadata=_help(
+        "compile the converted model with torch.compile (whole model, one graph)"))
+    compile_backend: str = field(default="inductor", metadata=_help(
+        "torch.compile backend: inductor, or eager / aot_eager (no compiler needed); "
+        "see torch._dynamo.list_backends()"))
 
     def __post_init__(self):
         from .device import PRECISIONS
@@ -153,6 +159,11 @@ class RuntimeSettings:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} is unknown; allowed: "
                              f"{', '.join(PRECISIONS)}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile={self.compile!r} must be true or false")
+        if not isinstance(self.compile_backend, str) or not self.compile_backend:
+            raise ValueError(f"compile_backend={self.compile_backend!r} must be a backend "
+                             "name (e.g. inductor, aot_eager)")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from ..methods import (
     method_for_run,
 )
 from .checkpoint import latest_checkpoint, read_checkpoint_state
+from .compile import check_compile, compile_model, compiled_graphs
 from .device import (
     autocast,
     check_precision,
@@ -120,14 +121,17 @@ def _takers(choice: str) -> list[str]:
 
 
 def check_runtime(settings) -> torch.device:
-    """The run's device, with its precision checked (before anything is written).
+    """The run's device, with its precision and compile backend checked (before anything is
+    written).
 
     Raises:
-        ValueError: an unknown device or precision, CUDA where there is none, or a precision
-            the device cannot run.
+        ValueError: an unknown device or precision, CUDA where there is none, a precision
+            the device cannot run, or a compile backend that is unknown or fails here.
     """
-    device = resolve_device(settings.runtime.device)
-    check_precision(settings.runtime.precision, device)
+    runtime = settings.runtime
+    device = resolve_device(runtime.device)
+    check_precision(runtime.precision, device)
+    check_compile(runtime.compile, runtime.compile_backend, device)
     return device
 
 
@@ -163,6 +167,9 @@ def train_run(task, settings, *, data=None, resume: bool = False,
     model = method.prepare(model).to(device)
     if settings.runtime.precision == "bf16":
         model = model.to(parameter_dtype("bf16"))
+    graphs_before = compiled_graphs() if settings.runtime.compile else 0
+    if settings.runtime.compile:  # in place: the same object and state_dict keys
+        model = compile_model(model, settings.runtime.compile_backend)
     trainable, total = count_parameters(model)
     loggers = [JsonlLogger(run_dir / "metrics.jsonl", resume_step=_resume_step(run_dir, resume))]
     if settings.output.tensorboard:
@@ -191,6 +198,8 @@ def train_run(task, settings, *, data=None, resume: bool = False,
     with autocast(settings.runtime.precision, device):  # final figures as the run trained
         summary.update(task.finish(settings, data, model, method, result, batches))
     summary["wall_time_s"] = time.perf_counter() - began
+    if settings.runtime.compile:  # train, evaluation and final figures together
+        summary["compiled_graphs"] = compiled_graphs() - graphs_before
     summary["device"] = describe(device)
     summary["headline"] = task.headline(settings).to_dict()
     atomic_write_json(run_dir / "summary.json", summary)

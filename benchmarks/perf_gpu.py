@@ -157,6 +157,10 @@ def ratios(methods: dict) -> dict:
     return out
 
 
+def _gib(count: int | None) -> str:
+    return "-" if count is None else f"{count / GIB:.2f}"
+
+
 def markdown(results: dict) -> str:
     a = results["settings"]
     lines = [f"# Every method on {results['machine']}", "",
@@ -177,7 +181,7 @@ def markdown(results: dict) -> str:
             lines.append(
                 f"| {row['preset']} | {row['rank']} | {name} | {e['step_ms']:.1f} | "
                 f"{e['step_ms'] / full['step_ms']:.3f} | {e['tokens_per_s']:,.0f} | "
-                f"{e.get('peak_allocated', float('nan')) / GIB:.2f} | "
+                f"{_gib(e.get('peak_allocated'))} | "
                 f"{e[measure] / full[measure]:.3f} | {e['state_bytes'] / GIB:.2f} |"
                 if full else f"| {row['preset']} | {row['rank']} | {name} | "
                 f"{e['step_ms']:.1f} | | {e['tokens_per_s']:,.0f} | | | |")

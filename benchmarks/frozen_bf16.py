@@ -1,0 +1,96 @@
+"""Training-state bytes of SST with its frozen factors in bf16 (``frozen_dtype="bfloat16"``).
+
+Counts, with :func:`~sparse_spectral.accounting.planned_state_bytes` on models built on the
+meta device (no memory allocated), the bytes of weights + gradients + AdamW moments of real
+LLaMA shapes for full rank, SST as published (every tensor fp32) and SST with bf16 frozen
+factors (``s``, the active vectors, their gradients and moments stay fp32). The 1B and 130M
+rows use the paper's ranks (r = 128 and 64); LLaMA-7B is not in the paper (its r = 128 and
+512 rows are for scale; 7B is LLaMA-1's shape, d 4096, ffn 11008, 32 layers). Vocabulary
+32,000, untied embeddings, as ``benchmarks/perf.py``'s rows::
+
+    python benchmarks/frozen_bf16.py --out benchmarks/results/frozen_bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from sparse_spectral.accounting import planned_state_bytes
+from sparse_spectral.methods import make_method
+from sparse_spectral.models.presets import ModelPreset, build_lm, get_preset
+
+VOCAB = 32000
+LLAMA_7B = ModelPreset("llama_7b", "llama", 4096, 32, 32, 11008,
+                       description="LLaMA-1 7B shape (not a preset; not in the SST paper)")
+ROWS = (("llama_130m", 64), ("llama_1b", 128), ("llama_7b", 128), ("llama_7b", 512))
+VARIANTS = {"full": ("full", {}), "sst": ("sst", {}),
+            "sst_bf16_frozen": ("sst", {"frozen_dtype": "bfloat16"})}
+
+
+def _preset(name: str) -> ModelPreset:
+    return LLAMA_7B if name == "llama_7b" else get_preset(name)
+
+
+def state_bytes(preset: ModelPreset, method: str, rank: int, options: dict) -> dict[str, int]:
+    """``planned_state_bytes`` of ``preset`` prepared by ``method`` on the meta device."""
+    with torch.device("meta"):
+        model = build_lm(preset, VOCAB, 1024)
+    settings = {} if method == "full" else {"rank": rank, **options}
+    model = make_method(method, **settings).prepare(model)
+    return planned_state_bytes(model).to_dict()
+
+
+def measure() -> list[dict]:
+    rows = []
+    for name, rank in ROWS:
+        preset = _preset(name)
+        entry = {"model": name, "rank": rank, "d": preset.hidden_size, "ffn": preset.ffn_size,
+                 "layers": preset.num_layers, "vocab": VOCAB}
+        for key, (method, options) in VARIANTS.items():
+            entry[key] = state_bytes(preset, method, rank, options)
+        full = entry["full"]["total"]
+        entry["sst_ratio"] = entry["sst"]["total"] / full
+        entry["sst_bf16_frozen_ratio"] = entry["sst_bf16_frozen"]["total"] / full
+        rows.append(entry)
+        print(f"{name} r={rank}: SST/full {entry['sst_ratio']:.4f}, with bf16 frozen "
+              f"{entry['sst_bf16_frozen_ratio']:.4f}", flush=True)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    gib = 2.0**30
+    lines = ["# Training-state bytes with bf16 frozen factors", "",
+             "Command: `python benchmarks/frozen_bf16.py --out benchmarks/results/frozen_bf16`",
+             "", "Weights + gradients + AdamW moments (`planned_state_bytes`, meta device), "
+             "vocabulary 32000, untied embeddings.", "",
+             "| shape | r | full (GiB) | SST (GiB) | SST bf16-frozen (GiB) | SST / full | "
+             "SST bf16-frozen / full | weights: SST / bf16-frozen (GiB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in rows:
+        lines.append(
+            f"| {e['model']} (d {e['d']}, ffn {e['ffn']}, {e['layers']} layers) | {e['rank']} "
+            f"| {e['full']['total'] / gib:.2f} | {e['sst']['total'] / gib:.2f} "
+            f"| {e['sst_bf16_frozen']['total'] / gib:.2f} | {e['sst_ratio']:.4f} "
+            f"| **{e['sst_bf16_frozen_ratio']:.4f}** | {e['sst']['weights'] / gib:.2f} / "
+            f"{e['sst_bf16_frozen']['weights'] / gib:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/frozen_bf16")
+    args = parser.parse_args()
+    rows = measure()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "state_bytes.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "state_bytes.md").write_text(markdown(rows))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

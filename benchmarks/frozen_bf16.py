@@ -9,6 +9,9 @@ rows use the paper's ranks (r = 128 and 64); LLaMA-7B is not in the paper (its r
 32,000, untied embeddings, as ``benchmarks/perf.py``'s rows::
 
     python benchmarks/frozen_bf16.py --out benchmarks/results/frozen_bf16
+
+``--collect RUNS`` instead tabulates the validation losses of the runs that
+``benchmarks/frozen_bf16_lm.sh`` trains (SST fp32 vs bf16 frozen factors, same seeds).
 """
 
 from __future__ import annotations
@@ -80,13 +83,45 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def collect(runs: Path) -> tuple[list[dict], str]:
+    """Final validation loss / perplexity of every ``{fp32,bf16}_seedN`` run under ``runs``."""
+    rows = []
+    for path in sorted(runs.glob("*_seed*/summary.json")):
+        summary = json.loads(path.read_text())
+        variant, _, seed = path.parent.name.partition("_seed")
+        rows.append({"frozen": variant, "seed": int(seed), "val_loss": summary["val_loss"],
+                     "val_ppl": summary["val_ppl"], "step_time_s": summary["step_time_s"],
+                     "curve": [[e["step"], e["val_loss"]] for e in summary["curve"]]})
+    lines = ["# SST validation loss: fp32 vs bf16 frozen factors", "",
+             "Command: `nice bash benchmarks/frozen_bf16_lm.sh` (gpt_cpu, TinyShakespeare char, "
+             "r 16, lr 1e-2, 600 steps, T3 100, one thread)", "",
+             "| seed | val loss fp32 frozen | val loss bf16 frozen | difference | "
+             "step time fp32 / bf16 (s) |", "|---:|---:|---:|---:|---:|"]
+    by = {(r["frozen"], r["seed"]): r for r in rows}
+    for seed in sorted({r["seed"] for r in rows}):
+        a, b = by.get(("fp32", seed)), by.get(("bf16", seed))
+        if a and b:
+            lines.append(f"| {seed} | {a['val_loss']:.4f} | {b['val_loss']:.4f} | "
+                         f"{b['val_loss'] - a['val_loss']:+.4f} | {a['step_time_s']:.3f} / "
+                         f"{b['step_time_s']:.3f} |")
+    return rows, "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/frozen_bf16")
+    parser.add_argument("--collect", default=None, metavar="RUNS",
+                        help="tabulate the LM runs under RUNS instead of counting bytes")
     args = parser.parse_args()
-    rows = measure()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.collect:
+        rows, text = collect(Path(args.collect))
+        (out / "lm_val_loss.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (out / "lm_val_loss.md").write_text(text)
+        print(text)
+        return
+    rows = measure()
     (out / "state_bytes.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "state_bytes.md").write_text(markdown(rows))
     print(markdown(rows))

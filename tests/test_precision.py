@@ -102,12 +102,12 @@ def _dense_reference(x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen
     return [y.detach(), xl.grad, sl.grad, gU, gVh, None if bl is None else bl.grad]
 
 
-def _bound(args, grad_out, enhanced, inner):
-    """``(c u + K u32) * p(|inputs|)`` for each of the reference's outputs."""
+def _bound(args, grad_out, enhanced, inner, unit=BF16_U):
+    """``(c u + K u32) * p(|inputs|)`` for each of the reference's outputs (``u = unit``)."""
     absolute = [a.abs() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
                 for a in args]
     p_abs = _dense_reference(*absolute, grad_out.abs(), enhanced)
-    scale = ROUNDINGS * BF16_U + inner * FP32_U
+    scale = ROUNDINGS * unit + inner * FP32_U
     return [None if p is None else scale * p for p in p_abs]
 
 
@@ -216,6 +216,28 @@ def test_fixed_operand_input_under_autocast(mode, autocast):
     want = _dense_reference(x, *rest, grad_out, True)
     want[1] = None  # data gets no gradient
     _check_within_bound(got, want, _bound((x, *rest), grad_out, True, 20 + M + N), NAMES)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("enhanced", [True, False])
+@pytest.mark.parametrize("autocast", [True, False], ids=["bf16-mixed", "fp32"])
+def test_bf16_frozen_factors_match_float64_on_the_same_rounded_factors(mode, enhanced, autocast):
+    """SST's ``frozen_dtype="bfloat16"``: frozen factors bf16, everything else fp32.
+
+    The reference uses the same bf16 values in float64, so storing them in bf16 costs no
+    accuracy beyond that rounding: fp32 arithmetic stays within the fp32 bound.
+    """
+    x, U_frozen, Vh_frozen, *rest = _inputs((2, 11))
+    args = (x, U_frozen.bfloat16(), Vh_frozen.bfloat16(), *rest)
+    grad_out = torch.randn(2, 11, M, generator=torch.Generator().manual_seed(5))
+    grad_out = grad_out.bfloat16().float()
+    got, products, leaves = _run(mode, args, grad_out, enhanced, autocast=autocast)
+    compute = torch.bfloat16 if autocast else torch.float32
+    assert products and set(products) == {compute} and got[0].dtype == compute
+    assert all(g.dtype == torch.float32 for g in got[1:] if g is not None)
+    want = _dense_reference(*args, grad_out, enhanced)
+    unit = BF16_U if autocast else FP32_U
+    _check_within_bound(got, want, _bound(args, grad_out, enhanced, 22 + M + N, unit), NAMES)
 
 
 def test_the_bound_catches_a_wrong_s_factor(monkeypatch):

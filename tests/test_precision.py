@@ -32,6 +32,7 @@ from sparse_spectral.spectral import SpectralLinear
 from sparse_spectral.spectral.function import spectral_linear
 
 BF16_U = 2.0**-8  # bf16 unit roundoff (8 significand bits)
+FP16_U = 2.0**-11  # float16 unit roundoff (11 significand bits)
 FP32_U = 2.0**-24
 ROUNDINGS = 12  # longest chain of roundings in either mode (module docstring)
 M, N, R = 9, 7, 3
@@ -111,7 +112,7 @@ def _bound(args, grad_out, enhanced, inner, unit=BF16_U):
     return [None if p is None else scale * p for p in p_abs]
 
 
-def _run(mode, args, grad_out, enhanced, autocast):
+def _run(mode, args, grad_out, enhanced, autocast, dtype=torch.bfloat16):
     """``[y, dx, ds, dU_active, dVh_active, db]`` and the dtypes of the dense products."""
     x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias = args
     leaves = [t.detach().clone().requires_grad_() if isinstance(t, torch.Tensor) else t
@@ -120,7 +121,7 @@ def _run(mode, args, grad_out, enhanced, autocast):
     bl = None if bias is None else bias.detach().clone().requires_grad_()
     recorder = ProductDtypes()
     with recorder:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast("cpu", dtype=dtype, enabled=autocast):
             y = spectral_linear(xl, U_frozen, Vh_frozen, sl, ual, vhl, idx, frozen_idx, bl,
                                 enhanced=enhanced, mode=mode)
         y.backward(grad_out.to(y.dtype))
@@ -238,6 +239,28 @@ def test_bf16_frozen_factors_match_float64_on_the_same_rounded_factors(mode, enh
     want = _dense_reference(*args, grad_out, enhanced)
     unit = BF16_U if autocast else FP32_U
     _check_within_bound(got, want, _bound(args, grad_out, enhanced, 22 + M + N, unit), NAMES)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("enhanced", [True, False])
+@pytest.mark.parametrize("shape", [(13,), (2, 11)], ids=["2d", "3d"])
+def test_fp16_mixed_matches_float64_within_the_fp16_bound(mode, enhanced, shape):
+    """``fp16-mixed``: CPU autocast in float16; the Functions follow autocast's dtype."""
+    args = _inputs(shape)
+    grad_out = torch.randn(*shape, M, generator=torch.Generator().manual_seed(5))
+    grad_out = grad_out.half().float()  # the fp16 output's gradient is fp16 anyway
+    got, products, leaves = _run(mode, args, grad_out, enhanced, autocast=True,
+                                 dtype=torch.float16)
+    assert products and set(products) == {torch.float16} and got[0].dtype == torch.float16
+    for leaf, grad in zip(leaves, got[1:]):
+        assert grad.dtype == torch.float32 and grad.shape == leaf.shape
+    want = _dense_reference(*args, grad_out, enhanced)
+    tokens = grad_out.numel() // M
+    bound = _bound(args, grad_out, enhanced, tokens + M + N, unit=FP16_U)
+    _check_within_bound(got, want, bound, NAMES)
+    # ... and it is not the bf16 bound in disguise: fp16 errors are 8x smaller.
+    bf16, _, _ = _run(mode, args, grad_out, enhanced, autocast=True)
+    assert (got[0].double() - want[0]).abs().max() < (bf16[0].double() - want[0]).abs().max()
 
 
 def test_the_bound_catches_a_wrong_s_factor(monkeypatch):

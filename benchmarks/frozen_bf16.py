@@ -10,14 +10,19 @@ rows use the paper's ranks (r = 128 and 64); LLaMA-7B is not in the paper (its r
 
     python benchmarks/frozen_bf16.py --out benchmarks/results/frozen_bf16
 
-``--collect RUNS`` instead tabulates the validation losses of the runs that
-``benchmarks/frozen_bf16_lm.sh`` trains (SST fp32 vs bf16 frozen factors, same seeds).
+``--speed`` times forward + backward of one square SST layer with fp32 against bf16 frozen
+factors (the cost of casting them on use), in fp32 and under bf16 autocast, both
+evaluations, the two layers stepped in turns. ``--collect RUNS`` instead tabulates the
+validation losses of the runs that ``benchmarks/frozen_bf16_lm.sh`` trains (SST fp32 vs bf16
+frozen factors, same seeds).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -83,6 +88,52 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _time_pass(layer, x: torch.Tensor, autocast: bool) -> float:
+    began = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = layer(x)
+    y.float().square().mean().backward()
+    layer.zero_grad(set_to_none=True)
+    return time.perf_counter() - began
+
+
+def speed(width: int = 1024, tokens: int = 4096, repeats: int = 7) -> tuple[list[dict], str]:
+    """Median forward + backward time of a ``width x width`` layer at ``r = width / 8``."""
+    from torch import nn
+
+    from sparse_spectral.spectral import SpectralLinear
+
+    torch.manual_seed(0)
+    dense, x = nn.Linear(width, width), torch.randn(tokens, width)
+    rows = []
+    for mode in ("factored", "composed"):
+        layers = {key: SpectralLinear.from_linear(dense, width // 8, forward_mode=mode,
+                                                  frozen_dtype=dtype)
+                  for key, dtype in (("fp32", None), ("bf16", torch.bfloat16))}
+        for autocast in (False, True):
+            times = {key: [] for key in layers}
+            for i in range(repeats + 2):  # 2 warm-up passes, then in turns
+                for key, layer in layers.items():
+                    elapsed = _time_pass(layer, x, autocast)
+                    if i >= 2:
+                        times[key].append(elapsed)
+            med = {key: statistics.median(v) for key, v in times.items()}
+            rows.append({"mode": mode, "precision": "bf16-mixed" if autocast else "fp32",
+                         "fp32_frozen_s": med["fp32"], "bf16_frozen_s": med["bf16"],
+                         "ratio": med["bf16"] / med["fp32"]})
+            print(rows[-1], flush=True)
+    lines = ["# Cost of casting bf16 frozen factors on use", "",
+             f"Command: `python benchmarks/frozen_bf16.py --speed` ({torch.get_num_threads()} "
+             f"thread(s), one {width} x {width} layer, r = {width // 8}, {tokens} tokens, "
+             f"forward + backward, median of {repeats} in turns)", "",
+             "| mode | precision | fp32 frozen (ms) | bf16 frozen (ms) | bf16 / fp32 |",
+             "|---|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['precision']} | {1e3 * r['fp32_frozen_s']:.1f} | "
+                     f"{1e3 * r['bf16_frozen_s']:.1f} | {r['ratio']:.3f} |")
+    return rows, "\n".join(lines) + "\n"
+
+
 def collect(runs: Path) -> tuple[list[dict], str]:
     """Final validation loss / perplexity of every ``{fp32,bf16}_seedN`` run under ``runs``."""
     rows = []
@@ -112,9 +163,19 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/frozen_bf16")
     parser.add_argument("--collect", default=None, metavar="RUNS",
                         help="tabulate the LM runs under RUNS instead of counting bytes")
+    parser.add_argument("--speed", action="store_true",
+                        help="time one layer with fp32 and bf16 frozen factors instead")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.speed:
+        rows, text = speed()
+        (out / "speed.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (out / "speed.md").write_text(text)
+        print(text)
+        return
     if args.collect:
         rows, text = collect(Path(args.collect))
         (out / "lm_val_loss.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -79,9 +79,17 @@ def _run(tmp_path, method, steps=5, inject=(), resume=False, save_every=0):
     loss_fn, snapshots, logger = InjectedInf(model, inject), Snapshots(), ListLogger()
     settings = LoopSettings(num_training_steps=steps, lr=1e-2, warmup_steps=0, eval_every=1,
                             log_every=1, save_every=save_every)
+    built = []  # the loop's optimizer, to read its counters
+
+    def build_optimizer(model, method, **kwargs):
+        built.append(method.build_optimizer(model, **kwargs))
+        return built[-1]
+
     result = train(model, method, batch_fn=lambda step, micro: (x, y), loss_fn=loss_fn,
                    eval_fn=snapshots, settings=settings, run_dir=tmp_path, logger=logger,
-                   progress=False, precision="fp16-mixed", device=CPU, resume=resume)
+                   progress=False, precision="fp16-mixed", device=CPU, resume=resume,
+                   build_optimizer=build_optimizer)
+    method.optimizer_for_test = built[0]
     return model, result, snapshots.states, logger.records
 
 
@@ -105,22 +113,8 @@ def test_an_inf_gradient_skips_the_update_halves_the_scale_and_the_schedule_adva
             assert torch.equal(after[key], before[key]), key
     assert not torch.equal(states[3]["head.weight"], after["head.weight"])  # step 4 trains
     # Adam's per-slot counters count the four real updates, not the five steps.
-    state = method._fp16_test_optimizer.state
+    state = method.optimizer_for_test.state
     assert {int(v["step"].max()) for v in state.values()} == {4}
-
-
-@pytest.fixture(autouse=True)
-def _remember_optimizer(monkeypatch):
-    """Keep the loop's optimizer on the method so the test can read its counters."""
-    from sparse_spectral.methods.base import TrainingMethod
-
-    original = TrainingMethod.build_optimizer
-
-    def build(self, *args, **kwargs):
-        self._fp16_test_optimizer = original(self, *args, **kwargs)
-        return self._fp16_test_optimizer
-
-    monkeypatch.setattr(TrainingMethod, "build_optimizer", build)
 
 
 def test_the_scaler_state_is_checkpointed_and_resume_is_bit_exact(tmp_path):

@@ -32,6 +32,7 @@ from sparse_spectral.spectral import SpectralLinear
 from sparse_spectral.spectral.function import spectral_linear
 
 BF16_U = 2.0**-8  # bf16 unit roundoff (8 significand bits)
+FP16_U = 2.0**-11  # float16 unit roundoff (11 significand bits)
 FP32_U = 2.0**-24
 ROUNDINGS = 12  # longest chain of roundings in either mode (module docstring)
 M, N, R = 9, 7, 3
@@ -102,16 +103,16 @@ def _dense_reference(x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen
     return [y.detach(), xl.grad, sl.grad, gU, gVh, None if bl is None else bl.grad]
 
 
-def _bound(args, grad_out, enhanced, inner):
-    """``(c u + K u32) * p(|inputs|)`` for each of the reference's outputs."""
+def _bound(args, grad_out, enhanced, inner, unit=BF16_U):
+    """``(c u + K u32) * p(|inputs|)`` for each of the reference's outputs (``u = unit``)."""
     absolute = [a.abs() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
                 for a in args]
     p_abs = _dense_reference(*absolute, grad_out.abs(), enhanced)
-    scale = ROUNDINGS * BF16_U + inner * FP32_U
+    scale = ROUNDINGS * unit + inner * FP32_U
     return [None if p is None else scale * p for p in p_abs]
 
 
-def _run(mode, args, grad_out, enhanced, autocast):
+def _run(mode, args, grad_out, enhanced, autocast, dtype=torch.bfloat16):
     """``[y, dx, ds, dU_active, dVh_active, db]`` and the dtypes of the dense products."""
     x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias = args
     leaves = [t.detach().clone().requires_grad_() if isinstance(t, torch.Tensor) else t
@@ -120,7 +121,7 @@ def _run(mode, args, grad_out, enhanced, autocast):
     bl = None if bias is None else bias.detach().clone().requires_grad_()
     recorder = ProductDtypes()
     with recorder:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast("cpu", dtype=dtype, enabled=autocast):
             y = spectral_linear(xl, U_frozen, Vh_frozen, sl, ual, vhl, idx, frozen_idx, bl,
                                 enhanced=enhanced, mode=mode)
         y.backward(grad_out.to(y.dtype))
@@ -216,6 +217,50 @@ def test_fixed_operand_input_under_autocast(mode, autocast):
     want = _dense_reference(x, *rest, grad_out, True)
     want[1] = None  # data gets no gradient
     _check_within_bound(got, want, _bound((x, *rest), grad_out, True, 20 + M + N), NAMES)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("enhanced", [True, False])
+@pytest.mark.parametrize("autocast", [True, False], ids=["bf16-mixed", "fp32"])
+def test_bf16_frozen_factors_match_float64_on_the_same_rounded_factors(mode, enhanced, autocast):
+    """SST's ``frozen_dtype="bfloat16"``: frozen factors bf16, everything else fp32.
+
+    The reference uses the same bf16 values in float64, so storing them in bf16 costs no
+    accuracy beyond that rounding: fp32 arithmetic stays within the fp32 bound.
+    """
+    x, U_frozen, Vh_frozen, *rest = _inputs((2, 11))
+    args = (x, U_frozen.bfloat16(), Vh_frozen.bfloat16(), *rest)
+    grad_out = torch.randn(2, 11, M, generator=torch.Generator().manual_seed(5))
+    grad_out = grad_out.bfloat16().float()
+    got, products, leaves = _run(mode, args, grad_out, enhanced, autocast=autocast)
+    compute = torch.bfloat16 if autocast else torch.float32
+    assert products and set(products) == {compute} and got[0].dtype == compute
+    assert all(g.dtype == torch.float32 for g in got[1:] if g is not None)
+    want = _dense_reference(*args, grad_out, enhanced)
+    unit = BF16_U if autocast else FP32_U
+    _check_within_bound(got, want, _bound(args, grad_out, enhanced, 22 + M + N, unit), NAMES)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("enhanced", [True, False])
+@pytest.mark.parametrize("shape", [(13,), (2, 11)], ids=["2d", "3d"])
+def test_fp16_mixed_matches_float64_within_the_fp16_bound(mode, enhanced, shape):
+    """``fp16-mixed``: CPU autocast in float16; the Functions follow autocast's dtype."""
+    args = _inputs(shape)
+    grad_out = torch.randn(*shape, M, generator=torch.Generator().manual_seed(5))
+    grad_out = grad_out.half().float()  # the fp16 output's gradient is fp16 anyway
+    got, products, leaves = _run(mode, args, grad_out, enhanced, autocast=True,
+                                 dtype=torch.float16)
+    assert products and set(products) == {torch.float16} and got[0].dtype == torch.float16
+    for leaf, grad in zip(leaves, got[1:]):
+        assert grad.dtype == torch.float32 and grad.shape == leaf.shape
+    want = _dense_reference(*args, grad_out, enhanced)
+    tokens = grad_out.numel() // M
+    bound = _bound(args, grad_out, enhanced, tokens + M + N, unit=FP16_U)
+    _check_within_bound(got, want, bound, NAMES)
+    # ... and it is not the bf16 bound in disguise: fp16 errors are 8x smaller.
+    bf16, _, _ = _run(mode, args, grad_out, enhanced, autocast=True)
+    assert (got[0].double() - want[0]).abs().max() < (bf16[0].double() - want[0]).abs().max()
 
 
 def test_the_bound_catches_a_wrong_s_factor(monkeypatch):

@@ -24,6 +24,7 @@ from .base import (
 )
 
 _SVD_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+FROZEN_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _INITS = ("svd", "random")
 
 # The paper's ablation, selectable by name: each is ``sst`` with one setting changed.
@@ -73,6 +74,12 @@ class SSTConfig(LowRankConfig):
                                 "evenly over a round, so the layers' re-SVDs fall on different "
                                 "steps (False: every layer re-SVDs and reselects together)."})
     svd_dtype: str = field(default="float32", metadata={"help": "'float32' or 'float64'."})
+    frozen_dtype: str | None = field(
+        default=None, metadata={"help": "store the frozen singular vectors in 'bfloat16', "
+                                "'float16' or 'float32' (None: the training dtype); s, the "
+                                "active vectors and their optimizer state keep the training "
+                                "dtype. bfloat16 halves the frozen factors' bytes; a vector "
+                                "leaving the active set is rounded to it."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -101,6 +108,9 @@ class SSTConfig(LowRankConfig):
                 "step: set stagger_resvd=False with it")
         if self.init not in _INITS:
             raise ValueError(f"init={self.init!r} is unknown; allowed: {', '.join(_INITS)}")
+        if self.frozen_dtype is not None and self.frozen_dtype not in FROZEN_DTYPES:
+            raise ValueError(f"frozen_dtype={self.frozen_dtype!r} is unknown; allowed: None, "
+                             f"{', '.join(FROZEN_DTYPES)}")
 
 
 @register_method
@@ -131,7 +141,8 @@ class SparseSpectral(ReplacingMethod):
         return SpectralLinear.from_linear(
             module, cfg.rank, enhanced=cfg.enhanced_gradient,
             svd_dtype=_SVD_DTYPES[cfg.svd_dtype], init=cfg.init, generator=generator,
-            all_singular_values=cfg.update_all_singular_values, forward_mode=cfg.forward_mode)
+            all_singular_values=cfg.update_all_singular_values, forward_mode=cfg.forward_mode,
+            frozen_dtype=None if cfg.frozen_dtype is None else FROZEN_DTYPES[cfg.frozen_dtype])
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Convert every target linear layer in place; draw the first selections.
@@ -214,8 +225,10 @@ class SparseSpectral(ReplacingMethod):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the step; if attached, check the model holds the saved selections.
 
-        Load the model's state_dict before this one.
+        Load the model's state_dict before this one. A state saved before ``frozen_dtype``
+        existed has the frozen factors in the training dtype, which is its None.
         """
+        state = {**state, "config": {"frozen_dtype": None, **state.get("config", {})}}
         super().load_state_dict(state)
         saved = state.get("selections", {})
         for name, layer in self.layers:

@@ -42,6 +42,15 @@ state) and returns each gradient in the dtype of its input, so fp32 parameters g
 gradients. Without autocast nothing is cast (fp32 numbers are unchanged; a model cast to
 bf16 computes in bf16). Products with a fixed operand run in the operand's dtype: torch
 has no bf16 sparse CSR product on CPU, and such products are bound by memory, not math.
+
+Frozen factors may be stored in a lower precision than the rest (SST's ``frozen_dtype``,
+e.g. bf16 factors beside fp32 active vectors and ``s``). They are used in the dtype the
+active vectors compute in (autocast's, else their own), cast on use in forward and again in
+backward: the stored tensors are what ``save_for_backward`` keeps, so no full-precision
+copy outlives a pass. The cost is one transient copy of one layer's frozen factors per pass
+(``(m + n)(k - r)`` numbers, read and written once: memory-bound, small next to the
+products' ``T (m + n) k`` multiply-adds); under bf16 autocast with bf16 frozen factors the
+cast is a no-op.
 """
 
 from __future__ import annotations
@@ -99,11 +108,18 @@ def _autocast_off(device_type: str):
     return torch.autocast(device_type, enabled=False)
 
 
+_FROZEN = (1, 2)  # positions of U_frozen, Vh_frozen among the Functions' arguments
+_ACTIVE_U = 4  # position of U_active: the frozen factors compute in its (cast) dtype
+
+
 def _cast_inputs(ctx, device: torch.device, inputs: tuple) -> tuple:
     """Record the call's precision on ``ctx``; return ``inputs`` as the forward uses them.
 
     Under autocast every floating tensor that is not float64 is cast to autocast's dtype
-    (autocast's own policy; integer indices and fixed operands stay as they are).
+    (autocast's own policy; integer indices and fixed operands stay as they are). The
+    frozen factors are returned as stored: the Functions cast them on use, to
+    ``ctx.frozen_dtype`` (:func:`_frozen`), so that only the stored tensors are saved for
+    backward.
 
     Args:
         device: the parameters' device; autocast's state is read for its type.
@@ -112,11 +128,18 @@ def _cast_inputs(ctx, device: torch.device, inputs: tuple) -> tuple:
     ctx.device_type = device.type
     ctx.compute_dtype = _autocast_dtype(device.type)
     ctx.input_dtypes = tuple(t.dtype if isinstance(t, torch.Tensor) else None for t in inputs)
-    if ctx.compute_dtype is None:
-        return inputs
-    return tuple(t.to(ctx.compute_dtype) if isinstance(t, torch.Tensor)
-                 and t.is_floating_point() and t.dtype != torch.float64 else t
-                 for t in inputs)
+    if ctx.compute_dtype is not None:
+        inputs = tuple(t.to(ctx.compute_dtype) if i not in _FROZEN
+                       and isinstance(t, torch.Tensor) and t.is_floating_point()
+                       and t.dtype != torch.float64 else t
+                       for i, t in enumerate(inputs))
+    ctx.frozen_dtype = inputs[_ACTIVE_U].dtype
+    return inputs
+
+
+def _frozen(ctx, *factors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The frozen factors in the dtype the call computes in (no copy when they have it)."""
+    return tuple(f.to(ctx.frozen_dtype) for f in factors)
 
 
 def _cast_grad_output(ctx, grad_y: torch.Tensor) -> torch.Tensor:
@@ -189,9 +212,11 @@ class SpectralLinearFunction(torch.autograd.Function):
         x2 = _flatten(x)  # (T, n), T the number of tokens
         s_active = s.index_select(0, idx)  # (r,)
         s_frozen = s.index_select(0, frozen_idx)  # (k - r,)
-        z = _times(x2, Vh_frozen.t())  # (T, k - r)
+        U_f, Vh_f = _frozen(ctx, U_frozen, Vh_frozen)  # the stored ones are saved below
+        z = _times(x2, Vh_f.t())  # (T, k - r)
         z_active = _times(x2, Vh_active.t())  # (T, r)
-        y = (z * s_frozen) @ U_frozen.t() + (z_active * s_active) @ U_active.t()
+        y = (z * s_frozen) @ U_f.t() + (z_active * s_active) @ U_active.t()
+        del U_f, Vh_f
         if bias is not None:
             y = y + bias
         ctx.save_for_backward(*_save_input(ctx, x2), U_frozen, Vh_frozen, s, U_active,
@@ -210,13 +235,14 @@ class SpectralLinearFunction(torch.autograd.Function):
         s_active = s.index_select(0, idx)
         need = ctx.needs_input_grad
 
-        g = gy @ U_frozen  # (T, k - r): u_i^T dy_t
+        g = gy @ _frozen(ctx, U_frozen)[0]  # (T, k - r): u_i^T dy_t
         g_active = gy @ U_active  # (T, r)
 
         grad_x = grad_s = grad_U_active = grad_Vh_active = grad_bias = None
         if need[0]:
             s_frozen = s.index_select(0, frozen_idx)
-            grad_x = (g * s_frozen) @ Vh_frozen + (g_active * s_active) @ Vh_active
+            grad_x = ((g * s_frozen) @ _frozen(ctx, Vh_frozen)[0]
+                      + (g_active * s_active) @ Vh_active)
             grad_x = grad_x.reshape(ctx.x_shape)
         if need[3]:
             # dL/ds_i = u_i^T G v_i = sum_t (u_i^T dy_t)(v_i^T x_t)
@@ -250,14 +276,15 @@ def compose_weight(U_frozen: torch.Tensor, Vh_frozen: torch.Tensor, s: torch.Ten
 def _sandwich_diagonal(U: torch.Tensor, G: torch.Tensor, Vh: torch.Tensor) -> torch.Tensor:
     """``u_i^T G v_i`` for every column ``u_i`` of ``U (m, j)`` and row ``v_i`` of ``Vh (j, n)``.
 
-    Computed in four row blocks of ``Vh`` so the transient stays a quarter of ``(j, n)``.
+    Computed in four row blocks of ``Vh`` so the transient stays a quarter of ``(j, n)``;
+    factors stored in another dtype than ``G`` are cast block by block.
     """
     j = U.shape[1]
     block = max(1, -(-j // 4))
     out = torch.empty(j, dtype=G.dtype, device=G.device)
     for start in range(0, j, block):
         rows = slice(start, start + block)
-        out[rows] = (U[:, rows].t() @ G).mul_(Vh[rows]).sum(1)
+        out[rows] = (U[:, rows].t().to(G.dtype) @ G).mul_(Vh[rows].to(G.dtype)).sum(1)
     return out
 
 
@@ -335,7 +362,8 @@ class ComposedSpectralLinearFunction(torch.autograd.Function):
     @staticmethod
     def _forward(ctx, x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias,
                  enhanced: bool, all_singular_values: bool = True):
-        W = compose_weight(U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx)
+        W = compose_weight(*_frozen(ctx, U_frozen, Vh_frozen), s, U_active, Vh_active, idx,
+                           frozen_idx)  # the stored frozen factors are saved below
         if isinstance(x, torch.Tensor):
             y = torch.nn.functional.linear(x, W, bias)
         else:  # a fixed operand: its own product

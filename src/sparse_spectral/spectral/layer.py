@@ -63,11 +63,18 @@ class SpectralLinear(nn.Module):
         forward_mode: ``"auto"`` (per call, the cheaper of the two by
             :func:`~sparse_spectral.spectral.cost.choose_mode` for the call's token count),
             ``"factored"`` or ``"composed"``; all give the same results up to rounding.
+        frozen_dtype: store ``U_frozen``/``Vh_frozen`` in this floating dtype (e.g.
+            ``torch.bfloat16``: half their bytes) while ``s``, the active vectors and their
+            gradients and optimizer state keep the factors' dtype; None: the same dtype.
+            A vector leaving the active set is rounded to it (:meth:`swap_`, :meth:`resvd_`);
+            products use the frozen factors cast to the compute dtype. ``module.to(dtype)``
+            casts everything else but keeps this dtype (:meth:`_apply`).
     """
 
     def __init__(self, U: torch.Tensor, s: torch.Tensor, Vh: torch.Tensor, rank: int,
                  bias: torch.Tensor | None = None, enhanced: bool = True, conv1d: bool = False,
-                 all_singular_values: bool = True, forward_mode: str = "auto"):
+                 all_singular_values: bool = True, forward_mode: str = "auto",
+                 frozen_dtype: torch.dtype | None = None):
         super().__init__()
         m, k = U.shape
         n = Vh.shape[1]
@@ -81,10 +88,16 @@ class SpectralLinear(nn.Module):
         self.all_singular_values = all_singular_values
         choose_mode(1, m, n, k, rank, forward_mode)  # validates the setting
         self.forward_mode = forward_mode
+        if frozen_dtype is not None and not (isinstance(frozen_dtype, torch.dtype)
+                                             and frozen_dtype.is_floating_point):
+            raise ValueError(f"frozen_dtype={frozen_dtype!r} must be None or a floating "
+                             "torch.dtype (e.g. torch.bfloat16)")
+        self.frozen_dtype = frozen_dtype
+        frozen = U.dtype if frozen_dtype is None else frozen_dtype
         # The first r singular pairs start active; swap_() picks the real selection.
-        self.U_frozen = nn.Parameter(U[:, rank:].detach().clone().contiguous(),
+        self.U_frozen = nn.Parameter(U[:, rank:].detach().to(frozen, copy=True).contiguous(),
                                      requires_grad=False)
-        self.Vh_frozen = nn.Parameter(Vh[rank:].detach().clone().contiguous(),
+        self.Vh_frozen = nn.Parameter(Vh[rank:].detach().to(frozen, copy=True).contiguous(),
                                       requires_grad=False)
         self.s = nn.Parameter(s.detach().clone())
         self.U_active = nn.Parameter(U[:, :rank].detach().clone().contiguous())
@@ -98,8 +111,8 @@ class SpectralLinear(nn.Module):
     def from_linear(cls, linear: nn.Module, rank: int, enhanced: bool = True,
                     svd_dtype: torch.dtype = torch.float32, init: str = "svd",
                     generator: torch.Generator | None = None,
-                    all_singular_values: bool = True,
-                    forward_mode: str = "auto") -> SpectralLinear:
+                    all_singular_values: bool = True, forward_mode: str = "auto",
+                    frozen_dtype: torch.dtype | None = None) -> SpectralLinear:
         """Convert an ``nn.Linear`` (or GPT-2 ``Conv1D``).
 
         Args:
@@ -107,6 +120,7 @@ class SpectralLinear(nn.Module):
                 ``svd_dtype``; factors are stored in the layer's dtype). ``"random"`` (the
                 paper's ablation) keeps the singular values but draws random orthonormal
                 ``U`` and ``Vh`` from ``generator``.
+            frozen_dtype: dtype of the frozen factors (see the class); None: the layer's.
         """
         conv1d = is_conv1d(linear)
         weight = linear_weight(linear)  # (m, n)
@@ -121,7 +135,8 @@ class SpectralLinear(nn.Module):
         dtype, device = linear.weight.dtype, linear.weight.device
         U, s, Vh = (t.to(device=device, dtype=dtype) for t in (U, s, Vh))
         return cls(U, s, Vh, rank, bias=linear.bias, enhanced=enhanced, conv1d=conv1d,
-                   all_singular_values=all_singular_values, forward_mode=forward_mode)
+                   all_singular_values=all_singular_values, forward_mode=forward_mode,
+                   frozen_dtype=frozen_dtype)
 
     @classmethod
     def from_shape(cls, in_features: int, out_features: int, rank: int, bias: bool = True,
@@ -181,12 +196,15 @@ class SpectralLinear(nn.Module):
 
     @torch.no_grad()
     def effective_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``U_eff (m, k)``, ``s (k,)``, ``Vh_eff (k, n)``: every pair at its singular index."""
+        """``U_eff (m, k)``, ``s (k,)``, ``Vh_eff (k, n)``: every pair at its singular index.
+
+        In the active vectors' dtype (frozen factors stored in another dtype are upcast).
+        """
         m, n = self.out_features, self.in_features
         U = self.U_active.new_empty(m, self.k).index_copy_(1, self.idx, self.U_active)
-        U.index_copy_(1, self.frozen_idx, self.U_frozen)
+        U.index_copy_(1, self.frozen_idx, self.U_frozen.to(U.dtype))
         Vh = self.Vh_active.new_empty(self.k, n).index_copy_(0, self.idx, self.Vh_active)
-        Vh.index_copy_(0, self.frozen_idx, self.Vh_frozen)
+        Vh.index_copy_(0, self.frozen_idx, self.Vh_frozen.to(Vh.dtype))
         return U, self.s.detach().clone(), Vh
 
     @torch.no_grad()
@@ -223,15 +241,33 @@ class SpectralLinear(nn.Module):
             dense.bias.copy_(self.bias)
         return dense
 
+    def _apply(self, fn, recurse=True):
+        """``nn.Module._apply`` (``to``, ``float``, ``cuda``, ...), keeping ``frozen_dtype``.
+
+        A cast of the whole model (``model.to(torch.float32)``, pure bf16's
+        ``model.to(torch.bfloat16)``) thus never silently up- or downcasts frozen factors
+        stored in their own dtype; they pass through the new dtype transiently.
+        """
+        super()._apply(fn, recurse)
+        if self.frozen_dtype is not None:
+            for p in (self.U_frozen, self.Vh_frozen):
+                if p.dtype != self.frozen_dtype:
+                    p.data = p.data.to(self.frozen_dtype)
+        return self
+
     # ------------------------------------------------------------------ SST state changes
     @torch.no_grad()
     def _exchange(self, slots: torch.Tensor, columns: torch.Tensor) -> None:
-        """Swap active ``slots`` with frozen ``columns`` (vectors and their indices)."""
+        """Swap active ``slots`` with frozen ``columns`` (vectors and their indices).
+
+        Frozen factors in a lower ``frozen_dtype`` round the leaving vectors to it (the
+        saving's inherent cost); the entering ones are upcast exactly.
+        """
         for active, frozen, dim in ((self.U_active, self.U_frozen, 1),
                                     (self.Vh_active, self.Vh_frozen, 0)):
             leaving = active.index_select(dim, slots)
-            active.index_copy_(dim, slots, frozen.index_select(dim, columns))
-            frozen.index_copy_(dim, columns, leaving)
+            active.index_copy_(dim, slots, frozen.index_select(dim, columns).to(active.dtype))
+            frozen.index_copy_(dim, columns, leaving.to(frozen.dtype))
         leaving_idx = self.idx.index_select(0, slots)
         self.idx.index_copy_(0, slots, self.frozen_idx.index_select(0, columns))
         self.frozen_idx.index_copy_(0, columns, leaving_idx)
@@ -289,7 +325,9 @@ class SpectralLinear(nn.Module):
 
         Restores orthonormal factors that vector updates erode. Every stored vector is
         replaced by the new factors' vector of the same singular index; callers normally
-        draw a new selection right after (:meth:`swap_`).
+        draw a new selection right after (:meth:`swap_`). ``W`` is composed in
+        ``svd_dtype`` from every factor (frozen ones upcast); the new frozen vectors are
+        rounded to ``frozen_dtype`` when it is lower.
         """
         W = self.dense_weight(svd_dtype)
         U, s, Vh = thin_svd(W, svd_dtype)
@@ -304,4 +342,5 @@ class SpectralLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"k={self.k}, rank={self.rank}, bias={self.bias is not None}, "
                 f"enhanced={self.enhanced}, all_singular_values={self.all_singular_values}, "
-                f"forward_mode={self.forward_mode!r}")
+                f"forward_mode={self.forward_mode!r}"
+                + ("" if self.frozen_dtype is None else f", frozen_dtype={self.frozen_dtype}"))

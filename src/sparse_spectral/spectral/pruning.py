@@ -41,7 +41,8 @@ def prune_layer(module: nn.Module, ratio: float) -> LowRankLinear:
     weight = _dense_weight(module)
     U, s, Vh = thin_svd(weight)
     q = kept_triplets(s.numel(), ratio)
-    dtype = next(module.parameters()).dtype
+    # An SST layer's training dtype is that of s (its frozen factors may be stored lower).
+    dtype = module.s.dtype if isinstance(module, SpectralLinear) else linear_weight(module).dtype
     A = (s[:q, None] * Vh[:q]).to(dtype)
     B = U[:, :q].to(dtype)
     return LowRankLinear(A, B, module.bias)

@@ -146,7 +146,8 @@ class RuntimeSettings:
     device: str = field(default="auto", metadata=_help(
         "auto (CUDA when present), cpu, cuda or cuda:N"))
     precision: str = field(default="fp32", metadata=_help(
-        "fp32, bf16-mixed (fp32 parameters, bf16 autocast) or bf16 (bf16 parameters)"))
+        "fp32, bf16-mixed (fp32 parameters, bf16 autocast), bf16 (bf16 parameters) or "
+        "fp16-mixed (fp32 parameters, float16 autocast, loss scaling)"))
     compile: bool = field(default=False, metadata=_help(
         "compile the converted model with torch.compile (whole model, one graph)"))
     compile_backend: str = field(default="inductor", metadata=_help(

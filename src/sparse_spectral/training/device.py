@@ -8,6 +8,13 @@ Precisions (Lightning's names):
   ``torch.autocast(dtype=torch.bfloat16)`` on the run's device; gradients are float32.
 * ``bf16``: parameters (and so gradients and optimizer state) in bfloat16; SST's re-SVD runs
   in its ``svd_dtype`` (float32) and is cast back.
+* ``fp16-mixed``: as ``bf16-mixed`` with ``torch.autocast(dtype=torch.float16)`` and a
+  gradient scaler (:func:`grad_scaler`, ``torch.amp.GradScaler``; CPU autocast runs float16
+  too): the loss is scaled before backward, gradients are unscaled before clipping, and a
+  step whose gradients hold an inf or NaN is skipped (the optimizer does not step) while the
+  scale halves. The loop treats a skipped step as a step with a zero update: the LR
+  schedule and the method's clock (``after_step``) advance as in an fp32 run (see
+  :mod:`.loop`).
 
 Both are checked before a run writes anything, with one error naming the value and what is
 allowed.
@@ -21,7 +28,8 @@ from typing import Any
 
 import torch
 
-PRECISIONS = ("fp32", "bf16-mixed", "bf16")
+PRECISIONS = ("fp32", "bf16-mixed", "bf16", "fp16-mixed")
+_AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -55,16 +63,26 @@ def check_precision(precision: str, device: torch.device) -> None:
     """Refuse a precision that is unknown or that ``device`` cannot run."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
-    if precision != "fp32" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if precision.startswith("bf16") and device.type == "cuda" \
+            and not torch.cuda.is_bf16_supported():
         raise ValueError(f"precision={precision!r}: {torch.cuda.get_device_name(device)} has no "
-                         "bfloat16 support; allowed here: fp32")
+                         "bfloat16 support; allowed here: fp32, fp16-mixed")
 
 
 def autocast(precision: str, device: torch.device):
-    """The context the forward pass and loss run in (a no-op unless ``bf16-mixed``)."""
-    if precision == "bf16-mixed":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    """The context the forward pass and loss run in (a no-op unless a ``-mixed`` precision)."""
+    if precision in _AUTOCAST_DTYPES:
+        return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
     return contextlib.nullcontext()
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """The loss scaler of ``fp16-mixed`` (torch's defaults: scale 2^16, halved on a skipped
+    step, doubled after 2000 clean ones); None for every other precision (bf16 has fp32's
+    exponent range and needs none)."""
+    if precision != "fp16-mixed":
+        return None
+    return torch.amp.GradScaler(device.type)
 
 
 def parameter_dtype(precision: str) -> torch.dtype:

@@ -8,6 +8,20 @@ continues bit-exactly on CPU at the same thread count.
 
 Full-batch training (graph) is a step with a constant batch; early stopping is an
 evaluation hook: an ``eval_fn`` with ``after_eval(step, metrics, train) -> stop``.
+
+``fp16-mixed`` (a gradient scaler, :func:`~.device.grad_scaler`): each micro-batch's loss
+is scaled before backward, the gradients are unscaled before clipping (so ``grad_clip`` and
+the logged ``grad_norm`` see true gradients), then ``scaler.step`` runs the optimizer only
+if every gradient is finite, and ``scaler.update`` halves the scale after a skipped step.
+A skipped step is a step of the run with a zero update: the LR scheduler and
+``method.after_step(step, optimizer)`` still run, so the learning rate, the method's
+schedule (SST's selections every T3 steps, its re-SVDs, ReLoRA*'s merges) and the data stay
+on the steps an fp32 run uses. That is safe because nothing there assumes the parameters
+moved: clamping and renormalising are no-ops up to rounding on unchanged parameters, and a
+resample or re-SVD is valid at any parameters. The optimizer's own counters (SlotAdamW's
+per-slot steps, GaLore's projection gap) count real updates only, and the method guard,
+which hooks ``optimizer.step``, sees only those (``after_step`` still runs every step, so
+it never reports a skip as a missed ``after_step``). The scaler's state is checkpointed.
 """
 
 from __future__ import annotations
@@ -15,6 +29,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +40,7 @@ from torch import nn
 
 from ..accounting import memory_report
 from .checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
-from .device import autocast, input_dtype, move_to
+from .device import autocast, grad_scaler, input_dtype, move_to
 from .loggers import MetricLogger
 from .schedules import method_lr_lambda
 
@@ -78,6 +93,8 @@ class TrainResult:
     grad_optimizer_bytes: int = 0
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    #: Steps whose update ``fp16-mixed``'s scaler skipped (inf/NaN gradients), this process.
+    skipped_steps: int = 0
     evaluator: Any = None  # the eval_fn trained with (e.g. a task's early stopping)
 
     @property
@@ -123,7 +140,8 @@ def train(model: nn.Module, method, *,
             ``loss_fn`` draws from (checkpointed), or None.
         device: where the batches go (the model is already there); None: leave them.
         precision: ``fp32``, ``bf16-mixed`` (forward, loss and evaluation under bf16
-            autocast on ``device``) or ``bf16`` (the model's parameters are already bf16).
+            autocast on ``device``), ``bf16`` (the model's parameters are already bf16) or
+            ``fp16-mixed`` (float16 autocast and a gradient scaler; module docstring).
 
     Raises:
         TrainingDiverged: on a non-finite loss; the last good checkpoint stays the latest.
@@ -139,8 +157,11 @@ def train(model: nn.Module, method, *,
                                      settings.warmup_steps, settings.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     config = checkpoint_settings if checkpoint_settings is not None else asdict(settings)
+    amp_device, cast = device or torch.device("cpu"), input_dtype(precision)
+    scaler = grad_scaler(precision, amp_device)
     stateful = {"batches": batch_state,
-                "evaluation": eval_fn if hasattr(eval_fn, "state_dict") else None}
+                "evaluation": eval_fn if hasattr(eval_fn, "state_dict") else None,
+                "scaler": scaler}
     stateful = {key: obj for key, obj in stateful.items() if obj is not None}
     start = 0
     if resume:
@@ -149,8 +170,8 @@ def train(model: nn.Module, method, *,
             raise FileNotFoundError(f"--resume: {run_dir} has no checkpoint to resume from")
         start = restore_checkpoint(path, model, optimizer, scheduler, method, stateful)
     result = TrainResult(final_step=start, evaluator=eval_fn)
-    amp_device, cast = device or torch.device("cpu"), input_dtype(precision)
     bar = _progress_bar(settings.num_training_steps, start, progress)
+    measured = False
     for step in range(start + 1, settings.num_training_steps + 1):
         model.train()
         began = time.perf_counter()
@@ -161,7 +182,7 @@ def train(model: nn.Module, method, *,
                 inputs, targets = move_to(inputs, device, cast), move_to(targets, device, cast)
             with autocast(precision, amp_device):
                 loss = loss_fn(model, inputs, targets) / settings.grad_accumulation
-            loss.backward()
+            (loss if scaler is None else scaler.scale(loss)).backward()
             total_loss += loss.item()
         if not math.isfinite(total_loss):
             optimizer.zero_grad(set_to_none=True)
@@ -169,13 +190,21 @@ def train(model: nn.Module, method, *,
             raise TrainingDiverged(
                 f"non-finite loss ({total_loss}) at step {step}; stopped without saving. "
                 f"Last good checkpoint: {last if last else 'none'}")
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip (and log) the true gradients
         grad_norm = _clip(model, settings.grad_clip)
         lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        if step == start + 1:
+        skipped = _optimizer_step(optimizer, scaler)
+        result.skipped_steps += skipped
+        if not measured and not skipped:  # after the first real update: moments exist
+            measured = True
             report = memory_report(model, optimizer)
             result.grad_optimizer_bytes = report.gradients + report.optimizer_state
-        scheduler.step()
+        with warnings.catch_warnings():
+            # A skipped first step (fp16-mixed) makes LambdaLR warn that the optimizer did not
+            # step; advancing the schedule anyway is deliberate (module docstring).
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step")
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         method.after_step(step, optimizer)
         elapsed = time.perf_counter() - began
@@ -185,8 +214,11 @@ def train(model: nn.Module, method, *,
         bar.update(1)
         bar.set_postfix(loss=f"{total_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
         if settings.log_every and (step % settings.log_every == 0 or step == start + 1):
-            logger.log_dict({"train_loss": total_loss, "lr": lr, "grad_norm": grad_norm,
-                             "tokens_per_s": tokens_per_s}, step)
+            record = {"train_loss": total_loss, "lr": lr, "grad_norm": grad_norm,
+                      "tokens_per_s": tokens_per_s}
+            if scaler is not None:
+                record.update(loss_scale=scaler.get_scale(), skipped_steps=result.skipped_steps)
+            logger.log_dict(record, step)
         last = step == settings.num_training_steps
         if (settings.eval_every and step % settings.eval_every == 0) \
                 or (last and settings.evaluate_last):
@@ -208,6 +240,22 @@ def train(model: nn.Module, method, *,
             break
     bar.close()
     return result
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler | None) -> bool:
+    """Step (through ``scaler`` when given); return whether the scaler skipped the step.
+
+    A skip is read off the scale, as accelerate does: ``update`` lowers it only after a
+    step with inf/NaN gradients (growth never lowers it).
+    """
+    if scaler is None:
+        optimizer.step()
+        return False
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() < before
 
 
 def _clip(model: nn.Module, max_norm: float | None) -> float:

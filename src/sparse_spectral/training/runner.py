@@ -195,6 +195,8 @@ def train_run(task, settings, *, data=None, resume: bool = False,
         "num_training_steps": batches.steps, **(batches.info or {}),
         "curve": [dict(e) for e in result.evaluations],
     }
+    if settings.runtime.precision == "fp16-mixed":
+        summary["skipped_steps"] = result.skipped_steps  # by the loss scaler (this process)
     with autocast(settings.runtime.precision, device):  # final figures as the run trained
         summary.update(task.finish(settings, data, model, method, result, batches))
     summary["wall_time_s"] = time.perf_counter() - began

@@ -6,6 +6,8 @@ builds (``with torch.device("meta")``) get the model's own init: checked by its 
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 from torch import nn
@@ -79,18 +81,21 @@ def test_record_marks_what_it_cannot_replay():
 def test_at_most_one_block_is_dense_at_a_time():
     model = _meta("llama_tiny")
     method = make_method("sst", rank=4)
-    seen = []
+    seen, dense_weights, alive = [], [], []
     convert = method.convert_layer
 
     def counting(index, module):
         seen.append(sum(1 for _, m in model.named_modules()
                         if is_linear(m) and not m.weight.is_meta and m is not model.lm_head))
+        dense_weights.append(weakref.ref(module.weight))
+        alive.append(sum(ref() is not None for ref in dense_weights))
         return convert(index, module)
 
     method.convert_layer = counting
     materialize(model, method)
     assert len(seen) == 4 * 7
     assert max(seen) <= 7  # one LLaMA block's seven projections, never more
+    assert max(alive) <= 7  # converted blocks' dense weights are freed, not kept anywhere
 
 
 # --------------------------------------------------------------------- own init (no record)

@@ -28,6 +28,8 @@ the replay are this project's.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -60,7 +62,9 @@ class _Materializer:
     def __init__(self, model: nn.Module, method: TrainingMethod | None, device: torch.device,
                  record: InitRecord | None):
         self.model, self.method, self.device, self.record = model, method, device, record
-        self.done: dict[int, torch.Tensor] = {}  # meta tensor id -> its real tensor (ties)
+        # meta tensor id -> its real tensor, for ties. Weak: a converted block's dense
+        # weights must be freed when its modules are replaced, not kept alive here.
+        self.done: dict[int, weakref.ref] = {}
         self.targets: dict[str, int] = {}
         self.pending: list[str] = []
         if isinstance(method, ReplacingMethod):
@@ -94,12 +98,13 @@ class _Materializer:
             for name, tensor in list(slots.items()):
                 if tensor is None or not tensor.is_meta:
                     continue
-                real = self.done.get(id(tensor))
+                ref = self.done.get(id(tensor))
+                real = None if ref is None else ref()
                 if real is None:
                     real = torch.empty_like(tensor, device=self.device)
                     if isinstance(tensor, nn.Parameter):
                         real = nn.Parameter(real, requires_grad=tensor.requires_grad)
-                    self.done[id(tensor)] = real
+                    self.done[id(tensor)] = weakref.ref(real)
                     fresh.append((prefix + name, real))
                 slots[name] = real
         replayed = [(n, t) for n, t in fresh if self.record and self.record.replayable(n)]

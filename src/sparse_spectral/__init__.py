@@ -29,6 +29,7 @@ from .methods import (  # noqa: E402
     make_method,
     method_from_state,
 )
+from .models.materialize import materialize  # noqa: E402
 from .serialization import load_pretrained, save_pretrained  # noqa: E402
 from .spectral import LowRankLinear, SlotAdamW, SpectralLinear  # noqa: E402
 from .spectral.pruning import prune_spectrum  # noqa: E402
@@ -47,6 +48,7 @@ __all__ = [
     "format_trainable_parameters",
     "load_pretrained",
     "make_method",
+    "materialize",
     "memory_report",
     "method_from_state",
     "print_trainable_parameters",

@@ -270,7 +270,17 @@ class ReplacingMethod(TrainingMethod):
             check_rank_fits(name, module, cfg.rank)
         for index, (name, module) in enumerate(targets):
             replace_module(model, name, self.convert_layer(index, module))
-        return self.attach(model)
+        self.attach(model)
+        self.start_layers()
+        return model
+
+    def start_layers(self) -> None:
+        """Set the converted layers' starting state, once, right after conversion.
+
+        Nothing by default; SST draws the first selections here. :meth:`prepare` calls it,
+        and so does :func:`~sparse_spectral.models.materialize.materialize` (which converts
+        layer by layer itself); :meth:`attach` does not (a loaded model has its state).
+        """
 
     def attach(self, model: nn.Module) -> nn.Module:
         """Bind this method to an already converted model (e.g. after loading)."""

@@ -144,18 +144,16 @@ class SparseSpectral(ReplacingMethod):
             all_singular_values=cfg.update_all_singular_values, forward_mode=cfg.forward_mode,
             frozen_dtype=None if cfg.frozen_dtype is None else FROZEN_DTYPES[cfg.frozen_dtype])
 
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """Convert every target linear layer in place; draw the first selections.
+    def start_layers(self) -> None:
+        """Draw the first selections (called by ``prepare`` after converting).
 
         A model on the meta device (shapes only, for memory planning) keeps the first r
         indices: there are no singular values to sample from.
         """
-        model = super().prepare(model)
         for index, (_, layer) in enumerate(self.layers):
             if not layer.s.is_meta:
                 iteration = self._clock(layer, index, 0) // self.config.iteration_interval
                 layer.swap_(self._draw(layer, index, iteration))
-        return model
 
     def _special_parameters(self, model: nn.Module) -> set[int]:
         return {id(p) for _, layer in self.converted_layers(model)

@@ -1,5 +1,6 @@
 """Model presets: transformers causal LMs (LLaMA, OPT, GPT-2) built from configs."""
 
+from .materialize import materialize
 from .presets import (
     FAMILIES,
     PRESETS,
@@ -21,5 +22,6 @@ __all__ = [
     "count_block_linear",
     "describe_presets",
     "get_preset",
+    "materialize",
     "preset_parameter_count",
 ]

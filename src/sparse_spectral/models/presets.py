@@ -45,6 +45,7 @@ from torch import nn
 
 from ..accounting import count_parameters
 from ..linear import is_linear
+from .meta_init import record_init
 
 __all__ = [
     "FAMILIES",
@@ -230,7 +231,7 @@ _BUILDERS = {"llama": _llama_model, "opt": _opt_model, "gpt2": _gpt2_model}
 
 
 def build_lm(preset: str | ModelPreset, vocab_size: int, block_size: int, seed: int = 0,
-             dropout: float = 0.0) -> nn.Module:
+             dropout: float = 0.0, device: str | torch.device | None = None) -> nn.Module:
     """Build a randomly initialised transformers causal LM from a preset.
 
     Weights are drawn from ``N(0, 0.02^2)`` (transformers' initialisation for the family)
@@ -240,6 +241,12 @@ def build_lm(preset: str | ModelPreset, vocab_size: int, block_size: int, seed: 
     and parameter counts without allocating memory (how :func:`describe_presets` sizes
     ``llama_1b``).
 
+    ``device="meta"`` also builds on the meta device, but records every initialisation
+    call and the generator state before it (:mod:`.meta_init`), drawing and discarding
+    each random tensor once (the CPU time of a dense build, one tensor of memory at a
+    time): :func:`~sparse_spectral.models.materialize.materialize` then reproduces the
+    dense build bit for bit, layer by layer, without a dense copy of the model.
+
     Args:
         preset: A name from :data:`PRESETS` or a :class:`ModelPreset`.
         vocab_size: Number of token ids ``V``.
@@ -247,6 +254,7 @@ def build_lm(preset: str | ModelPreset, vocab_size: int, block_size: int, seed: 
         seed: Seed of the initialisation.
         dropout: Dropout probability for attention and residual paths (LLaMA: attention
             only); 0 keeps the forward pass free of randomness.
+        device: None (CPU, dense) or ``"meta"`` (recorded, see above).
 
     Returns:
         ``LlamaForCausalLM``, ``OPTForCausalLM`` or ``GPT2LMHeadModel`` in train mode,
@@ -254,13 +262,21 @@ def build_lm(preset: str | ModelPreset, vocab_size: int, block_size: int, seed: 
 
     Raises:
         ValueError: For an unknown preset, ``vocab_size`` or ``block_size`` below 1, or
-            ``dropout`` outside ``[0, 1)``.
+            ``dropout`` outside ``[0, 1)``, or a ``device`` other than None, ``"cpu"`` and
+            ``"meta"`` (materialise to other devices with ``materialize``).
     """
     spec = get_preset(preset)
     _check_positive("vocab_size", vocab_size)
     _check_positive("block_size", block_size)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    kind = None if device is None else torch.device(device).type
+    if kind not in (None, "cpu", "meta"):
+        raise ValueError(f"device={device!r} is not supported; allowed: None, 'cpu', 'meta' "
+                         "(build on 'meta', then materialize(model, method, device=...))")
+    if kind == "meta":
+        with record_init(seed) as finish:
+            return finish(_BUILDERS[spec.family](spec, vocab_size, block_size, float(dropout)))
     # devices=[]: only the CPU generator is used for initialisation; leave CUDA alone.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

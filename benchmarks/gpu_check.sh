@@ -47,12 +47,17 @@ torch.cuda.is_available(), '|', torch.cuda.get_device_name(0) if torch.cuda.is_a
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   fi
 
+  # Each part runs even when the one before failed; the script's status says if any did.
   echo "== 1. tests marked cuda"
   # -rs lists skips: on a GPU none may skip; on the CPU dry run they all do.
-  "$PYTHON" -m pytest -q -m cuda -rs -p no:cacheprovider tests
+  tests=0
+  "$PYTHON" -m pytest -q -m cuda -rs -p no:cacheprovider --continue-on-collection-errors tests \
+    || tests=$?
 
   echo "== 2. every method at LLaMA-130M and 350M shapes, bf16-mixed"
-  "$PYTHON" benchmarks/perf_gpu.py --device "$device" --out "$out" "${dry[@]}"
+  perf=0
+  "$PYTHON" benchmarks/perf_gpu.py --device "$device" --out "$out" "${dry[@]}" || perf=$?
 
-  echo "== done in $(( $(date +%s) - start )) s; results in $out"
+  echo "== done in $(( $(date +%s) - start )) s; results in $out; status: tests $tests, perf $perf"
+  [ "$tests" = 0 ] && [ "$perf" = 0 ]
 } 2>&1 | tee "$log"

@@ -108,3 +108,34 @@ def test_resume_on_the_device_continues_the_interrupted_run(device, tmp_path):
             assert torch.equal(a[key], b[key]), key
         else:
             torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_materialize_on_the_device_matches_the_dense_build(device):
+    """A meta-built LLaMA materialised on the device computes what the dense build converted
+    on the CPU computes (the initial values are replayed; the SVD runs on the device)."""
+    from sparse_spectral.models import build_lm, materialize
+
+    dense = make_method("sst", rank=4).prepare(build_lm("llama_micro", 64, 32, seed=0))
+    model = materialize(build_lm("llama_micro", 64, 32, seed=0, device="meta"),
+                        make_method("sst", rank=4), device=device)
+    assert not _tensors_on(model, device)
+    layers = [(a, b) for a, b in zip(dense.modules(), model.modules())
+              if isinstance(a, SpectralLinear)]
+    assert len(layers) == 14
+    for a, b in layers:  # factors may differ in sign between SVD backends: compare W
+        torch.testing.assert_close(b.dense_weight().cpu(), a.dense_weight(), rtol=0, atol=1e-5)
+    ids = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model(input_ids=ids.to(device)).logits.cpu(),
+                               dense(input_ids=ids).logits, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp16_mixed_trains_sst_on_the_device_with_a_loss_scale(device, tmp_path):
+    out = tmp_path / "run"
+    assert main([*DIGITS, "--epochs", "3", "--method", "sst", "--rank", "4", "--device",
+                 device, "--precision", "fp16-mixed", "--output_dir", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"].startswith(device) and summary["test_accuracy"] > 0.5
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("loss_scale", 0) > 1 for r in records)

@@ -26,7 +26,7 @@ from torch import nn
 
 from sparse_spectral.accounting import planned_state_bytes
 from sparse_spectral.methods import make_method
-from sparse_spectral.models.presets import build_lm, get_preset
+from sparse_spectral.models.presets import build_lm
 from sparse_spectral.spectral.layer import SpectralLinear
 
 VOCAB = 32000

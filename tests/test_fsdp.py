@@ -135,6 +135,18 @@ def _scenarios(rank: int, tmp: str) -> dict:
         out["galore"] = "not refused"
     except ValueError as error:
         out["galore"] = str(error)
+    out["bad"] = []
+    from sparse_spectral.parallel.fsdp import load_checkpoint, shard_model
+
+    odd = make_method("sst", rank=2)
+    odd_model = odd.prepare(nn.Sequential(nn.Linear(15, 8)))  # Vh (k, 15) cannot split in 2
+    for call in (lambda: shard_model(odd_model, odd),
+                 lambda: load_checkpoint(tmp, odd_model, None, odd)):  # not a checkpoint
+        try:
+            call()
+            out["bad"].append("accepted")
+        except ValueError as error:
+            out["bad"].append(str(error))
     return out
 
 
@@ -193,3 +205,16 @@ def test_dcp_resume_is_exact(results):
 
 def test_galore_is_refused(results):
     assert "galore" in results[0]["galore"] and "FSDP2" in results[0]["galore"]
+
+
+def test_bad_input_is_refused(results):
+    odd_width, not_checkpoint = results[0]["bad"]
+    assert "in_features=15" in odd_width and "world size 2" in odd_width
+    assert "not a finished FSDP2 checkpoint" in not_checkpoint
+
+
+def test_needs_a_process_group():
+    from sparse_spectral.parallel.fsdp import shard_model
+
+    with pytest.raises(RuntimeError, match="process group"):
+        shard_model(nn.Linear(4, 4))

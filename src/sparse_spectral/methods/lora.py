@@ -21,6 +21,7 @@ from torch import nn
 
 from .._util.seeding import counter_seed
 from ..linear import FixedOperand, apply_linear, is_conv1d, linear_shape
+from ..parallel.shards import full, local, local_slice
 from .base import LowRankConfig, ReplacingMethod, register_method
 
 
@@ -86,7 +87,7 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:
         """``(alpha / r) B A`` in float32, shape ``(m, n)``."""
-        return (self.lora_B.float() @ self.lora_A.float()) * self.scaling
+        return (full(self.lora_B).float() @ full(self.lora_A).float()) * self.scaling
 
     @torch.no_grad()
     def merge_(self) -> None:
@@ -96,16 +97,20 @@ class LoRALinear(nn.Module):
         """
         weight = self.base.weight
         delta = self.delta_weight()
-        merged = weight.float() + (delta.t() if self.conv1d else delta)
-        weight.copy_(merged.to(weight.dtype))
-        self.lora_B.zero_()
+        delta = delta.t() if self.conv1d else delta
+        # Under FSDP2 delta_weight() gathered A and B (r (m + n) numbers); each rank adds its
+        # own shard of the (m, n) update to its shard of W.
+        shard = local(weight)
+        shard.copy_((shard.float() + local_slice(weight, delta)).to(weight.dtype))
+        local(self.lora_B).zero_()
 
     @torch.no_grad()
     def reset_lora_(self, generator: torch.Generator | None = None) -> None:
         """``B = 0`` and ``A ~ N(0, (1 / r)^2)``, in place."""
         values = torch.randn(self.lora_A.shape, generator=generator) * self.init_std
-        self.lora_A.copy_(values)
-        self.lora_B.zero_()
+        # Every rank draws the whole A (same generator state) and keeps its shard (FSDP2).
+        local(self.lora_A).copy_(local_slice(self.lora_A, values))
+        local(self.lora_B).zero_()
 
     @torch.no_grad()
     def to_linear(self) -> nn.Module:

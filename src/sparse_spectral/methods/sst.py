@@ -11,6 +11,7 @@ from torch import nn
 
 from .._util.checks import is_int
 from .._util.seeding import counter_seed
+from ..parallel.shards import full
 from ..spectral.cost import FORWARD_MODES
 from ..spectral.layer import SpectralLinear
 from ..spectral.sampling import SAMPLERS, iterations_per_round, select_indices
@@ -248,8 +249,9 @@ class SparseSpectral(ReplacingMethod):
 
     def _draw(self, layer: SpectralLinear, index: int, iteration: int) -> torch.Tensor:
         cfg = self.config
-        return select_indices(cfg.sampler, layer.s, layer.rank, key=(cfg.seed, index, iteration),
-                              lam=cfg.lam,
+        # full(): under FSDP2 s is sharded; every rank draws from the whole spectrum.
+        return select_indices(cfg.sampler, full(layer.s), layer.rank,
+                              key=(cfg.seed, index, iteration), lam=cfg.lam,
                               iteration_in_round=iteration % self._rounds(layer))
 
 

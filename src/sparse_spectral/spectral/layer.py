@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..linear import FixedOperand, is_conv1d, linear_weight
+from ..parallel.shards import check_unsharded, is_sharded, local, local_slice, norms
 from .cost import choose_mode
 from .function import SpectralWeightFunction, _autocast_off, spectral_linear
 from .optim import reset_param_state, reset_slots
@@ -261,10 +262,14 @@ class SpectralLinear(nn.Module):
         """Swap active ``slots`` with frozen ``columns`` (vectors and their indices).
 
         Frozen factors in a lower ``frozen_dtype`` round the leaving vectors to it (the
-        saving's inherent cost); the entering ones are upcast exactly.
+        saving's inherent cost); the entering ones are upcast exactly. FSDP2 shards (slot
+        dimension unsharded: U by rows, Vh by columns) exchange locally, with no collective.
         """
         for active, frozen, dim in ((self.U_active, self.U_frozen, 1),
                                     (self.Vh_active, self.Vh_frozen, 0)):
+            for t in (active, frozen):
+                check_unsharded(t, dim, "SpectralLinear.swap_")
+            active, frozen = local(active), local(frozen)
             leaving = active.index_select(dim, slots)
             active.index_copy_(dim, slots, frozen.index_select(dim, columns).to(active.dtype))
             frozen.index_copy_(dim, columns, leaving.to(frozen.dtype))
@@ -275,11 +280,12 @@ class SpectralLinear(nn.Module):
     @torch.no_grad()
     def normalize_(self) -> None:
         """After an optimizer step: ``s >= 0`` and unit-norm active vectors."""
-        self.s.clamp_(min=0)
+        local(self.s).clamp_(min=0)
         # A vector driven to exactly zero keeps its direction undefined; leave it at zero
-        # rather than dividing by zero (its singular value then no longer matters).
-        self.U_active.div_(self.U_active.norm(dim=0, keepdim=True).clamp_min(1e-12))
-        self.Vh_active.div_(self.Vh_active.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        # rather than dividing by zero (its singular value then no longer matters). Under
+        # FSDP2 the norms span the shards: norms() all-reduces the sums of squares.
+        local(self.U_active).div_(norms(self.U_active, 0).clamp_min(1e-12))
+        local(self.Vh_active).div_(norms(self.Vh_active, 1).clamp_min(1e-12))
 
     @torch.no_grad()
     def swap_(self, new_idx: torch.Tensor, optimizer=None) -> torch.Tensor:
@@ -328,7 +334,12 @@ class SpectralLinear(nn.Module):
         draw a new selection right after (:meth:`swap_`). ``W`` is composed in
         ``svd_dtype`` from every factor (frozen ones upcast); the new frozen vectors are
         rounded to ``frozen_dtype`` when it is lower.
+
+        Under FSDP2 (DTensor factors) no rank gathers ``W``: see :meth:`_resvd_sharded`.
         """
+        if is_sharded(self.U_active):
+            self._resvd_sharded(optimizer, svd_dtype)
+            return
         W = self.dense_weight(svd_dtype)
         U, s, Vh = thin_svd(W, svd_dtype)
         self.s.copy_(s)
@@ -337,6 +348,66 @@ class SpectralLinear(nn.Module):
             left.copy_(U.index_select(1, indices))
             right.copy_(Vh.index_select(0, indices))
         reset_param_state(optimizer, [self.s, self.U_active, self.Vh_active])
+
+    @torch.no_grad()
+    def _resvd_sharded(self, optimizer, svd_dtype: torch.dtype, owner: int = 0) -> None:
+        """Re-SVD of FSDP2-sharded factors (U by rows, Vh by columns) without gathering ``W``.
+
+        Cholesky-QR: with the Gram matrices ``G_U = U^T U = R_U^T R_U`` and
+        ``G_V = Vh Vh^T = R_V^T R_V`` (k x k, all-reduced from the shards),
+        ``W = (U R_U^-1) C (Vh^T R_V^-1)^T`` with the core ``C = R_U diag(s) R_V^T``; the SVD
+        ``C = Uc Sc Vc^T`` gives ``U' = U R_U^-1 Uc`` and ``Vh' = Vc^T R_V^-T Vh``, applied to
+        each rank's own rows (columns). Communication: two k x k all-reduces and one
+        broadcast of ``Uc, Sc, Vc`` from ``owner`` (one rank decomposes, so every rank
+        applies bitwise the same rotation). The Grams and the core are in float64: U and Vh
+        stay close to orthonormal, so Cholesky is well conditioned.
+        """
+        import torch.distributed as dist
+
+        from ..parallel.shards import sum_over_shards_
+
+        U, _, Vh = self._local_effective_factors()  # (m_loc, k), (k, n_loc)
+        f64 = torch.float64
+        gram_u = sum_over_shards_(U.to(f64).t() @ U.to(f64), self.U_active, 0)
+        gram_v = sum_over_shards_(Vh.to(f64) @ Vh.to(f64).t(), self.Vh_active, 1)
+        r_u, info_u = torch.linalg.cholesky_ex(gram_u, upper=True)
+        r_v, info_v = torch.linalg.cholesky_ex(gram_v, upper=True)
+        if int(info_u) or int(info_v):
+            raise RuntimeError("re-SVD under FSDP2: the stored singular vectors are no longer "
+                               "linearly independent (Cholesky of their Gram matrix failed); "
+                               "re-SVD more often (smaller iterations_per_round)")
+        s = self.s.full_tensor().to(f64)
+        k = self.k
+        group = self.U_active.device_mesh.get_group(0)
+        uc = torch.empty(k, k, dtype=f64, device=U.device)
+        sc = torch.empty(k, dtype=f64, device=U.device)
+        vch = torch.empty(k, k, dtype=f64, device=U.device)
+        if dist.get_rank(group) == owner:
+            uc, sc, vch = torch.linalg.svd((r_u * s) @ r_v.t())
+            uc, sc, vch = uc.contiguous(), sc.contiguous(), vch.contiguous()
+        for t in (uc, sc, vch):
+            dist.broadcast(t, group=group, group_src=owner)
+        m_u = torch.linalg.solve_triangular(r_u, uc, upper=True)  # R_U^-1 Uc
+        m_v = torch.linalg.solve_triangular(r_v, vch.t(), upper=True)  # R_V^-1 Vc
+        new_u = (U.to(f64) @ m_u).to(svd_dtype)
+        new_vh = (m_v.t() @ Vh.to(f64)).to(svd_dtype)
+        local(self.s).copy_(local_slice(self.s, sc))
+        for indices, left, right in ((self.idx, self.U_active, self.Vh_active),
+                                     (self.frozen_idx, self.U_frozen, self.Vh_frozen)):
+            local(left).copy_(new_u.index_select(1, indices))
+            local(right).copy_(new_vh.index_select(0, indices))
+        reset_param_state(optimizer, [self.s, self.U_active, self.Vh_active])
+
+    @torch.no_grad()
+    def _local_effective_factors(self):
+        """:meth:`effective_factors` of this rank's shards: ``(m_loc, k)``, s, ``(k, n_loc)``."""
+        ua, uf, va, vf = (local(t) for t in (self.U_active, self.U_frozen, self.Vh_active,
+                                             self.Vh_frozen))
+        U = ua.new_empty(ua.shape[0], self.k).index_copy_(1, self.idx, ua)
+        U.index_copy_(1, self.frozen_idx, uf.to(U.dtype))
+        Vh = va.new_empty(self.k, va.shape[1]).index_copy_(0, self.idx, va)
+        Vh.index_copy_(0, self.frozen_idx, vf.to(Vh.dtype))
+        return U, local(self.s), Vh
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

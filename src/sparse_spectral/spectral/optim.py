@@ -17,6 +17,8 @@ from collections.abc import Iterable
 
 import torch
 
+from ..parallel.shards import is_sharded, local, local_positions, replicated_like, sharded_dims
+
 NO_SLOTS = -1
 
 
@@ -96,9 +98,14 @@ class SlotAdamW(torch.optim.Optimizer):
         if slot_dim == NO_SLOTS:
             step = torch.zeros((), dtype=torch.float32)
         else:
+            # An FSDP2 (DTensor) parameter gets a DTensor counter: sharded like p where the
+            # slot dimension is sharded (each rank counts its own slots), replicated where it
+            # is not (every rank resets the same slots, so the copies stay equal).
+            lp = local(p)
             shape = [1] * p.dim()
-            shape[slot_dim] = p.shape[slot_dim]
-            step = torch.zeros(shape, dtype=torch.float32, device=p.device)
+            shape[slot_dim] = lp.shape[slot_dim]
+            step = replicated_like(p, torch.zeros(shape, dtype=torch.float32, device=lp.device),
+                                   keep_dims={slot_dim % p.dim()})
         state = self.state[p]
         state["step"] = step
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -120,7 +127,14 @@ class SlotAdamW(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError("SlotAdamW does not support sparse gradients")
                 state = self.state[p] or self._init_state(p, slot_dim)
-                adamw_update_(p, p.grad, state, lr, beta1, beta2, eps, wd)
+                if is_sharded(p):
+                    # Elementwise on the local shards: DTensor does not mix with the plain
+                    # scalar step, and the shards of p, grad and state line up.
+                    state = {key: local(value) if torch.is_tensor(value) else value
+                             for key, value in state.items()}
+                    adamw_update_(local(p), local(p.grad), state, lr, beta1, beta2, eps, wd)
+                else:
+                    adamw_update_(p, p.grad, state, lr, beta1, beta2, eps, wd)
         return loss
 
 
@@ -157,7 +171,12 @@ def reset_slots(optimizer, param: torch.Tensor, slots: torch.Tensor, dim: int) -
     for key, value in state.items():
         if not torch.is_tensor(value):
             continue
-        slots_here = slots.to(value.device)
+        slots_here = slots
+        if dim % max(param.dim(), 1) in sharded_dims(value):
+            # Global slot numbers -> positions in this rank's shard (FSDP2).
+            slots_here = local_positions(value, dim, slots.to("cpu"))[0]
+        slots_here = slots_here.to(local(value).device)
+        value = local(value)
         if key == "step":
             if value.dim() == param.dim():
                 value.index_fill_(dim, slots_here, 0)
@@ -169,7 +188,7 @@ def reset_slots(optimizer, param: torch.Tensor, slots: torch.Tensor, dim: int) -
                     "sparse_spectral.SlotAdamW (method.build_optimizer) for faithful resets.",
                     stacklevel=2,
                 )
-        elif value.shape == param.shape:
+        elif value.shape == local(param).shape:
             value.index_fill_(dim, slots_here, 0)
 
 
@@ -185,4 +204,4 @@ def reset_param_state(optimizer, params: Iterable[torch.Tensor]) -> None:
             continue
         for value in state.values():
             if torch.is_tensor(value):
-                value.zero_()
+                local(value).zero_()

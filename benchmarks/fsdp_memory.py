@@ -3,7 +3,7 @@
 From the parameter shapes alone (models built on the meta device, as
 :func:`~sparse_spectral.accounting.planned_state_bytes` counts them: weights, one gradient
 and two AdamW moments per trainable tensor, no step counters): under DDP every rank holds it
-all; under FSDP2 (``sparse_spectral.parallel.fsdp.shard_model``: each decoder block, then the
+all; under FSDP2 (``sparse_spectral.training.fsdp.shard_model``: each decoder block, then the
 root) every parameter, gradient and moment is sharded on one dim (SST's ``Vh_*`` on dim 1,
 the rest on dim 0; the largest shard, ``ceil(size / W)``, is counted), buffers (SST's
 ``idx``) stay whole. FSDP2 also gathers one unit's parameters (and, in backward, its

@@ -62,7 +62,7 @@ def _train(kind, name, settings, steps, sharded, start_dir=None, save_dir=None, 
     """Train; return per-step global losses, the method and the full (gathered) state dict."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from sparse_spectral.parallel.fsdp import load_checkpoint, save_checkpoint, shard_model
+    from sparse_spectral.training.fsdp import load_checkpoint, save_checkpoint, shard_model
 
     model = _model(kind)
     method = make_method(name, **settings)
@@ -128,7 +128,7 @@ def _scenarios(rank: int, tmp: str) -> dict:
                      "method_step": method.step, "files": sorted(os.listdir(ckpt))}
     # GaLore is refused with a clear message.
     try:
-        from sparse_spectral.parallel.fsdp import shard_model
+        from sparse_spectral.training.fsdp import shard_model
 
         galore = make_method("galore", rank=4)
         shard_model(galore.prepare(_model("mlp")), galore)
@@ -136,7 +136,7 @@ def _scenarios(rank: int, tmp: str) -> dict:
     except ValueError as error:
         out["galore"] = str(error)
     out["bad"] = []
-    from sparse_spectral.parallel.fsdp import load_checkpoint, shard_model
+    from sparse_spectral.training.fsdp import load_checkpoint, shard_model
 
     odd = make_method("sst", rank=2)
     odd_model = odd.prepare(nn.Sequential(nn.Linear(15, 8)))  # Vh (k, 15) cannot split in 2
@@ -214,7 +214,7 @@ def test_bad_input_is_refused(results):
 
 
 def test_needs_a_process_group():
-    from sparse_spectral.parallel.fsdp import shard_model
+    from sparse_spectral.training.fsdp import shard_model
 
     with pytest.raises(RuntimeError, match="process group"):
         shard_model(nn.Linear(4, 4))

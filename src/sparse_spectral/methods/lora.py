@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from .._util.seeding import counter_seed
+from .._util.shards import full, local, local_slice
 from ..linear import FixedOperand, apply_linear, is_conv1d, linear_shape
-from ..parallel.shards import full, local, local_slice
 from .base import LowRankConfig, ReplacingMethod, register_method
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from .._util.checks import is_int
 from .._util.seeding import counter_seed
-from ..parallel.shards import full
+from .._util.shards import full
 from ..spectral.cost import FORWARD_MODES
 from ..spectral.layer import SpectralLinear
 from ..spectral.sampling import SAMPLERS, iterations_per_round, select_indices

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .._util.shards import check_unsharded, is_sharded, local, local_slice, norms
 from ..linear import FixedOperand, is_conv1d, linear_weight
-from ..parallel.shards import check_unsharded, is_sharded, local, local_slice, norms
 from .cost import choose_mode
 from .function import SpectralWeightFunction, _autocast_off, spectral_linear
 from .optim import reset_param_state, reset_slots
@@ -364,7 +364,7 @@ class SpectralLinear(nn.Module):
         """
         import torch.distributed as dist
 
-        from ..parallel.shards import sum_over_shards_
+        from .._util.shards import sum_over_shards_
 
         U, _, Vh = self._local_effective_factors()  # (m_loc, k), (k, n_loc)
         f64 = torch.float64

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import torch
 
-from ..parallel.shards import is_sharded, local, local_positions, replicated_like, sharded_dims
+from .._util.shards import is_sharded, local, local_positions, replicated_like, sharded_dims
 
 NO_SLOTS = -1
 

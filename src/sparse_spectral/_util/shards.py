@@ -47,7 +47,7 @@ def check_unsharded(t: torch.Tensor, dim: int, what: str) -> None:
     if dim % max(t.dim(), 1) in {d % max(t.dim(), 1) for d in sharded_dims(t)}:
         raise ValueError(f"{what}: a tensor sharded on dim {dim} (placements "
                          f"{t.placements}) cannot be indexed along it shard-locally; shard it "
-                         "on another dim (sparse_spectral.parallel.fsdp.shard_model does)")
+                         "on another dim (sparse_spectral.training.fsdp.shard_model does)")
 
 
 def local_range(t: torch.Tensor, dim: int) -> tuple[int, int]:

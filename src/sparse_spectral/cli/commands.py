@@ -122,6 +122,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from ..experiments.ablation import default_variants, run_ablation, select_variants
     from ..report import render
     from ..tasks.registry import get_task
+    from ..training.distributed import is_main
 
     task = get_task(args.task_name)
     config = _ablation_config(args)
@@ -139,6 +140,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         output_dir = config.get("output_dir", f"runs/ablate_{task.name}")
     run_ablation(task, settings, variants, output_dir, progress=not args.no_progress,
                  variant_lr=lr_table(command.get("variant_lr"), "variant_lr"))
+    if not is_main():  # under torchrun: rank 0 writes the report
+        return 0
     render(output_dir)
     print((Path(output_dir) / "ablation.md").read_text())
     return 0

@@ -295,6 +295,7 @@ def test_engine_run_compiled_matches_eager_and_resumes(tmp_path):
     # selection changes of ~40 steps at T3 = 5 nor the re-SVDs
     assert compiled["compiled_graphs"] == 2
     assert compiled["settings"]["runtime"] == {"device": "auto", "precision": "fp32",
+                                               "parallel": "auto", "dist_timeout_s": 1800.0,
                                                **COMPILED}
     final = f"step_{steps:06d}"
     a = load_file(tmp_path / "eager" / "checkpoints" / final / "model.safetensors")

@@ -74,6 +74,7 @@ def lr_table(value, flag: str = "method_lr") -> dict[str, float]:
 # ---------------------------------------------------------------------- train / compare
 def cmd_train(args: argparse.Namespace) -> int:
     from ..tasks.registry import get_task
+    from ..training.distributed import is_main
     from ..training.runner import check_choices, train_run
 
     task = get_task(args.task_name)
@@ -82,6 +83,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_choices(task, settings, [settings.method.name], explicit)
     outcome = train_run(task, settings, resume=args.resume, progress=not args.no_progress)
     summary = outcome.summary
+    if not is_main():  # under torchrun: rank 0 reports
+        return 0
     print(f"{settings.method.name}: {task.summary_line(summary)}; trainable "
           f"{summary['trainable_params']:,d} of {summary['total_params']:,d}; run folder "
           f"{settings.output.output_dir}")
@@ -92,6 +95,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..report import render
     from ..tasks.registry import get_task
     from ..training.compare import run_compare
+    from ..training.distributed import is_main
     from ..training.runner import check_choices
 
     task = get_task(args.task_name)
@@ -102,6 +106,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_choices(task, settings, methods, explicit)
     run_compare(task, settings, methods, seeds=seeds,
                 method_lr=lr_table(command.get("method_lr")), progress=not args.no_progress)
+    if not is_main():  # under torchrun: rank 0 writes the report
+        return 0
     render(settings.output.output_dir)
     print((Path(settings.output.output_dir) / "report.md").read_text())
     return 0
@@ -116,6 +122,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from ..experiments.ablation import default_variants, run_ablation, select_variants
     from ..report import render
     from ..tasks.registry import get_task
+    from ..training.distributed import is_main
 
     task = get_task(args.task_name)
     config = _ablation_config(args)
@@ -133,6 +140,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         output_dir = config.get("output_dir", f"runs/ablate_{task.name}")
     run_ablation(task, settings, variants, output_dir, progress=not args.no_progress,
                  variant_lr=lr_table(command.get("variant_lr"), "variant_lr"))
+    if not is_main():  # under torchrun: rank 0 writes the report
+        return 0
     render(output_dir)
     print((Path(output_dir) / "ablation.md").read_text())
     return 0

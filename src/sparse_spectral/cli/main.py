@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..data.paths import DataUnavailableError
+    from ..training.distributed import teardown
     from ..training.loop import TrainingDiverged
 
     try:
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, DataUnavailableError, TrainingDiverged) as err:
         print(f"sst: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        teardown()  # under torchrun: leave the process group (every rank, also on errors)
 
 
 if __name__ == "__main__":

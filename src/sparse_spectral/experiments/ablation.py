@@ -30,6 +30,7 @@ import torch
 from .._util.atomic import atomic_write_json
 from ..methods import SST_VARIANTS, method_config_fields
 from ..training.config import to_flat_dict
+from ..training.distributed import is_main
 from ..training.runner import train_run, with_run
 
 __all__ = ["ABLATION_FILE", "AblationVariant", "VariantRun", "default_variants", "pearson",
@@ -207,7 +208,8 @@ def run_ablation(task, settings, variants: list[AblationVariant], output_dir: st
     }
     data = task.prepare_data(settings)  # the same for every variant
     for variant in variants:
-        print(f"== ablation {task.name}: {variant.label} ==", flush=True)
+        if is_main():  # under torchrun: rank 0 prints and writes
+            print(f"== ablation {task.name}: {variant.label} ==", flush=True)
         lr = variant_lr.get(variant.label, variant_lr.get(variant.method))
         run_settings = variant_settings(settings, variant, out / _folder_name(variant.label), lr)
         run = run_variant(task, run_settings, data, progress)
@@ -220,7 +222,8 @@ def run_ablation(task, settings, variants: list[AblationVariant], output_dir: st
         }
         results["order"].append(variant.label)
         _add_correlations(results)
-        atomic_write_json(out / ABLATION_FILE, results)
+        if is_main():
+            atomic_write_json(out / ABLATION_FILE, results)
     return results
 
 

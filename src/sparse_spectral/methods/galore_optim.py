@@ -44,6 +44,7 @@ import math
 
 import torch
 
+from .._util.collectives import broadcast_
 from ..spectral.optim import adamw_update_, check_adam_hyperparameters
 from .base import check_int
 
@@ -158,8 +159,12 @@ def _refresh_projection(state: dict, grad: torch.Tensor, group: dict, dtype) -> 
     """Recompute ``state["projection"]`` from ``grad`` (m, n), in place once it exists.
 
     In place keeps the state tensor object stable for checkpoints and wrappers holding it.
+    Under ``torch.distributed`` (DDP: ``grad`` is all-reduced, so equal on every rank) rank
+    0's projection is broadcast to the others: LAPACK's SVD gives different bits at
+    different thread counts, and the ranks' projections must be identical.
     """
     projection = compute_projection(grad, group["rank"], group["proj_type"]).to(dtype)
+    broadcast_([projection], src=0)
     if "projection" in state:
         state["projection"].copy_(projection)
     else:

@@ -10,10 +10,12 @@ import torch
 from torch import nn
 
 from .._util.checks import is_int
+from .._util.collectives import broadcast_, broadcast_indices, world
 from .._util.seeding import counter_seed
 from .._util.shards import full
 from ..spectral.cost import FORWARD_MODES
 from ..spectral.layer import SpectralLinear
+from ..spectral.optim import reset_param_state
 from ..spectral.sampling import SAMPLERS, iterations_per_round, select_indices
 from .base import (
     LowRankConfig,
@@ -184,9 +186,18 @@ class SparseSpectral(ReplacingMethod):
         return groups
 
     def after_step(self, step: int, optimizer=None) -> None:
-        """Clamp and renormalise; at iteration ends resample, at round ends re-SVD first."""
+        """Clamp and renormalise; at iteration ends resample, at round ends re-SVD first.
+
+        Under ``torch.distributed`` (DDP) every rank runs this on identical state; two
+        collectives keep the result identical by construction: layer ``l``'s re-SVD is
+        computed on rank ``l mod world_size`` and broadcast from there (LAPACK's bits differ
+        across thread counts), and rank 0's drawn indices of every layer that resamples at
+        this step are broadcast as one int64 message (a safety net: the draws are
+        counter-seeded, hence already equal). Without a process group both are no-ops.
+        """
         super().after_step(step, optimizer)
         cfg = self.config
+        due = []
         for index, (name, layer) in enumerate(self.layers):
             if layer.U_frozen.requires_grad or layer.Vh_frozen.requires_grad:
                 raise RuntimeError(f"frozen factors of {name!r} were made trainable; SST would "
@@ -198,8 +209,25 @@ class SparseSpectral(ReplacingMethod):
                 continue
             iteration = clock // cfg.iteration_interval
             if iteration % self._rounds(layer) == 0:
-                layer.resvd_(optimizer, svd_dtype=_SVD_DTYPES[cfg.svd_dtype])
-            layer.swap_(self._draw(layer, index, iteration), optimizer)
+                self._resvd(layer, index, optimizer)
+            due.append((index, layer, iteration))
+        # Layers are independent: drawing and swapping after all re-SVDs gives what the
+        # layer-by-layer order gives, with one broadcast for all draws.
+        draws = broadcast_indices([self._draw(layer, index, iteration)
+                                   for index, layer, iteration in due], src=0)
+        for (_, layer, _), new_idx in zip(due, draws, strict=True):
+            layer.swap_(new_idx, optimizer)
+
+    def _resvd(self, layer: SpectralLinear, index: int, optimizer) -> None:
+        """Re-decompose ``layer`` (on its owner rank under DDP, then broadcast in place)."""
+        rank, size = world()
+        owner = index % size
+        if rank == owner:
+            layer.resvd_(optimizer, svd_dtype=_SVD_DTYPES[self.config.svd_dtype])
+        else:  # the owner's factors arrive below; the moment restart is local
+            reset_param_state(optimizer, [layer.s, layer.U_active, layer.Vh_active])
+        broadcast_([layer.s, layer.U_active, layer.Vh_active, layer.U_frozen, layer.Vh_frozen],
+                   src=owner)
 
     def restart_cycle(self) -> int:
         """Swapped-in slots restart their moments every T3 steps (all of them after a re-SVD)."""

@@ -44,6 +44,9 @@ class Batches:
     ``batch_fn(step, micro) -> (inputs, targets)`` must depend only on its arguments (exact
     resume); ``steps`` is the number of optimizer steps; ``tokens_per_step`` feeds the
     tokens/s figure; ``info`` is merged into the summary (e.g. batches per epoch).
+    ``rows``: the number of rows (dim 0 of every input and target tensor) of every
+    micro-batch, which DDP splits across ranks; None where batches vary in size or cannot
+    be split by rows (token-budget batches, full-batch graph training): no DDP.
     """
 
     steps: int
@@ -55,6 +58,7 @@ class Batches:
     #: An object with ``state_dict``/``load_state_dict`` that batch_fn depends on beyond
     #: the step (e.g. a sampler's RNG); the loop checkpoints it.
     state: Any = None
+    rows: int | None = None
 
 
 class Task(Protocol):

@@ -222,7 +222,7 @@ class ImageClassification(TaskBase):
             rows = cached[epoch][index]
             return train_x[rows], train_y[rows]
 
-        return Batches(steps, batch_fn, settings.batch_size)
+        return Batches(steps, batch_fn, settings.batch_size, rows=settings.batch_size)
 
     def loop_settings(self, settings, batches: Batches):
         from ..training.runner import loop_settings

@@ -173,7 +173,7 @@ class LanguageModelling(TaskBase):
                                   settings.seed)
 
         return Batches(settings.schedule.num_training_steps, batch_fn,
-                       settings.tokens_per_step, accumulation)
+                       settings.tokens_per_step, accumulation, rows=settings.batch_size)
 
     def loss(self, settings, data):
         return lm_loss

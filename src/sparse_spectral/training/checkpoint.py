@@ -34,11 +34,13 @@ def checkpoint_root(run_dir: str | os.PathLike) -> Path:
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, optimizer,
                     scheduler, method, settings: dict[str, Any],
-                    extra: dict[str, Any] | None = None) -> Path:
+                    extra: dict[str, Any] | None = None, world_size: int = 1) -> Path:
     """Write checkpoint ``step`` of a run and make it the latest; return its directory.
 
     ``extra``: the state dicts of what else the run depends on (batch streams, evaluation
     hooks), by name; restored by :func:`restore_checkpoint`'s ``stateful``.
+    ``world_size``: the number of DDP ranks that trained (recorded; a resume must match).
+    Under DDP only rank 0 calls this (every rank holds the same state).
     """
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -54,7 +56,8 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, opt
             "rng": torch.get_rng_state(),
             "settings": settings,
             "extra": extra or {},
-            "environment": {"torch": str(torch.__version__), "threads": torch.get_num_threads()},
+            "environment": {"torch": str(torch.__version__), "threads": torch.get_num_threads(),
+                            "world_size": int(world_size)},
         }, tmp / STATE_FILE)
         if final.exists():  # re-saving a step (e.g. after a resume): replace it whole
             shutil.rmtree(final)
@@ -83,8 +86,25 @@ def read_checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")
 
 
+def check_world_size(state: dict[str, Any], world_size: int, path: str | os.PathLike) -> None:
+    """Refuse to resume a checkpoint (its ``state.pt`` dict) written by another world size.
+
+    A checkpoint from before the field existed counts as one process.
+
+    Raises:
+        ValueError: naming both world sizes.
+    """
+    saved = int(state.get("environment", {}).get("world_size", 1))
+    if saved != world_size:
+        raise ValueError(f"checkpoint {path} was written by a run of {saved} process(es), this "
+                         f"one has {world_size}: resume with --nproc_per_node {saved} (the "
+                         "global batch would be the same, but the all-reduce order and so "
+                         "the bits would not)")
+
+
 def restore_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer, scheduler,
-                       method, stateful: dict[str, Any] | None = None) -> int:
+                       method, stateful: dict[str, Any] | None = None,
+                       world_size: int = 1) -> int:
     """Load a checkpoint into already-built objects; return its step.
 
     ``model`` must already be prepared by ``method`` (same settings). Order matters: model
@@ -93,10 +113,12 @@ def restore_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer, sch
     saved as ``extra`` by :func:`save_checkpoint`, by name.
 
     Raises:
-        ValueError: the checkpoint lacks the state of one of ``stateful``.
+        ValueError: the checkpoint lacks the state of one of ``stateful``, or was written
+            with another ``world_size`` (:func:`check_world_size`).
     """
     path = Path(path)
     state = read_checkpoint_state(path)
+    check_world_size(state, world_size, path)
     load_model(model, str(path / MODEL_FILE), strict=True)
     method.load_state_dict(state["method"])
     optimizer.load_state_dict(state["optimizer"])

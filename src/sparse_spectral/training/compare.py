@@ -12,6 +12,9 @@
 Run folders: ``<output_dir>/<method>`` for one seed, ``<output_dir>/<method>/seed_<s>`` for
 several. Rendering the report is the caller's job (``report.render``): the engine writes
 results, the report reads them.
+
+Under ``torchrun`` every rank runs every training (data-parallel, :mod:`.distributed`);
+rank 0 alone prints and writes ``results.json`` (and the run folders).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from .._util.atomic import atomic_write_json
 from ..targeting import find_target_modules
 from .config import to_flat_dict
 from .device import input_dtype
+from .distributed import setup
 from .runner import check_choices, check_runtime, train_run, with_run
 
 
@@ -52,7 +56,9 @@ def run_compare(task, settings, methods: list[str], seeds: list[int] | None = No
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds {seeds} repeat a seed")
     check_choices(task, settings, methods)
-    device = check_runtime(settings)
+    world, device = setup(check_runtime(settings), settings.runtime.parallel,
+                          settings.runtime.dist_timeout_s)
+    main = world is None or world.is_main
     if set(method_lr) - set(methods):
         raise ValueError(f"method_lr names {sorted(set(method_lr) - set(methods))} are not "
                          f"among the methods run ({', '.join(methods)})")
@@ -84,7 +90,8 @@ def run_compare(task, settings, methods: list[str], seeds: list[int] | None = No
                 results["title"] = task.title(settings, data, seeds)
                 results.update(task.results_extras(settings, data))
             shown = "the task's default" if lr is None else f"{lr:g}"
-            print(f"== {name} (lr {shown}, seed {seed}) ==", flush=True)
+            if main:
+                print(f"== {name} (lr {shown}, seed {seed}) ==", flush=True)
             outcome = train_run(task, run, data=data, progress=progress)
             summary = dict(outcome.summary)
             for key in ("settings", "task", "headline"):
@@ -96,7 +103,8 @@ def run_compare(task, settings, methods: list[str], seeds: list[int] | None = No
         results["settings"]["num_training_steps"] = runs[0].get(
             "num_training_steps", results["settings"].get("num_training_steps"))
         results["methods"][name] = entry
-        atomic_write_json(out / "results.json", results)
+        if main:
+            atomic_write_json(out / "results.json", results)
     return results
 
 

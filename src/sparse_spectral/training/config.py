@@ -153,6 +153,10 @@ class RuntimeSettings:
     compile_backend: str = field(default="inductor", metadata=_help(
         "torch.compile backend: inductor, or eager / aot_eager (no compiler needed); "
         "see torch._dynamo.list_backends()"))
+    parallel: str = field(default="auto", metadata=_help(
+        "auto (DDP when launched by torchrun, else one process) or ddp (DDP; needs torchrun)"))
+    dist_timeout_s: float = field(default=1800.0, metadata=_help(
+        "under torchrun: seconds a collective waits for the other ranks before failing"))
 
     def __post_init__(self):
         from .device import PRECISIONS
@@ -162,6 +166,15 @@ class RuntimeSettings:
                              f"{', '.join(PRECISIONS)}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile={self.compile!r} must be true or false")
+        from .distributed import PARALLEL_MODES
+
+        if self.parallel not in PARALLEL_MODES:
+            raise ValueError(f"parallel={self.parallel!r} is unknown; allowed: "
+                             f"{', '.join(PARALLEL_MODES)}")
+        if isinstance(self.dist_timeout_s, bool) or not isinstance(
+                self.dist_timeout_s, (int, float)) or not self.dist_timeout_s > 0:
+            raise ValueError(f"dist_timeout_s={self.dist_timeout_s!r} must be a number of "
+                             "seconds > 0")
         if not isinstance(self.compile_backend, str) or not self.compile_backend:
             raise ValueError(f"compile_backend={self.compile_backend!r} must be a backend "
                              "name (e.g. inductor, aot_eager)")

@@ -75,6 +75,14 @@ class TensorBoardLogger:
         self._writer.close()
 
 
+class NullLogger:
+    """Drops every record (a DDP rank other than 0)."""
+
+    def log_dict(self, metrics: dict[str, Any], step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class MultiLogger:
     """Send every record to each of ``loggers``."""
 

@@ -22,10 +22,18 @@ resample or re-SVD is valid at any parameters. The optimizer's own counters (Slo
 per-slot steps, GaLore's projection gap) count real updates only, and the method guard,
 which hooks ``optimizer.step``, sees only those (``after_step`` still runs every step, so
 it never reports a skip as a missed ``after_step``). The scaler's state is checkpointed.
+
+Under DDP (``world``, :mod:`.distributed`) the loop trains ``DistributedDataParallel(model)``
+on its rank's rows of every global micro-batch, with ``no_sync`` on all but the last one;
+everything else (clipping, the optimizer, the method, evaluation, checkpoints) sees the
+unwrapped ``model``, whose state is identical on every rank. Every rank evaluates the whole
+evaluation set (no sharding: simple, and the figures are the single-process ones); the
+logged ``train_loss`` is the mean over ranks; rank 0 alone logs, shows progress and saves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -41,6 +49,7 @@ from torch import nn
 from ..accounting import memory_report
 from .checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
 from .device import autocast, grad_scaler, input_dtype, move_to
+from .distributed import World, mean_across, shard_rows, wrap
 from .loggers import MetricLogger
 from .schedules import method_lr_lambda
 
@@ -112,7 +121,7 @@ def train(model: nn.Module, method, *,
           lr_lambda: Callable[[int], float] | None = None,
           build_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
           batch_state: Any = None, device: torch.device | None = None,
-          precision: str = "fp32") -> TrainResult:
+          precision: str = "fp32", world: World | None = None) -> TrainResult:
     """Train ``model`` (already prepared by ``method``) for ``settings.num_training_steps``.
 
     Args:
@@ -142,6 +151,10 @@ def train(model: nn.Module, method, *,
         precision: ``fp32``, ``bf16-mixed`` (forward, loss and evaluation under bf16
             autocast on ``device``), ``bf16`` (the model's parameters are already bf16) or
             ``fp16-mixed`` (float16 autocast and a gradient scaler; module docstring).
+        world: the DDP world (:func:`.distributed.setup`), or None for one process. Each
+            global micro-batch must have a multiple of ``world.size`` rows; ``logger``
+            should be a real one on rank 0 only (this function writes nothing else on other
+            ranks).
 
     Raises:
         TrainingDiverged: on a non-finite loss; the last good checkpoint stays the latest.
@@ -168,9 +181,13 @@ def train(model: nn.Module, method, *,
         path = latest_checkpoint(run_dir)
         if path is None:
             raise FileNotFoundError(f"--resume: {run_dir} has no checkpoint to resume from")
-        start = restore_checkpoint(path, model, optimizer, scheduler, method, stateful)
+        start = restore_checkpoint(path, model, optimizer, scheduler, method, stateful,
+                                   world_size=world.size if world else 1)
+    main = world is None or world.is_main
+    # After the restore: DDP's construction broadcasts rank 0's (identical) state.
+    engine = model if world is None else wrap(model, amp_device)
     result = TrainResult(final_step=start, evaluator=eval_fn)
-    bar = _progress_bar(settings.num_training_steps, start, progress)
+    bar = _progress_bar(settings.num_training_steps, start, progress) if main else _QuietBar()
     measured = False
     for step in range(start + 1, settings.num_training_steps + 1):
         model.train()
@@ -178,12 +195,20 @@ def train(model: nn.Module, method, *,
         total_loss = 0.0
         for micro in range(settings.grad_accumulation):
             inputs, targets = batch_fn(step, micro)
+            if world is not None:
+                inputs, targets = shard_rows((inputs, targets), world)
             if device is not None:
                 inputs, targets = move_to(inputs, device, cast), move_to(targets, device, cast)
-            with autocast(precision, amp_device):
-                loss = loss_fn(model, inputs, targets) / settings.grad_accumulation
-            (loss if scaler is None else scaler.scale(loss)).backward()
+            # DDP all-reduces in the backward of the window's last micro-batch only.
+            last_micro = micro == settings.grad_accumulation - 1
+            with (contextlib.nullcontext() if world is None or last_micro
+                  else engine.no_sync()):
+                with autocast(precision, amp_device):
+                    loss = loss_fn(engine, inputs, targets) / settings.grad_accumulation
+                (loss if scaler is None else scaler.scale(loss)).backward()
             total_loss += loss.item()
+        if world is not None:  # every rank then sees the same loss (and stops on the same)
+            total_loss = mean_across(total_loss)
         if not math.isfinite(total_loss):
             optimizer.zero_grad(set_to_none=True)
             last = latest_checkpoint(run_dir)
@@ -232,10 +257,11 @@ def train(model: nn.Module, method, *,
             if hasattr(eval_fn, "after_eval"):
                 result.stopped_early = bool(eval_fn.after_eval(
                     step, metrics, {"train_loss": total_loss, "grad_norm": grad_norm}))
-        if (settings.save_every and step % settings.save_every == 0) or last \
-                or result.stopped_early:
+        if main and ((settings.save_every and step % settings.save_every == 0) or last
+                     or result.stopped_early):
             save_checkpoint(run_dir, step, model, optimizer, scheduler, method, config,
-                            {key: obj.state_dict() for key, obj in stateful.items()})
+                            {key: obj.state_dict() for key, obj in stateful.items()},
+                            world_size=world.size if world else 1)
         if result.stopped_early:
             break
     bar.close()
@@ -288,6 +314,12 @@ class _NullBar:
         print(text)
 
     def close(self): ...
+
+
+class _QuietBar(_NullBar):
+    """A rank other than 0: prints nothing."""
+
+    def write(self, text): ...
 
 
 def _progress_bar(total: int, start: int, enabled: bool):

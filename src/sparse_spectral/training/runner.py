@@ -9,6 +9,10 @@
 
 ``task`` follows :class:`sparse_spectral.tasks.base.Task` (duck-typed: the engine does not
 import tasks).
+
+Under ``torchrun`` the run is data-parallel (:mod:`.distributed`): every rank builds the
+same model and data, trains its share of each global batch, and rank 0 alone writes the
+run folder (the other ranks' summaries are returned, not written).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from ..methods import (
     method_config_fields,
     method_for_run,
 )
-from .checkpoint import latest_checkpoint, read_checkpoint_state
+from .checkpoint import check_world_size, latest_checkpoint, read_checkpoint_state
 from .compile import check_compile, compile_model, compiled_graphs
 from .device import (
     autocast,
@@ -40,7 +44,8 @@ from .device import (
     parameter_dtype,
     resolve_device,
 )
-from .loggers import JsonlLogger, MultiLogger, TensorBoardLogger
+from .distributed import World, check_rows, setup
+from .loggers import JsonlLogger, MultiLogger, NullLogger, TensorBoardLogger
 from .loop import LoopSettings, train
 
 
@@ -152,14 +157,24 @@ def loop_settings(settings, steps: int, grad_accumulation: int = 1, lr: float | 
 
 def train_run(task, settings, *, data=None, resume: bool = False,
               progress: bool = True) -> RunOutcome:
-    """Train ``settings.method`` on ``task``; write the run folder; return the outcome."""
-    device = check_runtime(settings)
+    """Train ``settings.method`` on ``task``; write the run folder; return the outcome.
+
+    Under torchrun (or in an initialised process group) every rank calls this; all checks
+    (world size against the batch, a resumed checkpoint's world size) run on every rank
+    before anything is written, so a bad launch fails on every rank alike.
+    """
+    world, device = setup(check_runtime(settings), settings.runtime.parallel,
+                          settings.runtime.dist_timeout_s)
     task.check(settings)
     data = task.to_device(data if data is not None else task.prepare_data(settings), device,
                           input_dtype(settings.runtime.precision))
     batches = task.batches(settings, data)
+    if world is not None:
+        check_rows(batches.rows, world, task.name)
     loop = task.loop_settings(settings, batches)
     run_dir = Path(settings.output.output_dir)
+    resume_step = _resume_step(run_dir, resume, world)
+    main = world is None or world.is_main
     model = task.build_model(settings, data)
     method = build_method(task, settings, model)
     # Decompose on the CPU as always (the same factors everywhere), then move (and for
@@ -171,10 +186,13 @@ def train_run(task, settings, *, data=None, resume: bool = False,
     if settings.runtime.compile:  # in place: the same object and state_dict keys
         model = compile_model(model, settings.runtime.compile_backend)
     trainable, total = count_parameters(model)
-    loggers = [JsonlLogger(run_dir / "metrics.jsonl", resume_step=_resume_step(run_dir, resume))]
-    if settings.output.tensorboard:
-        loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
-    logger = MultiLogger(*loggers)
+    if main:
+        loggers = [JsonlLogger(run_dir / "metrics.jsonl", resume_step=resume_step)]
+        if settings.output.tensorboard:
+            loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
+        logger = MultiLogger(*loggers)
+    else:
+        logger = NullLogger()
     began = time.perf_counter()
     try:
         result = train(model, method, batch_fn=batches.batch_fn, loss_fn=task.loss(settings, data),
@@ -184,7 +202,7 @@ def train_run(task, settings, *, data=None, resume: bool = False,
                        lr_lambda=task.lr_lambda(settings, method, batches.steps),
                        build_optimizer=task.optimizer_builder(settings),
                        batch_state=batches.state, device=device,
-                       precision=settings.runtime.precision)
+                       precision=settings.runtime.precision, world=world)
     finally:
         logger.close()
     summary = {
@@ -203,16 +221,23 @@ def train_run(task, settings, *, data=None, resume: bool = False,
     if settings.runtime.compile:  # train, evaluation and final figures together
         summary["compiled_graphs"] = compiled_graphs() - graphs_before
     summary["device"] = describe(device)
+    summary["world_size"] = world.size if world else 1
     summary["headline"] = task.headline(settings).to_dict()
-    atomic_write_json(run_dir / "summary.json", summary)
+    if main:
+        atomic_write_json(run_dir / "summary.json", summary)
     return RunOutcome(summary, model, method, result)
 
 
-def _resume_step(run_dir: Path, resume: bool) -> int | None:
+def _resume_step(run_dir: Path, resume: bool, world: World | None) -> int | None:
+    """The step a resumed run continues from (None: a fresh run), its world size checked."""
     if not resume:
         return None
     path = latest_checkpoint(run_dir)
-    return None if path is None else int(read_checkpoint_state(path)["step"])
+    if path is None:
+        return None
+    state = read_checkpoint_state(path)
+    check_world_size(state, world.size if world else 1, path)
+    return int(state["step"])
 
 
 def with_run(settings, **changes):

@@ -1,0 +1,69 @@
+"""The few collectives the methods need under ``torch.distributed``; no-ops without a group.
+
+The methods change state between ``optimizer.step()`` and the next forward (SST's
+selections and re-SVDs, GaLore's projections). DDP keeps only gradients in sync, so these
+changes must come out bitwise identical on every rank by themselves; the helpers here make
+that true by construction (one rank computes, every rank receives), independent of
+LAPACK's thread-count-dependent bits. Every rank must call them in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _comm_device(tensor: torch.Tensor) -> torch.device:
+    """Where ``tensor`` must sit to be sent: NCCL sends CUDA tensors only."""
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return tensor.device
+
+
+@torch.no_grad()
+def broadcast_(tensors: Sequence[torch.Tensor], src: int) -> None:
+    """Overwrite every tensor of ``tensors`` with rank ``src``'s values, in place.
+
+    Parameters keep their objects (DDP and the optimizer hold them); a tensor that cannot be
+    sent as it is (non-contiguous, or on the CPU under NCCL) goes through a copy. A no-op
+    without a process group of more than one rank.
+    """
+    if world()[1] == 1:
+        return
+    pending = []
+    for tensor in tensors:
+        target = tensor.detach()
+        buffer = target
+        if not target.is_contiguous() or _comm_device(target) != target.device:
+            buffer = target.contiguous().to(_comm_device(target))
+        pending.append((dist.broadcast(buffer, src, async_op=True), target, buffer))
+    for work, target, buffer in pending:
+        work.wait()
+        if buffer is not target:
+            target.copy_(buffer)
+
+
+def broadcast_indices(indices: Sequence[torch.Tensor], src: int = 0) -> list[torch.Tensor]:
+    """Rank ``src``'s version of each int64 tensor of ``indices``, sent as one message.
+
+    Returns new tensors of the same shapes on the inputs' devices; the inputs themselves
+    unchanged. Without a group of more than one rank: the inputs.
+    """
+    if world()[1] == 1 or not indices:
+        return list(indices)
+    flat = torch.cat([i.detach().reshape(-1).to("cpu", torch.int64) for i in indices])
+    broadcast_([flat], src)
+    out, offset = [], 0
+    for i in indices:
+        out.append(flat[offset:offset + i.numel()].view(i.shape).to(i.device))
+        offset += i.numel()
+    return out

@@ -1,0 +1,273 @@
+"""DDP in the training engine: 2 spawned gloo ranks against one process, resume, bad input.
+
+Each launch costs ~3 s of start-up, so one launch runs several checks; the ranks report
+through files in ``tmp_path``. One end-to-end ``torchrun`` run of the CLI closes the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from dist_helpers import run_distributed
+from safetensors.torch import load_file
+
+from sparse_spectral.tasks.lm import LM, LMSettings
+from sparse_spectral.training.checkpoint import latest_checkpoint, read_checkpoint_state
+from sparse_spectral.training.distributed import (
+    World,
+    check_rows,
+    launch_env,
+    setup,
+    shard_rows,
+)
+from sparse_spectral.training.runner import train_run
+
+SHAKESPEARE = (Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare"
+               / "input.txt")
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory) -> Path:
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"{SHAKESPEARE} is not available")
+    path = tmp_path_factory.mktemp("corpus") / "plays.txt"
+    path.write_text(SHAKESPEARE.read_text()[:20000])
+    return path
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SST_CACHE_DIR", str(tmp_path / "cache"))  # spawned ranks inherit it
+
+
+def _settings(corpus: str, out: str, method: str = "sst", **kw) -> LMSettings:
+    """gpt_micro, a global micro-batch of 4 rows, 2 micro-batches per step; SST changes
+    selections every 2 steps and re-SVDs every 4 (per layer, staggered)."""
+    options = {"sst": {"iteration_interval": 2, "iterations_per_round": 2},
+               "galore": {"update_proj_gap": 2}, "relora": {"merge_interval": 3}}[method]
+    values = dict(text=corpus, model="gpt_micro", rank=4, block_size=16, batch_size=4,
+                  total_batch_size=8, num_training_steps=STEPS, warmup_steps=2, eval_every=4,
+                  eval_tokens=256, log_every=1, save_every=4, output_dir=out, method=method,
+                  method_options=options)
+    return LMSettings.from_dict(values | kw)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _truncate_to(run: Path, step: int) -> None:
+    """Pretend ``run`` died after its checkpoint of ``step``."""
+    root = run / "checkpoints"
+    for path in root.glob("step_*"):
+        if int(path.name.split("_")[1]) > step:
+            shutil.rmtree(path)
+    (root / "latest").write_text(f"step_{step:06d}\n")
+
+
+# ---------------------------------------------------------------------- the spawned job
+class _RecordingLM(type(LM)):
+    """The lm task, noting the first token of every row each micro-batch trains on."""
+
+    def __init__(self):
+        self.rows: list[list[int]] = []
+
+    def loss(self, settings, data):
+        inner = super().loss(settings, data)
+
+        def loss_fn(model, inputs, targets):
+            self.rows.append(inputs[:, 0].tolist())
+            return inner(model, inputs, targets)
+
+        return loss_fn
+
+
+def _job(rank: int, world_size: int, corpus: str, tmp: str) -> None:
+    """Per rank: SST, ReLoRA*, GaLore runs; a resume; bad launches. Results to files."""
+    tmp = Path(tmp)
+    report = {}
+    for method in ("sst", "relora", "galore"):
+        task = _RecordingLM()
+        outcome = train_run(task, _settings(corpus, str(tmp / f"ddp_{method}"), method),
+                            progress=False)
+        report[method] = {"state": _state(outcome.model), "summary": outcome.summary,
+                          "merged": _state(outcome.method.merge(outcome.model)),
+                          "rows": task.rows}
+    # Resume under DDP: a copy of the SST run cut back to step 4, continued to the end.
+    if rank == 0:
+        shutil.copytree(tmp / "ddp_sst", tmp / "ddp_resumed")
+        _truncate_to(tmp / "ddp_resumed", 4)
+    torch.distributed.barrier()
+    resumed = train_run(LM, _settings(corpus, str(tmp / "ddp_resumed")), resume=True,
+                        progress=False)
+    report["resumed"] = _state(resumed.model)
+    # Bad launches: every rank must raise, before writing anything.
+    errors = {}
+    for name, settings, resume in (
+            ("odd_batch", _settings(corpus, str(tmp / "odd"), batch_size=3,
+                                    total_batch_size=3), False),
+            ("other_world", _settings(corpus, str(tmp / "one_resumed")), True)):
+        try:
+            train_run(LM, settings, resume=resume, progress=False)
+            errors[name] = None
+        except ValueError as error:
+            errors[name] = str(error)
+    report["errors"] = errors
+    torch.save(report, tmp / f"rank{rank}.pt")
+
+
+def test_two_ranks_match_one_process_and_each_other(corpus_file, tmp_path):
+    torch.set_num_threads(1)  # as the ranks: the re-SVDs then compute the same bits
+    single = {}
+    for method in ("sst", "relora", "galore"):
+        task = _RecordingLM()  # the rows one process trains on
+        outcome = train_run(task, _settings(str(corpus_file), str(tmp_path / f"one_{method}"),
+                                            method), progress=False)
+        single[method] = {"merged": _state(outcome.method.merge(outcome.model)),
+                          "state": _state(outcome.model), "summary": outcome.summary,
+                          "rows": task.rows}
+    shutil.copytree(tmp_path / "one_sst", tmp_path / "one_resumed")  # for the bad resume
+    _truncate_to(tmp_path / "one_resumed", 4)
+    one_resumed_log = (tmp_path / "one_resumed" / "metrics.jsonl").read_text()
+
+    run_distributed(_job, 2, tmp_path, str(corpus_file), str(tmp_path))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+    # Each rank trained its half of every global micro-batch (rows in order).
+    assert len(single["sst"]["rows"]) == STEPS * 2
+    for rank0, rank1, whole in zip(ranks[0]["sst"]["rows"], ranks[1]["sst"]["rows"],
+                                   single["sst"]["rows"], strict=True):
+        assert rank0 + rank1 == whole and len(rank0) == 2
+    for method in ("sst", "relora", "galore"):
+        a, b = ranks[0][method], ranks[1][method]
+        # The ranks hold bitwise the same model (through swaps and re-SVDs for SST).
+        assert a["state"].keys() == b["state"].keys()
+        for key in a["state"]:
+            assert torch.equal(a["state"][key], b["state"][key]), (method, key)
+        # ... and the same model as one process on the same global batches.
+        ref = single[method]
+        for key, value in ref["merged"].items():
+            torch.testing.assert_close(a["merged"][key], value, rtol=1e-5, atol=1e-5,
+                                       msg=f"{method} {key}")
+        if method == "sst":  # the same selections
+            for key in (k for k in ref["state"] if k.endswith(".idx")):
+                assert torch.equal(a["state"][key], ref["state"][key]), key
+        for key in ("val_loss", "test_ppl"):
+            assert a["summary"][key] == pytest.approx(ref["summary"][key], rel=1e-5), key
+        # Rank 0 alone wrote: one train line per step, one checkpoint set, a summary.
+        run = tmp_path / f"ddp_{method}"
+        train_lines = [r for r in _records(run) if "train_loss" in r]
+        assert [r["step"] for r in train_lines] == list(range(1, STEPS + 1))
+        one_lines = [r for r in _records(tmp_path / f"one_{method}") if "train_loss" in r]
+        for got, want in zip(train_lines, one_lines, strict=True):
+            assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
+            assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+            "latest", "step_000004", "step_000008"]
+        assert sorted(p.name for p in run.iterdir()) == [
+            "checkpoints", "metrics.jsonl", "summary.json"]
+        state = read_checkpoint_state(latest_checkpoint(run))
+        assert state["environment"]["world_size"] == 2
+        assert json.loads((run / "summary.json").read_text())["world_size"] == 2
+
+    # Resumed under DDP from step 4: bitwise the uninterrupted run, one line per step.
+    for r in (0, 1):
+        for key, value in ranks[0]["sst"]["state"].items():
+            assert torch.equal(ranks[r]["resumed"][key], value), key
+    assert [r["step"] for r in _records(tmp_path / "ddp_resumed") if "train_loss" in r] \
+        == list(range(1, STEPS + 1))
+
+    # Bad launches fail on both ranks, naming the problem, before writing anything.
+    for r in (0, 1):
+        errors = ranks[r]["errors"]
+        assert "world size 2 does not divide the global micro-batch of 3 rows" \
+            in errors["odd_batch"]
+        assert "written by a run of 1 process(es), this one has 2" in errors["other_world"]
+    assert not (tmp_path / "odd").exists()
+    assert (tmp_path / "one_resumed" / "metrics.jsonl").read_text() == one_resumed_log
+
+    # The other way round: one process refuses the 2-rank checkpoint.
+    with pytest.raises(ValueError, match=r"written by a run of 2 process\(es\), this one has 1"):
+        train_run(LM, _settings(str(corpus_file), str(tmp_path / "ddp_sst")), resume=True,
+                  progress=False)
+
+
+# ---------------------------------------------------------------------- torchrun, end to end
+def test_torchrun_cli_end_to_end(corpus_file, tmp_path):
+    """``torchrun --standalone --nproc_per_node 2 -m sparse_spectral.cli train lm``, resumed."""
+    out = tmp_path / "cli"
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            "2", "-m", "sparse_spectral.cli", "train", "lm", "--text", str(corpus_file),
+            "--model", "gpt_micro", "--method", "sst", "--rank", "4", "--block_size", "16",
+            "--batch_size", "4", "--num_training_steps", "4", "--warmup_steps", "1",
+            "--eval_every", "4", "--eval_tokens", "256", "--log_every", "1",
+            "--save_every", "2", "--iteration_interval", "1", "--output_dir", str(out),
+            "--no_progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1] / "src"),
+                                                       os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("sst: val ppl") == 1  # rank 0 alone reports
+    steps = [r["step"] for r in _records(out) if "train_loss" in r]
+    assert steps == [1, 2, 3, 4]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "latest", "step_000002", "step_000004"]
+    final = load_file(out / "checkpoints" / "step_000004" / "model.safetensors")
+    _truncate_to(out, 2)
+    done = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["step"] for r in _records(out) if "train_loss" in r] == [1, 2, 3, 4]
+    resumed = load_file(out / "checkpoints" / "step_000004" / "model.safetensors")
+    for key, value in final.items():
+        assert torch.equal(resumed[key], value), key
+    # A world size that does not divide the batch: every rank exits with the error.
+    odd = [str(tmp_path / "odd") if a == str(out) else a for a in args] + ["--batch_size", "3"]
+    done = subprocess.run(odd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.count("world size 2 does not divide the global micro-batch") == 2
+    assert not (tmp_path / "odd").exists()
+
+
+# ---------------------------------------------------------------------- no process group
+def test_shard_rows_splits_every_tensor_contiguously():
+    x, y = torch.arange(12).view(6, 2), torch.arange(6)
+    parts = [shard_rows(((x, {"y": y}), "keep"), World(r, 3)) for r in range(3)]
+    assert torch.equal(torch.cat([p[0][0] for p in parts]), x)
+    assert torch.equal(torch.cat([p[0][1]["y"] for p in parts]), y)
+    assert all(p[1] == "keep" for p in parts)
+    with pytest.raises(ValueError, match="7 rows cannot be split evenly over 2 ranks"):
+        shard_rows(torch.zeros(7), World(0, 2))
+
+
+def test_launch_environment_and_bad_choices(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert launch_env() is None
+    assert setup(torch.device("cpu")) == (None, torch.device("cpu"))  # unchanged
+    with pytest.raises(ValueError, match="parallel='ddp' needs a torchrun launch"):
+        setup(torch.device("cpu"), "ddp")
+    with pytest.raises(ValueError, match="parallel='fsdp' is unknown; allowed: auto, ddp"):
+        LMSettings.from_dict({"parallel": "fsdp"})
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="0 <= RANK < WORLD_SIZE"):
+        launch_env()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert launch_env() == (1, 2, 1)
+    with pytest.raises(ValueError, match="task 'mt' cannot run under DDP yet"):
+        check_rows(None, World(0, 2), "mt")

@@ -1,23 +1,46 @@
-"""The few collectives the methods need under ``torch.distributed``; no-ops without a group.
+"""The few collectives the methods need to keep DDP replicas identical; no-ops otherwise.
 
 The methods change state between ``optimizer.step()`` and the next forward (SST's
 selections and re-SVDs, GaLore's projections). DDP keeps only gradients in sync, so these
 changes must come out bitwise identical on every rank by themselves; the helpers here make
 that true by construction (one rank computes, every rank receives), independent of
-LAPACK's thread-count-dependent bits. Every rank must call them in the same order.
+LAPACK's thread-count-dependent bits. Every rank must call them in the same order. They run
+only inside :func:`replicated_ranks` (the training loop enters it for a DDP run).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 
+# Whether the model being trained is replicated on every rank (DDP). Only then do the
+# methods' collectives run: a process group alone does not say so (a reference model
+# trained on one rank of a group, or FSDP2 shards, whose own collectives keep them equal).
+_REPLICATED = False
+
+
+@contextlib.contextmanager
+def replicated_ranks(enabled: bool = True) -> Iterator[None]:
+    """Within: the methods treat the model as replicated across the default process group.
+
+    The training loop enters it around a DDP run; outside it :func:`world` is ``(0, 1)``
+    and every helper here is a no-op, whatever process group exists.
+    """
+    global _REPLICATED
+    previous, _REPLICATED = _REPLICATED, enabled
+    try:
+        yield
+    finally:
+        _REPLICATED = previous
+
 
 def world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
-    if dist.is_available() and dist.is_initialized():
+    """``(rank, world_size)`` of the default process group while training a replicated
+    model (:func:`replicated_ranks`), else ``(0, 1)``."""
+    if _REPLICATED and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 

@@ -12,7 +12,7 @@ from torch import nn
 from .._util.checks import is_int
 from .._util.collectives import broadcast_, broadcast_indices, world
 from .._util.seeding import counter_seed
-from .._util.shards import full
+from .._util.shards import full, is_sharded
 from ..spectral.cost import FORWARD_MODES
 from ..spectral.layer import SpectralLinear
 from ..spectral.optim import reset_param_state
@@ -219,11 +219,19 @@ class SparseSpectral(ReplacingMethod):
             layer.swap_(new_idx, optimizer)
 
     def _resvd(self, layer: SpectralLinear, index: int, optimizer) -> None:
-        """Re-decompose ``layer`` (on its owner rank under DDP, then broadcast in place)."""
+        """Re-decompose ``layer`` (on its owner rank under DDP, then broadcast in place).
+
+        Under FSDP2 (sharded factors) every rank takes part in :meth:`resvd_` itself, which
+        is collective and leaves every rank with its shard of the same factors.
+        """
+        svd_dtype = _SVD_DTYPES[self.config.svd_dtype]
+        if is_sharded(layer.U_active):
+            layer.resvd_(optimizer, svd_dtype=svd_dtype)
+            return
         rank, size = world()
         owner = index % size
         if rank == owner:
-            layer.resvd_(optimizer, svd_dtype=_SVD_DTYPES[self.config.svd_dtype])
+            layer.resvd_(optimizer, svd_dtype=svd_dtype)
         else:  # the owner's factors arrive below; the moment restart is local
             reset_param_state(optimizer, [layer.s, layer.U_active, layer.Vh_active])
         broadcast_([layer.s, layer.U_active, layer.Vh_active, layer.U_frozen, layer.Vh_frozen],

@@ -29,6 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .._util.collectives import replicated_ranks  # noqa: F401 (public here)
+
 #: ``--parallel`` choices. ``auto``: DDP when launched by torchrun, else one process;
 #: ``ddp``: DDP, and an error without torchrun. (``fsdp2`` is planned.)
 PARALLEL_MODES = ("auto", "ddp")

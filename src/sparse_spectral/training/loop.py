@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._util.collectives import replicated_ranks
 from ..accounting import memory_report
 from .checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
 from .device import autocast, grad_scaler, input_dtype, move_to
@@ -189,81 +190,84 @@ def train(model: nn.Module, method, *,
     result = TrainResult(final_step=start, evaluator=eval_fn)
     bar = _progress_bar(settings.num_training_steps, start, progress) if main else _QuietBar()
     measured = False
-    for step in range(start + 1, settings.num_training_steps + 1):
-        model.train()
-        began = time.perf_counter()
-        total_loss = 0.0
-        for micro in range(settings.grad_accumulation):
-            inputs, targets = batch_fn(step, micro)
-            if world is not None:
-                inputs, targets = shard_rows((inputs, targets), world)
-            if device is not None:
-                inputs, targets = move_to(inputs, device, cast), move_to(targets, device, cast)
-            # DDP all-reduces in the backward of the window's last micro-batch only.
-            last_micro = micro == settings.grad_accumulation - 1
-            with (contextlib.nullcontext() if world is None or last_micro
-                  else engine.no_sync()):
-                with autocast(precision, amp_device):
-                    loss = loss_fn(engine, inputs, targets) / settings.grad_accumulation
-                (loss if scaler is None else scaler.scale(loss)).backward()
-            total_loss += loss.item()
-        if world is not None:  # every rank then sees the same loss (and stops on the same)
-            total_loss = mean_across(total_loss)
-        if not math.isfinite(total_loss):
-            optimizer.zero_grad(set_to_none=True)
-            last = latest_checkpoint(run_dir)
-            raise TrainingDiverged(
-                f"non-finite loss ({total_loss}) at step {step}; stopped without saving. "
-                f"Last good checkpoint: {last if last else 'none'}")
-        if scaler is not None:
-            scaler.unscale_(optimizer)  # clip (and log) the true gradients
-        grad_norm = _clip(model, settings.grad_clip)
-        lr = optimizer.param_groups[0]["lr"]
-        skipped = _optimizer_step(optimizer, scaler)
-        result.skipped_steps += skipped
-        if not measured and not skipped:  # after the first real update: moments exist
-            measured = True
-            report = memory_report(model, optimizer)
-            result.grad_optimizer_bytes = report.gradients + report.optimizer_state
-        with warnings.catch_warnings():
-            # A skipped first step (fp16-mixed) makes LambdaLR warn that the optimizer did not
-            # step; advancing the schedule anyway is deliberate (module docstring).
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step")
-            scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        method.after_step(step, optimizer)
-        elapsed = time.perf_counter() - began
-        result.step_times.append(elapsed)
-        result.final_step = step
-        tokens_per_s = tokens_per_step / elapsed if elapsed > 0 else 0.0
-        bar.update(1)
-        bar.set_postfix(loss=f"{total_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
-        if settings.log_every and (step % settings.log_every == 0 or step == start + 1):
-            record = {"train_loss": total_loss, "lr": lr, "grad_norm": grad_norm,
-                      "tokens_per_s": tokens_per_s}
+    # The methods' rank collectives (SST's owner re-SVD and index broadcast, GaLore's
+    # projection broadcast) run only while a replicated (DDP) model trains here.
+    with replicated_ranks(world is not None):
+        for step in range(start + 1, settings.num_training_steps + 1):
+            model.train()
+            began = time.perf_counter()
+            total_loss = 0.0
+            for micro in range(settings.grad_accumulation):
+                inputs, targets = batch_fn(step, micro)
+                if world is not None:
+                    inputs, targets = shard_rows((inputs, targets), world)
+                if device is not None:
+                    inputs, targets = move_to(inputs, device, cast), move_to(targets, device, cast)
+                # DDP all-reduces in the backward of the window's last micro-batch only.
+                last_micro = micro == settings.grad_accumulation - 1
+                with (contextlib.nullcontext() if world is None or last_micro
+                      else engine.no_sync()):
+                    with autocast(precision, amp_device):
+                        loss = loss_fn(engine, inputs, targets) / settings.grad_accumulation
+                    (loss if scaler is None else scaler.scale(loss)).backward()
+                total_loss += loss.item()
+            if world is not None:  # every rank then sees the same loss (and stops on the same)
+                total_loss = mean_across(total_loss)
+            if not math.isfinite(total_loss):
+                optimizer.zero_grad(set_to_none=True)
+                last = latest_checkpoint(run_dir)
+                raise TrainingDiverged(
+                    f"non-finite loss ({total_loss}) at step {step}; stopped without saving. "
+                    f"Last good checkpoint: {last if last else 'none'}")
             if scaler is not None:
-                record.update(loss_scale=scaler.get_scale(), skipped_steps=result.skipped_steps)
-            logger.log_dict(record, step)
-        last = step == settings.num_training_steps
-        if (settings.eval_every and step % settings.eval_every == 0) \
-                or (last and settings.evaluate_last):
-            with autocast(precision, amp_device):
-                metrics = _evaluate(model, eval_fn)
-            result.evaluations.append({"step": step, **metrics})
-            logger.log_dict(metrics, step)
-            if len(result.evaluations) % settings.print_every_evals == 0:
-                bar.write(f"step {step}: "
-                          + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            if hasattr(eval_fn, "after_eval"):
-                result.stopped_early = bool(eval_fn.after_eval(
-                    step, metrics, {"train_loss": total_loss, "grad_norm": grad_norm}))
-        if main and ((settings.save_every and step % settings.save_every == 0) or last
-                     or result.stopped_early):
-            save_checkpoint(run_dir, step, model, optimizer, scheduler, method, config,
-                            {key: obj.state_dict() for key, obj in stateful.items()},
-                            world_size=world.size if world else 1)
-        if result.stopped_early:
-            break
+                scaler.unscale_(optimizer)  # clip (and log) the true gradients
+            grad_norm = _clip(model, settings.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]
+            skipped = _optimizer_step(optimizer, scaler)
+            result.skipped_steps += skipped
+            if not measured and not skipped:  # after the first real update: moments exist
+                measured = True
+                report = memory_report(model, optimizer)
+                result.grad_optimizer_bytes = report.gradients + report.optimizer_state
+            with warnings.catch_warnings():
+                # A skipped first step (fp16-mixed) makes LambdaLR warn that the optimizer did not
+                # step; advancing the schedule anyway is deliberate (module docstring).
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step")
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            method.after_step(step, optimizer)
+            elapsed = time.perf_counter() - began
+            result.step_times.append(elapsed)
+            result.final_step = step
+            tokens_per_s = tokens_per_step / elapsed if elapsed > 0 else 0.0
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+            if settings.log_every and (step % settings.log_every == 0 or step == start + 1):
+                record = {"train_loss": total_loss, "lr": lr, "grad_norm": grad_norm,
+                          "tokens_per_s": tokens_per_s}
+                if scaler is not None:
+                    record.update(loss_scale=scaler.get_scale(), skipped_steps=result.skipped_steps)
+                logger.log_dict(record, step)
+            last = step == settings.num_training_steps
+            if (settings.eval_every and step % settings.eval_every == 0) \
+                    or (last and settings.evaluate_last):
+                with autocast(precision, amp_device):
+                    metrics = _evaluate(model, eval_fn)
+                result.evaluations.append({"step": step, **metrics})
+                logger.log_dict(metrics, step)
+                if len(result.evaluations) % settings.print_every_evals == 0:
+                    bar.write(f"step {step}: "
+                              + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                if hasattr(eval_fn, "after_eval"):
+                    result.stopped_early = bool(eval_fn.after_eval(
+                        step, metrics, {"train_loss": total_loss, "grad_norm": grad_norm}))
+            if main and ((settings.save_every and step % settings.save_every == 0) or last
+                         or result.stopped_early):
+                save_checkpoint(run_dir, step, model, optimizer, scheduler, method, config,
+                                {key: obj.state_dict() for key, obj in stateful.items()},
+                                world_size=world.size if world else 1)
+            if result.stopped_early:
+                break
     bar.close()
     return result
 

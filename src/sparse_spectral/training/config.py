@@ -154,7 +154,8 @@ class RuntimeSettings:
         "torch.compile backend: inductor, or eager / aot_eager (no compiler needed); "
         "see torch._dynamo.list_backends()"))
     parallel: str = field(default="auto", metadata=_help(
-        "auto (DDP when launched by torchrun, else one process) or ddp (DDP; needs torchrun)"))
+        "auto (DDP when launched by torchrun, else one process), ddp (DDP; needs torchrun) or "
+        "fsdp2 (FSDP2 fully_shard; needs torchrun; not for galore)"))
     dist_timeout_s: float = field(default=1800.0, metadata=_help(
         "under torchrun: seconds a collective waits for the other ranks before failing"))
 

@@ -16,6 +16,11 @@ it is. The loop (:mod:`.loop`) then
 
 The methods keep their own between-step changes identical across ranks
 (:mod:`sparse_spectral._util.collectives`).
+
+With ``parallel='fsdp2'`` the rows are split the same way, but the model is sharded with
+:func:`.fsdp.shard_model` instead of wrapped, accumulation uses FSDP2's
+``set_requires_gradient_sync(False)``, and every rank takes part in checkpoints
+(:func:`.checkpoint.save_sharded_checkpoint`).
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from torch import nn
 from .._util.collectives import replicated_ranks  # noqa: F401 (public here)
 
 #: ``--parallel`` choices. ``auto``: DDP when launched by torchrun, else one process;
-#: ``ddp``: DDP, and an error without torchrun. (``fsdp2`` is planned.)
-PARALLEL_MODES = ("auto", "ddp")
+#: ``ddp``: DDP, and an error without torchrun; ``fsdp2``: FSDP2 (:mod:`.fsdp`), and an
+#: error without torchrun.
+PARALLEL_MODES = ("auto", "ddp", "fsdp2")
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 _JOINED = False  # whether setup() initialised the default group (teardown leaves only that)
 
@@ -45,6 +51,12 @@ class World:
     rank: int
     size: int
     local_rank: int = 0
+    #: ``ddp`` (replicated model) or ``fsdp2`` (sharded model).
+    parallel: str = "ddp"
+
+    @property
+    def sharded(self) -> bool:
+        return self.parallel == "fsdp2"
 
     @property
     def is_main(self) -> bool:
@@ -96,7 +108,7 @@ def setup(device: torch.device, parallel: str = "auto",
         rank's device.
 
     Raises:
-        ValueError: an unknown ``parallel``, ``parallel='ddp'`` without torchrun, or a
+        ValueError: an unknown ``parallel``, ``ddp`` or ``fsdp2`` without torchrun, or a
             malformed torchrun environment.
     """
     if parallel not in PARALLEL_MODES:
@@ -108,9 +120,9 @@ def setup(device: torch.device, parallel: str = "auto",
     if world is None:
         env = launch_env()
         if env is None:
-            if parallel == "ddp":
-                raise ValueError("parallel='ddp' needs a torchrun launch (RANK and WORLD_SIZE "
-                                 "are not set): torchrun --nproc_per_node N -m "
+            if parallel != "auto":
+                raise ValueError(f"parallel={parallel!r} needs a torchrun launch (RANK and "
+                                 "WORLD_SIZE are not set): torchrun --nproc_per_node N -m "
                                  "sparse_spectral.cli train ...")
             return None, device
         world = World(*env)
@@ -122,7 +134,8 @@ def setup(device: torch.device, parallel: str = "auto",
         _JOINED = True
     elif device.type == "cuda":
         device = _rank_device(world)
-    return world, device
+    return World(world.rank, world.size, world.local_rank,
+                 "fsdp2" if parallel == "fsdp2" else "ddp"), device
 
 
 def _rank_device(world: World) -> torch.device:

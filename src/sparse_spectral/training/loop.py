@@ -29,6 +29,13 @@ everything else (clipping, the optimizer, the method, evaluation, checkpoints) s
 unwrapped ``model``, whose state is identical on every rank. Every rank evaluates the whole
 evaluation set (no sharding: simple, and the figures are the single-process ones); the
 logged ``train_loss`` is the mean over ranks; rank 0 alone logs, shows progress and saves.
+
+Under FSDP2 (``world.sharded``) the model arrives already sharded (:func:`.fsdp.shard_model`,
+so the optimizer built here holds the shards); the loop trains it directly, accumulates with
+``set_requires_gradient_sync(False)`` on all but the last micro-batch, does not enter
+:func:`replicated_ranks` (the methods' sharded state changes are collective by themselves),
+and every rank takes part in saving and restoring checkpoints
+(:func:`.checkpoint.save_sharded_checkpoint`).
 """
 
 from __future__ import annotations
@@ -48,7 +55,13 @@ from torch import nn
 
 from .._util.collectives import replicated_ranks
 from ..accounting import memory_report
-from .checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from .checkpoint import (
+    latest_checkpoint,
+    restore_checkpoint,
+    restore_sharded_checkpoint,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 from .device import autocast, grad_scaler, input_dtype, move_to
 from .distributed import World, mean_across, shard_rows, wrap
 from .loggers import MetricLogger
@@ -152,7 +165,8 @@ def train(model: nn.Module, method, *,
         precision: ``fp32``, ``bf16-mixed`` (forward, loss and evaluation under bf16
             autocast on ``device``), ``bf16`` (the model's parameters are already bf16) or
             ``fp16-mixed`` (float16 autocast and a gradient scaler; module docstring).
-        world: the DDP world (:func:`.distributed.setup`), or None for one process. Each
+        world: the DDP or FSDP2 world (:func:`.distributed.setup`; FSDP2: ``model``
+            already sharded), or None for one process. Each
             global micro-batch must have a multiple of ``world.size`` rows; ``logger``
             should be a real one on rank 0 only (this function writes nothing else on other
             ranks).
@@ -178,21 +192,23 @@ def train(model: nn.Module, method, *,
                 "scaler": scaler}
     stateful = {key: obj for key, obj in stateful.items() if obj is not None}
     start = 0
+    sharded = world is not None and world.sharded
     if resume:
         path = latest_checkpoint(run_dir)
         if path is None:
             raise FileNotFoundError(f"--resume: {run_dir} has no checkpoint to resume from")
-        start = restore_checkpoint(path, model, optimizer, scheduler, method, stateful,
-                                   world_size=world.size if world else 1)
+        restore = restore_sharded_checkpoint if sharded else restore_checkpoint
+        start = restore(path, model, optimizer, scheduler, method, stateful,
+                        world_size=world.size if world else 1)
     main = world is None or world.is_main
     # After the restore: DDP's construction broadcasts rank 0's (identical) state.
-    engine = model if world is None else wrap(model, amp_device)
+    engine = model if world is None or sharded else wrap(model, amp_device)
     result = TrainResult(final_step=start, evaluator=eval_fn)
     bar = _progress_bar(settings.num_training_steps, start, progress) if main else _QuietBar()
     measured = False
     # The methods' rank collectives (SST's owner re-SVD and index broadcast, GaLore's
     # projection broadcast) run only while a replicated (DDP) model trains here.
-    with replicated_ranks(world is not None):
+    with replicated_ranks(world is not None and not sharded):
         for step in range(start + 1, settings.num_training_steps + 1):
             model.train()
             began = time.perf_counter()
@@ -205,7 +221,9 @@ def train(model: nn.Module, method, *,
                     inputs, targets = move_to(inputs, device, cast), move_to(targets, device, cast)
                 # DDP all-reduces in the backward of the window's last micro-batch only.
                 last_micro = micro == settings.grad_accumulation - 1
-                with (contextlib.nullcontext() if world is None or last_micro
+                if sharded:  # FSDP2 reduce-scatters in the last micro-batch's backward only
+                    engine.set_requires_gradient_sync(last_micro)
+                with (contextlib.nullcontext() if world is None or sharded or last_micro
                       else engine.no_sync()):
                     with autocast(precision, amp_device):
                         loss = loss_fn(engine, inputs, targets) / settings.grad_accumulation
@@ -261,11 +279,15 @@ def train(model: nn.Module, method, *,
                 if hasattr(eval_fn, "after_eval"):
                     result.stopped_early = bool(eval_fn.after_eval(
                         step, metrics, {"train_loss": total_loss, "grad_norm": grad_norm}))
-            if main and ((settings.save_every and step % settings.save_every == 0) or last
-                         or result.stopped_early):
+            saving = ((settings.save_every and step % settings.save_every == 0) or last
+                      or result.stopped_early)
+            extra = {key: obj.state_dict() for key, obj in stateful.items()} if saving else {}
+            if saving and sharded:  # collective: every rank writes its shards
+                save_sharded_checkpoint(run_dir, step, model, optimizer, scheduler, method,
+                                        config, extra)
+            elif saving and main:
                 save_checkpoint(run_dir, step, model, optimizer, scheduler, method, config,
-                                {key: obj.state_dict() for key, obj in stateful.items()},
-                                world_size=world.size if world else 1)
+                                extra, world_size=world.size if world else 1)
             if result.stopped_early:
                 break
     bar.close()
@@ -296,7 +318,10 @@ def _clip(model: nn.Module, max_norm: float | None) -> float:
     """
     params = [p for p in model.parameters() if p.grad is not None]
     limit = max_norm if max_norm and max_norm > 0 else math.inf
-    return float(torch.nn.utils.clip_grad_norm_(params, limit))
+    norm = torch.nn.utils.clip_grad_norm_(params, limit)
+    if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor (the global norm, reduced)
+        norm = norm.full_tensor()
+    return float(norm)
 
 
 @torch.no_grad()

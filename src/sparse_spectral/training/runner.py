@@ -12,7 +12,9 @@ import tasks).
 
 Under ``torchrun`` the run is data-parallel (:mod:`.distributed`): every rank builds the
 same model and data, trains its share of each global batch, and rank 0 alone writes the
-run folder (the other ranks' summaries are returned, not written).
+run folder (the other ranks' summaries are returned, not written). With
+``--parallel fsdp2`` the converted model is sharded (:func:`.fsdp.shard_model`) before the
+loop builds the optimizer over it; the returned ``RunOutcome.model`` is the sharded one.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from .device import (
     resolve_device,
 )
 from .distributed import World, check_rows, setup
+from .fsdp import UNSUPPORTED, shard_model
 from .loggers import JsonlLogger, MultiLogger, NullLogger, TensorBoardLogger
 from .loop import LoopSettings, train
 
@@ -166,6 +169,8 @@ def train_run(task, settings, *, data=None, resume: bool = False,
     world, device = setup(check_runtime(settings), settings.runtime.parallel,
                           settings.runtime.dist_timeout_s)
     task.check(settings)
+    if world is not None and world.sharded:
+        check_fsdp2(settings)
     data = task.to_device(data if data is not None else task.prepare_data(settings), device,
                           input_dtype(settings.runtime.precision))
     batches = task.batches(settings, data)
@@ -186,6 +191,8 @@ def train_run(task, settings, *, data=None, resume: bool = False,
     if settings.runtime.compile:  # in place: the same object and state_dict keys
         model = compile_model(model, settings.runtime.compile_backend)
     trainable, total = count_parameters(model)
+    if world is not None and world.sharded:  # before the optimizer: it must hold the shards
+        shard_model(model, method)
     if main:
         loggers = [JsonlLogger(run_dir / "metrics.jsonl", resume_step=resume_step)]
         if settings.output.tensorboard:
@@ -236,8 +243,30 @@ def _resume_step(run_dir: Path, resume: bool, world: World | None) -> int | None
     if path is None:
         return None
     state = read_checkpoint_state(path)
-    check_world_size(state, world.size if world else 1, path)
+    check_world_size(state, world.size if world else 1, path,
+                     world.parallel if world else "ddp")
     return int(state["step"])
+
+
+def check_fsdp2(settings) -> None:
+    """Refuse what ``--parallel fsdp2`` cannot run (on every rank, before anything is
+    written).
+
+    Raises:
+        ValueError: a method FSDP2 does not support (GaLore), or ``compile`` or
+            ``fp16-mixed``, which are not verified with sharded parameters.
+    """
+    name = settings.method.name
+    if name in UNSUPPORTED:
+        raise ValueError(f"method {name!r} cannot run with --parallel fsdp2: "
+                         f"{UNSUPPORTED[name]}")
+    if settings.runtime.compile:
+        raise ValueError("--compile is not supported with --parallel fsdp2 yet (compiling "
+                         "the sharded model is untested); drop --compile or use ddp")
+    if settings.runtime.precision == "fp16-mixed":
+        raise ValueError("precision='fp16-mixed' is not supported with --parallel fsdp2 yet "
+                         "(the loss scaler is untested on sharded gradients); use fp32 or "
+                         "bf16-mixed")
 
 
 def with_run(settings, **changes):

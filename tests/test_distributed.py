@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from sparse_spectral.tasks.lm import LM, LMSettings
 from sparse_spectral.training.checkpoint import latest_checkpoint, read_checkpoint_state
+from sparse_spectral.training.compare import run_compare, weight_spectra
 from sparse_spectral.training.distributed import (
     World,
     check_rows,
@@ -27,7 +28,7 @@ from sparse_spectral.training.distributed import (
     setup,
     shard_rows,
 )
-from sparse_spectral.training.runner import build_method, train_run
+from sparse_spectral.training.runner import build_method, train_run, unsharded
 
 SHAKESPEARE = (Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare"
                / "input.txt")
@@ -234,6 +235,11 @@ def _fsdp_job(rank: int, world_size: int, corpus: str, tmp: str) -> None:
     fsdp = {"parallel": "fsdp2", **FSDP_RUN}
     outcome = train_run(LM, _settings(corpus, str(tmp / "fsdp_sst"), **fsdp), progress=False)
     report = {"state": _full_state(outcome.model), "summary": outcome.summary}
+    settings = _settings(corpus, str(tmp / "unused"), **fsdp)
+    copy = unsharded(LM, settings, LM.prepare_data(settings), outcome)  # rank 0 only
+    report["copy"] = None if copy is None else _state(copy.model)
+    results = run_compare(LM, _settings(corpus, str(tmp / "fsdp_compare"), **fsdp), ["sst"])
+    report["spectra"] = results["methods"]["sst"].get("spectra")
     if rank == 0:
         shutil.copytree(tmp / "fsdp_sst", tmp / "fsdp_resumed")
         _truncate_to(tmp / "fsdp_resumed", 4)
@@ -242,11 +248,16 @@ def _fsdp_job(rank: int, world_size: int, corpus: str, tmp: str) -> None:
                         progress=False)
     report["resumed"] = _full_state(resumed.model)
     errors = {}
-    for name, settings, resume in (
-            ("galore", _settings(corpus, str(tmp / "galore"), "galore", **fsdp), False),
-            ("other_mode", _settings(corpus, str(tmp / "one_resumed"), **fsdp), True)):
+    for name, call in (
+            ("galore", lambda: train_run(LM, _settings(corpus, str(tmp / "galore"), "galore",
+                                                       **fsdp), progress=False)),
+            ("compare_galore", lambda: run_compare(
+                LM, _settings(corpus, str(tmp / "galore"), **fsdp), ["sst", "galore"])),
+            ("other_mode", lambda: train_run(
+                LM, _settings(corpus, str(tmp / "one_resumed"), **fsdp), resume=True,
+                progress=False))):
         try:
-            train_run(LM, settings, resume=resume, progress=False)
+            call()
             errors[name] = None
         except ValueError as error:
             errors[name] = str(error)
@@ -270,6 +281,13 @@ def test_fsdp2_engine_matches_one_process(corpus_file, tmp_path):
     # Both ranks gather the same model, equal to one process's up to float rounding.
     for key, value in ranks[0]["state"].items():
         assert torch.equal(ranks[1]["state"][key], value), key
+        assert torch.equal(ranks[0]["copy"][key], value), key  # rank 0's one-process copy
+    assert ranks[1]["copy"] is None and ranks[1]["spectra"] is None
+    for name, spectrum in weight_spectra(single.model, single.method).items():  # compare's
+        torch.testing.assert_close(torch.tensor(ranks[0]["spectra"][name]),
+                                   torch.tensor(spectrum), rtol=1e-4, atol=1e-5, msg=name)
+    assert json.loads((tmp_path / "fsdp_compare" / "results.json").read_text())[
+        "methods"]["sst"]["spectra"] == ranks[0]["spectra"]
     merged, want = _merged(settings, ranks[0]["state"]), _merged(settings, _state(single.model))
     assert merged.keys() == want.keys()
     for key, value in want.items():
@@ -313,6 +331,7 @@ def test_fsdp2_engine_matches_one_process(corpus_file, tmp_path):
     for r in (0, 1):
         errors = ranks[r]["errors"]
         assert "'galore' cannot run with --parallel fsdp2" in errors["galore"]
+        assert "'galore' cannot run with --parallel fsdp2" in errors["compare_galore"]
         assert "written with --parallel ddp, this run uses fsdp2" in errors["other_mode"]
     assert not (tmp_path / "galore").exists()
     assert (tmp_path / "one_resumed" / "metrics.jsonl").read_text() == one_resumed_log

@@ -30,7 +30,7 @@ from ..targeting import find_target_modules
 from .config import to_flat_dict
 from .device import input_dtype
 from .distributed import setup
-from .runner import check_choices, check_runtime, train_run, with_run
+from .runner import check_choices, check_fsdp2, check_runtime, train_run, unsharded, with_run
 
 
 def run_compare(task, settings, methods: list[str], seeds: list[int] | None = None,
@@ -59,6 +59,9 @@ def run_compare(task, settings, methods: list[str], seeds: list[int] | None = No
     world, device = setup(check_runtime(settings), settings.runtime.parallel,
                           settings.runtime.dist_timeout_s)
     main = world is None or world.is_main
+    if world is not None and world.sharded:  # every method, before the first run writes
+        for name in methods:
+            check_fsdp2(with_run(settings, method=name))
     if set(method_lr) - set(methods):
         raise ValueError(f"method_lr names {sorted(set(method_lr) - set(methods))} are not "
                          f"among the methods run ({', '.join(methods)})")
@@ -96,7 +99,10 @@ def run_compare(task, settings, methods: list[str], seeds: list[int] | None = No
             summary = dict(outcome.summary)
             for key in ("settings", "task", "headline"):
                 summary.pop(key, None)
-            summary.update(task.compare_extras(run, data, outcome, first_seed=not runs))
+            if world is not None and world.sharded:  # extras from rank 0's gathered copy
+                outcome = unsharded(task, run, data, outcome)
+            if outcome is not None:
+                summary.update(task.compare_extras(run, data, outcome, first_seed=not runs))
             runs.append(summary)
         entry = task.aggregate(runs, seeds)
         entry["lr"] = lr

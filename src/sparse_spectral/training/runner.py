@@ -235,6 +235,31 @@ def train_run(task, settings, *, data=None, resume: bool = False,
     return RunOutcome(summary, model, method, result)
 
 
+def unsharded(task, settings, data, outcome: RunOutcome) -> RunOutcome | None:
+    """Rank 0: ``outcome`` with a one-process copy of its FSDP2-sharded model (for figures
+    that read whole weights, e.g. ``sst compare``'s spectra); other ranks: None.
+
+    Collective (the full state is gathered to rank 0's CPU, then moved to the model's
+    device): every rank calls it. Rank 0 then holds the whole model once more.
+    """
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(outcome.model, options=StateDictOptions(
+        full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() != 0:
+        return None
+    model = task.build_model(settings, data)
+    method = build_method(task, settings, model)
+    model = method.prepare(model)
+    if settings.runtime.precision == "bf16":
+        model = model.to(parameter_dtype("bf16"))
+    model.load_state_dict(state)
+    method.load_state_dict(outcome.method.state_dict())
+    model = model.to(next(outcome.model.parameters()).device)
+    return dataclasses.replace(outcome, model=model, method=method)
+
+
 def _resume_step(run_dir: Path, resume: bool, world: World | None) -> int | None:
     """The step a resumed run continues from (None: a fresh run), its world size checked."""
     if not resume:

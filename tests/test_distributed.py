@@ -229,6 +229,39 @@ def _merged(settings, state) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in method.merge(model).state_dict().items()}
 
 
+def _digits_fp16(out: str, **kw):
+    from sparse_spectral.tasks.images import ImagesSettings
+
+    return ImagesSettings.from_dict(dict(
+        dataset="digits", hidden=[32, 32], rank=4, epochs=1, batch_size=32, warmup_steps=5,
+        eval_every=20, output_dir=out, method="sst", precision="fp16-mixed", device="cpu",
+        method_options={"iteration_interval": 5}) | kw)
+
+
+def _one_rank_inf_skips_everywhere(rank: int) -> dict:
+    """The engine's fp16 scaler under FSDP2: an inf in rank 0's gradient shard only must
+    make both ranks skip the step (and halve the scale)."""
+    from torch import nn
+
+    from sparse_spectral.training.device import grad_scaler
+    from sparse_spectral.training.fsdp import shard_model
+
+    torch.manual_seed(0)
+    model = shard_model(nn.Sequential(nn.Linear(4, 4)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scaler = grad_scaler("fp16-mixed", torch.device("cpu"), sharded=True)
+    before = [p.to_local().clone() for p in model.parameters()]
+    scaler.scale(model(torch.ones(2, 4)).sum()).backward()
+    if rank == 0:
+        next(model.parameters()).grad.to_local().view(-1)[0] = float("inf")
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return {"halved": scaler.get_scale() == scale / 2,
+            "unchanged": all(torch.equal(p.to_local(), b)
+                             for p, b in zip(model.parameters(), before, strict=True))}
+
+
 def _fsdp_job(rank: int, world_size: int, corpus: str, tmp: str) -> None:
     """Per rank: an FSDP2 SST run, a resume of it, bad launches. Results to files."""
     tmp = Path(tmp)
@@ -240,6 +273,11 @@ def _fsdp_job(rank: int, world_size: int, corpus: str, tmp: str) -> None:
     report["copy"] = None if copy is None else _state(copy.model)
     results = run_compare(LM, _settings(corpus, str(tmp / "fsdp_compare"), **fsdp), ["sst"])
     report["spectra"] = results["methods"]["sst"].get("spectra")
+    from sparse_spectral.tasks.images import IMAGES
+
+    report["fp16"] = train_run(IMAGES, _digits_fp16(str(tmp / "fsdp_fp16"), parallel="fsdp2"),
+                               progress=False).summary
+    report["inf"] = _one_rank_inf_skips_everywhere(rank)
     if rank == 0:
         shutil.copytree(tmp / "fsdp_sst", tmp / "fsdp_resumed")
         _truncate_to(tmp / "fsdp_resumed", 4)
@@ -274,6 +312,10 @@ def test_fsdp2_engine_matches_one_process(corpus_file, tmp_path):
     shutil.copytree(tmp_path / "one_sst", tmp_path / "one_resumed")
     _truncate_to(tmp_path / "one_resumed", 4)
     one_resumed_log = (tmp_path / "one_resumed" / "metrics.jsonl").read_text()
+
+    from sparse_spectral.tasks.images import IMAGES
+
+    fp16 = train_run(IMAGES, _digits_fp16(str(tmp_path / "one_fp16")), progress=False).summary
 
     run_distributed(_fsdp_job, 2, tmp_path, str(corpus_file), str(tmp_path))
     ranks = [torch.load(tmp_path / f"fsdp_rank{r}.pt", weights_only=False) for r in (0, 1)]
@@ -319,6 +361,13 @@ def test_fsdp2_engine_matches_one_process(corpus_file, tmp_path):
     assert gathered.keys() == ranks[0]["state"].keys()
     for key, value in gathered.items():
         assert torch.equal(value, ranks[0]["state"][key]), key
+
+    # fp16-mixed (images, SST): the sharded loss scaler agrees on every skip.
+    for r in (0, 1):
+        assert ranks[r]["inf"] == {"halved": True, "unchanged": True}
+    assert ranks[0]["fp16"]["final_step"] == fp16["final_step"]
+    for key in ("val_loss", "val_accuracy", "test_accuracy"):  # (its test loss is nan in both)
+        assert ranks[0]["fp16"][key] == pytest.approx(fp16[key], rel=1e-4), key
 
     # Resumed from the step-4 shards: bitwise the uninterrupted run, one line per step.
     for r in (0, 1):

@@ -76,12 +76,22 @@ def autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+def grad_scaler(precision: str, device: torch.device,
+                sharded: bool = False) -> torch.amp.GradScaler | None:
     """The loss scaler of ``fp16-mixed`` (torch's defaults: scale 2^16, halved on a skipped
     step, doubled after 2000 clean ones); None for every other precision (bf16 has fp32's
-    exponent range and needs none)."""
+    exponent range and needs none).
+
+    ``sharded`` (FSDP2): torch's ``ShardedGradScaler``, which all-reduces the inf/NaN flag,
+    since each rank sees only its shards of the gradients (with the plain scaler one rank
+    could skip a step the others take).
+    """
     if precision != "fp16-mixed":
         return None
+    if sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device.type)
     return torch.amp.GradScaler(device.type)
 
 

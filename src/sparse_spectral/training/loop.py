@@ -186,13 +186,13 @@ def train(model: nn.Module, method, *,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     config = checkpoint_settings if checkpoint_settings is not None else asdict(settings)
     amp_device, cast = device or torch.device("cpu"), input_dtype(precision)
-    scaler = grad_scaler(precision, amp_device)
+    sharded = world is not None and world.sharded
+    scaler = grad_scaler(precision, amp_device, sharded)
     stateful = {"batches": batch_state,
                 "evaluation": eval_fn if hasattr(eval_fn, "state_dict") else None,
                 "scaler": scaler}
     stateful = {key: obj for key, obj in stateful.items() if obj is not None}
     start = 0
-    sharded = world is not None and world.sharded
     if resume:
         path = latest_checkpoint(run_dir)
         if path is None:

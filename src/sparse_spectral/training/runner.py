@@ -278,8 +278,8 @@ def check_fsdp2(settings) -> None:
     written).
 
     Raises:
-        ValueError: a method FSDP2 does not support (GaLore), or ``compile`` or
-            ``fp16-mixed``, which are not verified with sharded parameters.
+        ValueError: a method FSDP2 does not support (GaLore), or ``compile`` (not verified
+            with sharded parameters).
     """
     name = settings.method.name
     if name in UNSUPPORTED:
@@ -288,10 +288,6 @@ def check_fsdp2(settings) -> None:
     if settings.runtime.compile:
         raise ValueError("--compile is not supported with --parallel fsdp2 yet (compiling "
                          "the sharded model is untested); drop --compile or use ddp")
-    if settings.runtime.precision == "fp16-mixed":
-        raise ValueError("precision='fp16-mixed' is not supported with --parallel fsdp2 yet "
-                         "(the loss scaler is untested on sharded gradients); use fp32 or "
-                         "bf16-mixed")
 
 
 def with_run(settings, **changes):

@@ -38,7 +38,9 @@ def print_trainable_parameters(model: nn.Module) -> None:
 
 
 def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
+    """Bytes ``t`` holds on this process: a DTensor (FSDP2) counts its local shard."""
+    local = t.to_local() if hasattr(t, "to_local") else t
+    return local.numel() * local.element_size()
 
 
 @dataclass

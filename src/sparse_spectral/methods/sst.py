@@ -12,7 +12,7 @@ from torch import nn
 from .._util.checks import is_int
 from .._util.seeding import counter_seed
 from ..spectral.cost import FORWARD_MODES
-from ..spectral.layer import SpectralLinear
+from ..spectral.layer import SpectralLinear, normalize_layers_
 from ..spectral.sampling import SAMPLERS, iterations_per_round, select_indices
 from .base import (
     LowRankConfig,
@@ -186,12 +186,13 @@ class SparseSpectral(ReplacingMethod):
         """Clamp and renormalise; at iteration ends resample, at round ends re-SVD first."""
         super().after_step(step, optimizer)
         cfg = self.config
-        for index, (name, layer) in enumerate(self.layers):
+        for name, layer in self.layers:
             if layer.U_frozen.requires_grad or layer.Vh_frozen.requires_grad:
                 raise RuntimeError(f"frozen factors of {name!r} were made trainable; SST would "
                                    "allocate full-size gradients (was requires_grad_(True) "
                                    "called on the model?)")
-            layer.normalize_()
+        normalize_layers_([layer for _, layer in self.layers])  # each layer's normalize_()
+        for index, (_, layer) in enumerate(self.layers):
             clock = self._clock(layer, index, self.step)
             if clock % cfg.iteration_interval:
                 continue

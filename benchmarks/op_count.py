@@ -23,6 +23,8 @@ Phases, counted on step ``--step`` (after the optimizer state exists): ``fwd_bwd
 micro-batches' forward and backward), ``optimizer`` (``step`` + ``zero_grad``) and
 ``after_step`` (the method's clamp, renormalisation and schedule). ``kernels`` leaves out
 view and metadata ops (``t``, ``view``, ``expand``, ...), which launch nothing on a GPU.
+``--time N`` also times N steps of each run on this machine (median wall time, the runs
+taking turns); on a CPU that is a noisy, indirect view of the GPU's per-op cost.
 Writes ``op_count.json`` and ``op_count.md`` into ``--out``.
 """
 
@@ -30,9 +32,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import math
 import platform
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -68,32 +73,54 @@ def lm_shape(width: int, layers: int) -> ModelPreset:
     return ModelPreset(f"ops_d{width}", "llama", width, layers, max(1, width // 64), ffn)
 
 
-def count_step(method_name: str, args, **options) -> dict:
-    """Op counts of each phase of step ``args.step`` of one method."""
-    torch.manual_seed(0)
-    model = build_lm(lm_shape(args.width, args.layers), args.vocab, args.tokens, seed=0)
-    method = make_method(method_name, **options)
-    model = method.prepare(model)
-    optimizer = method.build_optimizer(model, lr=1e-4)
-    ids = torch.randint(0, args.vocab, (args.micro, args.tokens),
-                        generator=torch.Generator().manual_seed(1))
-    result = {}
-    for step in range(1, args.step + 1):
-        counters = {phase: OpCounter() for phase in PHASES}
+class Runner:
+    """One model, method and optimizer stepping on fixed micro-batches."""
+
+    def __init__(self, method_name: str, args, **options):
+        torch.manual_seed(0)
+        model = build_lm(lm_shape(args.width, args.layers), args.vocab, args.tokens, seed=0)
+        self.method = make_method(method_name, **options)
+        self.model = self.method.prepare(model)
+        self.optimizer = self.method.build_optimizer(self.model, lr=1e-4)
+        self.ids = torch.randint(0, args.vocab, (args.micro, args.tokens),
+                                 generator=torch.Generator().manual_seed(1))
+        self.precision = args.precision
+        self.steps = 0
+
+    def step(self, counters: dict | None = None) -> None:
+        """One optimizer step; ``counters`` (one context per phase) count its ops."""
+        counters = counters or {phase: contextlib.nullcontext() for phase in PHASES}
+        self.steps += 1
         with counters["fwd_bwd"]:
-            for micro in ids.split(1):
-                with autocast(args.precision, ids.device):
-                    loss = model(input_ids=micro, labels=micro).loss / args.micro
+            for micro in self.ids.split(1):
+                with autocast(self.precision, self.ids.device):
+                    loss = self.model(input_ids=micro, labels=micro).loss / len(self.ids)
                 loss.backward()
         with counters["optimizer"]:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         with counters["after_step"]:
-            method.after_step(step, optimizer)
-        result = {phase: {"ops": sum(c.counts.values()), "kernels": c.kernels,
-                          "top": dict(c.counts.most_common(8))}
-                  for phase, c in counters.items()}
-    return result
+            self.method.after_step(self.steps, self.optimizer)
+
+    def count(self) -> dict:
+        """Op counts of each phase of the next step."""
+        counters = {phase: OpCounter() for phase in PHASES}
+        self.step(counters)
+        return {phase: {"ops": sum(c.counts.values()), "kernels": c.kernels,
+                        "top": dict(c.counts.most_common(8))} for phase, c in counters.items()}
+
+
+def time_steps(runners: dict, repeats: int) -> dict:
+    """Median wall time (ms) of ``repeats`` steps per runner, taking turns step by step
+    (the order rotates each round) so that load on a shared machine hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    for i in range(repeats):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            start = time.perf_counter()
+            runners[name].step()
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main(argv=None) -> dict:
@@ -106,24 +133,34 @@ def main(argv=None) -> dict:
     parser.add_argument("--vocab", type=int, default=1000)
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--step", type=int, default=2, help="the step whose ops are counted")
+    parser.add_argument("--time", type=int, default=0,
+                        help="also time this many steps per run (CPU wall time, median)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     # No layer's clock reaches a T3 boundary in the counted steps (see the docstring).
     sst = dict(rank=args.rank, iteration_interval=10_000, stagger_resvd=False)
-    runs = {"full": count_step("full", args)}
+    runners = {"full": Runner("full", args)}
     for mode in ("factored", "composed"):
-        runs[f"sst_{mode}"] = count_step("sst", args, forward_mode=mode, **sst)
+        runners[f"sst_{mode}"] = Runner("sst", args, forward_mode=mode, **sst)
+    for runner in runners.values():  # the optimizer state exists from step 1 on
+        for _ in range(args.step - 1):
+            runner.step()
+    runs = {name: runner.count() for name, runner in runners.items()}
+    step_ms = time_steps(runners, args.time) if args.time else {}
     lines = [f"# Aten ops per training step: {args.layers} LLaMA blocks of width {args.width}, "
              f"SST r={args.rank}, {args.micro} x {args.tokens} tokens, {args.precision}", "",
              f"torch {torch.__version__}; `python benchmarks/op_count.py` with the settings "
              "above. `kernels`: the ops that are not views.", "",
              "| run | " + " | ".join(f"{p} ops (kernels)" for p in PHASES)
-             + " | step ops | / full |", "|---" * (len(PHASES) + 3) + "|"]
+             + " | step ops | / full |" + (" step (ms) | / full |" if step_ms else ""),
+             "|---" * (len(PHASES) + 3 + 2 * bool(step_ms)) + "|"]
     full_total = sum(runs["full"][p]["ops"] for p in PHASES)
     for name, phases in runs.items():
         total = sum(phases[p]["ops"] for p in PHASES)
         cells = " | ".join(f"{phases[p]['ops']:,} ({phases[p]['kernels']:,})" for p in PHASES)
-        lines.append(f"| {name} | {cells} | {total:,} | {total / full_total:.2f} |")
+        timing = (f" {step_ms[name]:.1f} | {step_ms[name] / step_ms['full']:.2f} |"
+                  if step_ms else "")
+        lines.append(f"| {name} | {cells} | {total:,} | {total / full_total:.2f} |{timing}")
     lines += ["", "Most frequent ops (fwd_bwd, optimizer, after_step):", ""]
     for name, phases in runs.items():
         for phase in PHASES:
@@ -132,6 +169,7 @@ def main(argv=None) -> dict:
     report = "\n".join(lines) + "\n"
     print(report)
     payload = {"settings": vars(args) | {"out": str(args.out)}, "runs": runs,
+               "step_ms": step_ms,
                "torch": torch.__version__, "machine": platform.machine()}
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

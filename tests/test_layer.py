@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from sparse_spectral.spectral import SlotAdamW, SpectralLinear
+from sparse_spectral.spectral.layer import normalize_layers_
 
 
 def _layer(m=10, n=12, rank=3, seed=0, bias=True):
@@ -84,6 +85,31 @@ def test_normalize_clamps_singular_values():
     layer.normalize_()
     assert (layer.s >= 0).all() and layer.s[1] == 0
     torch.testing.assert_close(layer.U_active.norm(dim=0), torch.ones(3))
+
+
+def test_normalize_layers_is_each_layers_normalize_exactly():
+    """The foreach form over layers of several shapes gives the per-tensor formula's bits:
+    clamped ``s``, columns / rows divided by their norms, a zero vector left at zero."""
+    layers = [_layer(*shape, rank=rank, seed=i)[1]
+              for i, (shape, rank) in enumerate([((10, 12), 3), ((12, 10), 4), ((9, 9), 2)])]
+    with torch.no_grad():
+        for layer in layers:
+            layer.s.sub_(0.2)  # some negative
+            layer.U_active.mul_(torch.linspace(0.5, 3.0, layer.rank))
+            layer.Vh_active.mul_(1.7)
+        layers[1].U_active[:, 2] = 0
+    expected = []
+    for layer in layers:
+        s, U, Vh = (t.detach().clone() for t in (layer.s, layer.U_active, layer.Vh_active))
+        expected.append((s.clamp(min=0), U / U.norm(dim=0, keepdim=True).clamp_min(1e-12),
+                         Vh / Vh.norm(dim=1, keepdim=True).clamp_min(1e-12)))
+    assert (expected[0][0] == 0).any()
+    normalize_layers_(layers)
+    for layer, (s, U, Vh) in zip(layers, expected):
+        assert torch.equal(layer.s, s)
+        assert torch.equal(layer.U_active, U) and torch.equal(layer.Vh_active, Vh)
+    assert torch.equal(layers[1].U_active[:, 2], torch.zeros(12))
+    normalize_layers_([])  # nothing to do
 
 
 def test_resvd_keeps_weight_and_restores_orthonormal_factors():

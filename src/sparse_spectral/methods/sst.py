@@ -14,7 +14,7 @@ from .._util.collectives import broadcast_, broadcast_indices, world
 from .._util.seeding import counter_seed
 from .._util.shards import full, is_sharded
 from ..spectral.cost import FORWARD_MODES
-from ..spectral.layer import SpectralLinear
+from ..spectral.layer import SpectralLinear, normalize_layers_
 from ..spectral.optim import reset_param_state
 from ..spectral.sampling import SAMPLERS, iterations_per_round, select_indices
 from .base import (
@@ -197,13 +197,14 @@ class SparseSpectral(ReplacingMethod):
         """
         super().after_step(step, optimizer)
         cfg = self.config
-        due = []
-        for index, (name, layer) in enumerate(self.layers):
+        for name, layer in self.layers:
             if layer.U_frozen.requires_grad or layer.Vh_frozen.requires_grad:
                 raise RuntimeError(f"frozen factors of {name!r} were made trainable; SST would "
                                    "allocate full-size gradients (was requires_grad_(True) "
                                    "called on the model?)")
-            layer.normalize_()
+        normalize_layers_([layer for _, layer in self.layers])  # each layer's normalize_()
+        due = []
+        for index, (_, layer) in enumerate(self.layers):
             clock = self._clock(layer, index, self.step)
             if clock % cfg.iteration_interval:
                 continue

@@ -219,8 +219,9 @@ class SpectralLinearFunction(torch.autograd.Function):
         del U_f, Vh_f
         if bias is not None:
             y = y + bias
+        # The gathered s (k numbers) are kept so that backward does not gather them again.
         ctx.save_for_backward(*_save_input(ctx, x2), U_frozen, Vh_frozen, s, U_active,
-                              Vh_active, idx, frozen_idx, z, z_active)
+                              Vh_active, idx, frozen_idx, z, z_active, s_active, s_frozen)
         ctx.enhanced = enhanced
         ctx.all_singular_values = all_singular_values
         ctx.has_bias = bias is not None
@@ -230,9 +231,9 @@ class SpectralLinearFunction(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, grad_y):
         x2, saved = _saved_input(ctx, ctx.saved_tensors)
-        U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, z, z_active = saved
+        (U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, z, z_active, s_active,
+         s_frozen) = saved
         gy = _flatten(grad_y)  # (T, m)
-        s_active = s.index_select(0, idx)
         need = ctx.needs_input_grad
 
         g = gy @ _frozen(ctx, U_frozen)[0]  # (T, k - r): u_i^T dy_t
@@ -240,7 +241,6 @@ class SpectralLinearFunction(torch.autograd.Function):
 
         grad_x = grad_s = grad_U_active = grad_Vh_active = grad_bias = None
         if need[0]:
-            s_frozen = s.index_select(0, frozen_idx)
             grad_x = ((g * s_frozen) @ _frozen(ctx, Vh_frozen)[0]
                       + (g_active * s_active) @ Vh_active)
             grad_x = grad_x.reshape(ctx.x_shape)
@@ -248,11 +248,11 @@ class SpectralLinearFunction(torch.autograd.Function):
             # dL/ds_i = u_i^T G v_i = sum_t (u_i^T dy_t)(v_i^T x_t)
             frozen = (g * z).sum(0) if ctx.all_singular_values else None
             grad_s = _scatter_s(s, idx, (g_active * z_active).sum(0), frozen_idx, frozen)
-        scale = torch.ones_like(s_active) if ctx.enhanced else s_active
+        # G v_i and (G^T u_i)^T, times s_i unless enhanced
         if need[4]:
-            grad_U_active = gy.t() @ (z_active * scale)  # (m, r): G v_i [* s_i]
+            grad_U_active = gy.t() @ (z_active if ctx.enhanced else z_active * s_active)
         if need[5]:
-            grad_Vh_active = _rtimes((g_active * scale).t(), x2)  # (r, n): (G^T u_i)^T [* s_i]
+            grad_Vh_active = _rtimes((g_active if ctx.enhanced else g_active * s_active).t(), x2)
         if ctx.has_bias and need[8]:
             grad_bias = gy.sum(0)
         return (grad_x, None, None, grad_s, grad_U_active, grad_Vh_active, None, None,
@@ -276,16 +276,10 @@ def compose_weight(U_frozen: torch.Tensor, Vh_frozen: torch.Tensor, s: torch.Ten
 def _sandwich_diagonal(U: torch.Tensor, G: torch.Tensor, Vh: torch.Tensor) -> torch.Tensor:
     """``u_i^T G v_i`` for every column ``u_i`` of ``U (m, j)`` and row ``v_i`` of ``Vh (j, n)``.
 
-    Computed in four row blocks of ``Vh`` so the transient stays a quarter of ``(j, n)``;
-    factors stored in another dtype than ``G`` are cast block by block.
+    One ``(j, n)`` transient: no larger than ``G`` itself (``j <= k <= m``), which backward
+    holds anyway, so one product serves where row blocks would cost four ops a block.
     """
-    j = U.shape[1]
-    block = max(1, -(-j // 4))
-    out = torch.empty(j, dtype=G.dtype, device=G.device)
-    for start in range(0, j, block):
-        rows = slice(start, start + block)
-        out[rows] = (U[:, rows].t().to(G.dtype) @ G).mul_(Vh[rows].to(G.dtype)).sum(1)
-    return out
+    return (U.t() @ G).mul_(Vh).sum(1)
 
 
 def _factor_grads(G: torch.Tensor, need: tuple, U_frozen: torch.Tensor, Vh_frozen: torch.Tensor,
@@ -302,9 +296,11 @@ def _factor_grads(G: torch.Tensor, need: tuple, U_frozen: torch.Tensor, Vh_froze
     G_v = G @ Vh_active.t()  # (m, r): G v_i
     Gt_u = U_active.t() @ G  # (r, n): (G^T u_i)^T
     if need[0]:
-        frozen = _sandwich_diagonal(U_frozen, G, Vh_frozen) if all_singular_values else None
+        frozen = None
+        if all_singular_values:  # the frozen factors in G's dtype, one cast each
+            frozen = _sandwich_diagonal(U_frozen.to(G.dtype), G, Vh_frozen.to(G.dtype))
         grad_s = _scatter_s(s, idx, (Gt_u * Vh_active).sum(1), frozen_idx, frozen)
-    s_active = s.index_select(0, idx)
+    s_active = None if enhanced else s.index_select(0, idx)
     if need[1]:
         grad_U_active = G_v if enhanced else G_v * s_active
     if need[2]:

@@ -280,12 +280,7 @@ class SpectralLinear(nn.Module):
     @torch.no_grad()
     def normalize_(self) -> None:
         """After an optimizer step: ``s >= 0`` and unit-norm active vectors."""
-        local(self.s).clamp_(min=0)
-        # A vector driven to exactly zero keeps its direction undefined; leave it at zero
-        # rather than dividing by zero (its singular value then no longer matters). Under
-        # FSDP2 the norms span the shards: norms() all-reduces the sums of squares.
-        local(self.U_active).div_(norms(self.U_active, 0).clamp_min(1e-12))
-        local(self.Vh_active).div_(norms(self.Vh_active, 1).clamp_min(1e-12))
+        normalize_layers_([self])
 
     @torch.no_grad()
     def swap_(self, new_idx: torch.Tensor, optimizer=None) -> torch.Tensor:
@@ -415,3 +410,25 @@ class SpectralLinear(nn.Module):
                 f"enhanced={self.enhanced}, all_singular_values={self.all_singular_values}, "
                 f"forward_mode={self.forward_mode!r}"
                 + ("" if self.frozen_dtype is None else f", frozen_dtype={self.frozen_dtype}"))
+
+
+@torch.no_grad()
+def normalize_layers_(layers: list[SpectralLinear]) -> None:
+    """:meth:`SpectralLinear.normalize_` for many layers at once, with foreach ops.
+
+    Clamps every ``s`` to ``>= 0`` and scales every column of ``U_active`` and row of
+    ``Vh_active`` to unit L2 norm: two norm reductions per layer and three foreach ops in
+    all instead of seven ops per layer, with the same values (the same op on each tensor).
+    """
+    if not layers:
+        return
+    torch._foreach_clamp_min_([local(layer.s) for layer in layers], 0)
+    factors, lengths = [], []
+    for layer in layers:  # columns of U_active, rows of Vh_active
+        factors += [local(layer.U_active), local(layer.Vh_active)]
+        # Under FSDP2 a norm spans the shards: norms() all-reduces the sums of squares.
+        lengths += [norms(layer.U_active, 0), norms(layer.Vh_active, 1)]
+    # A vector driven to exactly zero keeps its direction undefined; leave it at zero
+    # rather than dividing by zero (its singular value then no longer matters).
+    torch._foreach_clamp_min_(lengths, 1e-12)
+    torch._foreach_div_(factors, lengths)

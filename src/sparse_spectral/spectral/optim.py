@@ -37,18 +37,29 @@ def check_adam_hyperparameters(lr: float, betas, eps: float, weight_decay: float
         raise ValueError(f"eps={eps} and weight_decay={weight_decay} must be >= 0")
 
 
+def _step_with(p: torch.Tensor, state: dict) -> torch.Tensor:
+    """``state["step"]``, moved to ``p``'s device if it is a per-slot counter elsewhere.
+
+    load_state_dict leaves "step" where it was loaded (e.g. a GPU checkpoint read with
+    map_location="cpu"); per-slot counters must sit with p.
+    """
+    step = state["step"]
+    if step.dim() and step.device != p.device:
+        step = state["step"] = step.to(p.device)
+    return step
+
+
 def adamw_update_(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, beta1: float,
                   beta2: float, eps: float, wd: float) -> None:
     """One AdamW step of ``p`` in place, given its initialised ``state``.
 
     A scalar ``state["step"]`` gives exactly torch.optim.AdamW's single-tensor arithmetic; a
     per-slot step tensor (broadcastable to ``p``) gives each slot its own bias correction.
+    :func:`adamw_foreach_` and :func:`adamw_foreach_slotted_` are the same arithmetic, op for
+    op, over lists of tensors.
     """
-    step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
-    if step.dim() and step.device != p.device:
-        # load_state_dict leaves "step" where it was loaded (e.g. a GPU checkpoint read with
-        # map_location="cpu"); per-slot counters must sit with p.
-        step = state["step"] = step.to(p.device)
+    step = _step_with(p, state)
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     step += 1
     if wd != 0:
         p.mul_(1 - lr * wd)
@@ -65,6 +76,72 @@ def adamw_update_(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, b
         step_size = lr / (1 - beta1**step)
         denom = (exp_avg_sq.sqrt() / (1 - beta2**step).sqrt()).add_(eps)
         p.sub_(step_size * exp_avg / denom)
+
+
+def _moments_foreach_(params: list, grads: list, states: list, lr: float, beta1: float,
+                      beta2: float, wd: float) -> tuple[list, list, list]:
+    """The shared first half of an AdamW step over lists; returns steps and both moments."""
+    steps = [state["step"] for state in states]
+    exp_avgs = [state["exp_avg"] for state in states]
+    exp_avg_sqs = [state["exp_avg_sq"] for state in states]
+    torch._foreach_add_(steps, 1)
+    if wd != 0:
+        torch._foreach_mul_(params, 1 - lr * wd)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    return steps, exp_avgs, exp_avg_sqs
+
+
+def adamw_foreach_(params: list, grads: list, states: list, lr: float, beta1: float,
+                   beta2: float, eps: float, wd: float) -> None:
+    """:func:`adamw_update_` for tensors with scalar step counters, with foreach ops.
+
+    The arithmetic is the single-tensor one element for element (each foreach op applies
+    the same scalar op to each tensor; on CPU they are exactly those ops), so results are
+    bit-identical to calling :func:`adamw_update_` per tensor.
+    """
+    steps, exp_avgs, exp_avg_sqs = _moments_foreach_(params, grads, states, lr, beta1, beta2,
+                                                     wd)
+    # All counters in one read (scalar steps live on the CPU unless a checkpoint put them
+    # elsewhere; then one read each).
+    if all(step.device.type == "cpu" for step in steps):
+        counts = torch.stack(steps).tolist()
+    else:
+        counts = [step.item() for step in steps]
+    denoms = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denoms, [math.sqrt(1 - beta2**t) for t in counts])
+    torch._foreach_add_(denoms, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denoms,
+                            [-(lr / (1 - beta1**t)) for t in counts])
+
+
+def adamw_foreach_slotted_(params: list, grads: list, states: list, lr: float, beta1: float,
+                           beta2: float, eps: float, wd: float) -> None:
+    """:func:`adamw_update_` for tensors with per-slot step counters, with foreach ops.
+
+    Bit-identical to the single-tensor form: ``1 - x`` is computed as ``(-x) + 1`` (the same
+    IEEE operation) and ``lr / x`` as ``reciprocal(x) * lr``, which is what torch evaluates
+    ``lr / tensor`` as.
+    """
+    steps, exp_avgs, exp_avg_sqs = _moments_foreach_(params, grads, states, lr, beta1, beta2,
+                                                     wd)
+    step_sizes = torch._foreach_pow(beta1, steps)  # lr / (1 - beta1**step), per slot
+    torch._foreach_neg_(step_sizes)
+    torch._foreach_add_(step_sizes, 1)
+    torch._foreach_reciprocal_(step_sizes)
+    torch._foreach_mul_(step_sizes, lr)
+    corrections = torch._foreach_pow(beta2, steps)  # sqrt(1 - beta2**step), per slot
+    torch._foreach_neg_(corrections)
+    torch._foreach_add_(corrections, 1)
+    torch._foreach_sqrt_(corrections)
+    # Out of place where the single-tensor form is: a bf16 parameter's moments divided by
+    # float32 corrections promote to float32 there.
+    denoms = torch._foreach_div(torch._foreach_sqrt(exp_avg_sqs), corrections)
+    torch._foreach_add_(denoms, eps)
+    updates = torch._foreach_mul(step_sizes, exp_avgs)
+    torch._foreach_div_(updates, denoms)
+    torch._foreach_sub_(params, updates)
 
 
 class SlotAdamW(torch.optim.Optimizer):
@@ -121,20 +198,28 @@ class SlotAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            # One batch of foreach ops per (device, dtype, kind of step counter): a handful
+            # of kernels per group instead of about 16 per parameter.
+            batches: dict[tuple, list] = {}
             for p, slot_dim in zip(group["params"], _slot_dims(group)):
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("SlotAdamW does not support sparse gradients")
                 state = self.state[p] or self._init_state(p, slot_dim)
+                _step_with(p, state)
+                key = (p.device, p.dtype, state["step"].dim() > 0)
                 if is_sharded(p):
                     # Elementwise on the local shards: DTensor does not mix with the plain
-                    # scalar step, and the shards of p, grad and state line up.
-                    state = {key: local(value) if torch.is_tensor(value) else value
-                             for key, value in state.items()}
-                    adamw_update_(local(p), local(p.grad), state, lr, beta1, beta2, eps, wd)
-                else:
-                    adamw_update_(p, p.grad, state, lr, beta1, beta2, eps, wd)
+                    # scalar step, and the shards of p, grad and state line up (the foreach
+                    # ops work in place on these views of the shards).
+                    state = {name: local(value) if torch.is_tensor(value) else value
+                             for name, value in state.items()}
+                batches.setdefault(key, []).append((local(p), local(p.grad), state))
+            for (_, _, per_slot), batch in batches.items():
+                update = adamw_foreach_slotted_ if per_slot else adamw_foreach_
+                update([p for p, _, _ in batch], [g for _, g, _ in batch],
+                       [state for _, _, state in batch], lr, beta1, beta2, eps, wd)
         return loss
 
 

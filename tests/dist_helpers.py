@@ -47,3 +47,18 @@ def run_distributed(fn, world_size: int, tmp_path: Path, *args, timeout: float =
                 if process.is_alive():
                     process.kill()
             raise TimeoutError(f"distributed job {fn.__name__} did not finish in {timeout} s")
+
+
+def raised_errors(calls: dict) -> dict:
+    """Run each ``name: call``; return ``name: str(ValueError)``, or None where none was raised.
+
+    For the bad-launch checks inside a rank: every rank must raise the error itself.
+    """
+    errors = {}
+    for name, call in calls.items():
+        try:
+            call()
+            errors[name] = None
+        except ValueError as error:
+            errors[name] = str(error)
+    return errors

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_helpers import run_distributed
+from dist_helpers import raised_errors, run_distributed
+from engine_helpers import shakespeare_excerpt
 from safetensors.torch import load_file
 
 from sparse_spectral.tasks.lm import LM, LMSettings
@@ -30,18 +31,12 @@ from sparse_spectral.training.distributed import (
 )
 from sparse_spectral.training.runner import build_method, train_run, unsharded
 
-SHAKESPEARE = (Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare"
-               / "input.txt")
 STEPS = 8
 
 
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory) -> Path:
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"{SHAKESPEARE} is not available")
-    path = tmp_path_factory.mktemp("corpus") / "plays.txt"
-    path.write_text(SHAKESPEARE.read_text()[:20000])
-    return path
+    return shakespeare_excerpt(tmp_path_factory, 20000)
 
 
 @pytest.fixture(autouse=True)
@@ -115,17 +110,11 @@ def _job(rank: int, world_size: int, corpus: str, tmp: str) -> None:
                         progress=False)
     report["resumed"] = _state(resumed.model)
     # Bad launches: every rank must raise, before writing anything.
-    errors = {}
-    for name, settings, resume in (
-            ("odd_batch", _settings(corpus, str(tmp / "odd"), batch_size=3,
-                                    total_batch_size=3), False),
-            ("other_world", _settings(corpus, str(tmp / "one_resumed")), True)):
-        try:
-            train_run(LM, settings, resume=resume, progress=False)
-            errors[name] = None
-        except ValueError as error:
-            errors[name] = str(error)
-    report["errors"] = errors
+    report["errors"] = raised_errors({
+        "odd_batch": lambda: train_run(LM, _settings(corpus, str(tmp / "odd"), batch_size=3,
+                                                     total_batch_size=3), progress=False),
+        "other_world": lambda: train_run(LM, _settings(corpus, str(tmp / "one_resumed")),
+                                         resume=True, progress=False)})
     torch.save(report, tmp / f"rank{rank}.pt")
 
 
@@ -285,21 +274,14 @@ def _fsdp_job(rank: int, world_size: int, corpus: str, tmp: str) -> None:
     resumed = train_run(LM, _settings(corpus, str(tmp / "fsdp_resumed"), **fsdp), resume=True,
                         progress=False)
     report["resumed"] = _full_state(resumed.model)
-    errors = {}
-    for name, call in (
-            ("galore", lambda: train_run(LM, _settings(corpus, str(tmp / "galore"), "galore",
-                                                       **fsdp), progress=False)),
-            ("compare_galore", lambda: run_compare(
-                LM, _settings(corpus, str(tmp / "galore"), **fsdp), ["sst", "galore"])),
-            ("other_mode", lambda: train_run(
-                LM, _settings(corpus, str(tmp / "one_resumed"), **fsdp), resume=True,
-                progress=False))):
-        try:
-            call()
-            errors[name] = None
-        except ValueError as error:
-            errors[name] = str(error)
-    report["errors"] = errors
+    report["errors"] = raised_errors({
+        "galore": lambda: train_run(LM, _settings(corpus, str(tmp / "galore"), "galore",
+                                                  **fsdp), progress=False),
+        "compare_galore": lambda: run_compare(
+            LM, _settings(corpus, str(tmp / "galore"), **fsdp), ["sst", "galore"]),
+        "other_mode": lambda: train_run(
+            LM, _settings(corpus, str(tmp / "one_resumed"), **fsdp), resume=True,
+            progress=False)})
     torch.save(report, tmp / f"fsdp_rank{rank}.pt")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_helpers import compare_and_render, train_summary
+from engine_helpers import compare_and_render, shakespeare_excerpt, train_summary
 from safetensors.torch import load_file
 
 import sparse_spectral.tasks.lm as lm
@@ -24,18 +24,9 @@ def run_compare(settings, methods, method_lr, progress=True):
     return compare_and_render(LM, settings, methods, method_lr, progress=progress)
 
 
-SHAKESPEARE = (Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare"
-               / "input.txt")
-
-
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory) -> Path:
-    """The first 40,000 characters of TinyShakespeare as a user text file."""
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"{SHAKESPEARE} is not available")
-    path = tmp_path_factory.mktemp("corpus") / "plays.txt"
-    path.write_text(SHAKESPEARE.read_text()[:40000])
-    return path
+    return shakespeare_excerpt(tmp_path_factory, 40000)
 
 
 @pytest.fixture(autouse=True)

@@ -45,7 +45,7 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def _comm_device(tensor: torch.Tensor) -> torch.device:
+def comm_device(tensor: torch.Tensor) -> torch.device:
     """Where ``tensor`` must sit to be sent: NCCL sends CUDA tensors only."""
     if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
         return torch.device("cuda", torch.cuda.current_device())
@@ -66,8 +66,8 @@ def broadcast_(tensors: Sequence[torch.Tensor], src: int) -> None:
     for tensor in tensors:
         target = tensor.detach()
         buffer = target
-        if not target.is_contiguous() or _comm_device(target) != target.device:
-            buffer = target.contiguous().to(_comm_device(target))
+        if not target.is_contiguous() or comm_device(target) != target.device:
+            buffer = target.contiguous().to(comm_device(target))
         pending.append((dist.broadcast(buffer, src, async_op=True), target, buffer))
     for work, target, buffer in pending:
         work.wait()

@@ -262,13 +262,21 @@ class ReplacingMethod(TrainingMethod):
         """The replacement of target number ``index`` (a linear layer)."""
         raise NotImplementedError
 
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """Replace every target in place (all checked before any is touched)."""
+    def targets(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The layers :meth:`prepare` replaces, each checked against the rank.
+
+        Raises:
+            ValueError: nothing matches, or a target is too small for the rank.
+        """
         cfg = self.config
         targets = find_target_modules(model, cfg.target_modules, cfg.exclude_modules)
         for name, module in targets:
             check_rank_fits(name, module, cfg.rank)
-        for index, (name, module) in enumerate(targets):
+        return targets
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Replace every target in place (all checked before any is touched)."""
+        for index, (name, module) in enumerate(self.targets(model)):
             replace_module(model, name, self.convert_layer(index, module))
         self.attach(model)
         self.start_layers()

@@ -193,7 +193,9 @@ class SparseSpectral(ReplacingMethod):
         computed on rank ``l mod world_size`` and broadcast from there (LAPACK's bits differ
         across thread counts), and rank 0's drawn indices of every layer that resamples at
         this step are broadcast as one int64 message (a safety net: the draws are
-        counter-seeded, hence already equal). Without a process group both are no-ops.
+        counter-seeded, hence already equal). Both run only inside
+        :func:`~sparse_spectral._util.collectives.replicated_ranks` (the loop enters it for
+        DDP runs); elsewhere they are no-ops.
         """
         super().after_step(step, optimizer)
         cfg = self.config

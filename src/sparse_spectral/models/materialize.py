@@ -33,8 +33,8 @@ import weakref
 import torch
 from torch import nn
 
-from ..methods.base import ReplacingMethod, TrainingMethod, check_rank_fits
-from ..targeting import find_target_modules, replace_module
+from ..methods.base import ReplacingMethod, TrainingMethod
+from ..targeting import replace_module
 from .meta_init import InitRecord, init_record
 
 __all__ = ["materialize"]
@@ -68,11 +68,7 @@ class _Materializer:
         self.targets: dict[str, int] = {}
         self.pending: list[str] = []
         if isinstance(method, ReplacingMethod):
-            cfg = method.config
-            found = find_target_modules(model, cfg.target_modules, cfg.exclude_modules)
-            for name, module in found:
-                check_rank_fits(name, module, cfg.rank)
-            self.targets = {name: index for index, (name, _) in enumerate(found)}
+            self.targets = {name: index for index, (name, _) in enumerate(method.targets(model))}
 
     def run(self) -> None:
         self._walk(self.model, "", _init_owner(self.model, None), block=True)

@@ -8,7 +8,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .._util.shards import check_unsharded, is_sharded, local, local_slice, norms
+from .._util.shards import (
+    check_unsharded,
+    is_sharded,
+    local,
+    local_slice,
+    norms,
+    sum_over_shards_,
+)
 from ..linear import FixedOperand, is_conv1d, linear_weight
 from .cost import choose_mode
 from .function import SpectralWeightFunction, _autocast_off, spectral_linear
@@ -201,12 +208,20 @@ class SpectralLinear(nn.Module):
 
         In the active vectors' dtype (frozen factors stored in another dtype are upcast).
         """
-        m, n = self.out_features, self.in_features
-        U = self.U_active.new_empty(m, self.k).index_copy_(1, self.idx, self.U_active)
-        U.index_copy_(1, self.frozen_idx, self.U_frozen.to(U.dtype))
-        Vh = self.Vh_active.new_empty(self.k, n).index_copy_(0, self.idx, self.Vh_active)
-        Vh.index_copy_(0, self.frozen_idx, self.Vh_frozen.to(Vh.dtype))
+        U, Vh = self._stacked_factors()
         return U, self.s.detach().clone(), Vh
+
+    @torch.no_grad()
+    def _stacked_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``U_eff (m_loc, k)`` and ``Vh_eff (k, n_loc)`` of this rank's shards (the whole
+        factors unless FSDP2 shards them), in the active vectors' dtype."""
+        ua, uf, va, vf = (local(t) for t in (self.U_active, self.U_frozen, self.Vh_active,
+                                             self.Vh_frozen))
+        U = ua.new_empty(ua.shape[0], self.k).index_copy_(1, self.idx, ua)
+        U.index_copy_(1, self.frozen_idx, uf.to(U.dtype))
+        Vh = va.new_empty(self.k, va.shape[1]).index_copy_(0, self.idx, va)
+        Vh.index_copy_(0, self.frozen_idx, vf.to(Vh.dtype))
+        return U, Vh
 
     @torch.no_grad()
     def dense_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -359,9 +374,7 @@ class SpectralLinear(nn.Module):
         """
         import torch.distributed as dist
 
-        from .._util.shards import sum_over_shards_
-
-        U, _, Vh = self._local_effective_factors()  # (m_loc, k), (k, n_loc)
+        U, Vh = self._stacked_factors()  # (m_loc, k), (k, n_loc)
         f64 = torch.float64
         gram_u = sum_over_shards_(U.to(f64).t() @ U.to(f64), self.U_active, 0)
         gram_v = sum_over_shards_(Vh.to(f64) @ Vh.to(f64).t(), self.Vh_active, 1)
@@ -392,17 +405,6 @@ class SpectralLinear(nn.Module):
             local(left).copy_(new_u.index_select(1, indices))
             local(right).copy_(new_vh.index_select(0, indices))
         reset_param_state(optimizer, [self.s, self.U_active, self.Vh_active])
-
-    @torch.no_grad()
-    def _local_effective_factors(self):
-        """:meth:`effective_factors` of this rank's shards: ``(m_loc, k)``, s, ``(k, n_loc)``."""
-        ua, uf, va, vf = (local(t) for t in (self.U_active, self.U_frozen, self.Vh_active,
-                                             self.Vh_frozen))
-        U = ua.new_empty(ua.shape[0], self.k).index_copy_(1, self.idx, ua)
-        U.index_copy_(1, self.frozen_idx, uf.to(U.dtype))
-        Vh = va.new_empty(self.k, va.shape[1]).index_copy_(0, self.idx, va)
-        Vh.index_copy_(0, self.frozen_idx, vf.to(Vh.dtype))
-        return U, local(self.s), Vh
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

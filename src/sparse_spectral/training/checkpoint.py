@@ -40,9 +40,31 @@ def checkpoint_root(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def _environment(world_size: int, parallel: str) -> dict[str, Any]:
-    return {"torch": str(torch.__version__), "threads": torch.get_num_threads(),
-            "world_size": int(world_size), "parallel": parallel}
+def _state_record(step: int, optimizer_state, method_state, scheduler,
+                  settings: dict[str, Any], extra: dict[str, Any] | None, world_size: int,
+                  parallel: str) -> dict[str, Any]:
+    """The ``state.pt`` dict of a checkpoint (optimizer and method state None for FSDP2,
+    whose shards and ``method.json`` hold them)."""
+    return {
+        "step": step,
+        "optimizer": optimizer_state,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "method": method_state,
+        "rng": torch.get_rng_state(),
+        "settings": settings,
+        "extra": extra or {},
+        "environment": {"torch": str(torch.__version__), "threads": torch.get_num_threads(),
+                        "world_size": int(world_size), "parallel": parallel},
+    }
+
+
+def _publish(root: Path, tmp: Path, final: Path) -> None:
+    """Rename the finished ``tmp`` into ``final`` (replacing a re-saved step whole), then
+    point ``latest`` at it."""
+    if final.exists():  # re-saving a step (e.g. after a resume): replace it whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write(root / LATEST, lambda path: Path(path).write_text(final.name + "\n"))
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, optimizer,
@@ -63,23 +85,12 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, opt
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
     try:
         save_model(model, str(tmp / MODEL_FILE))
-        torch.save({
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "method": method.state_dict(),
-            "rng": torch.get_rng_state(),
-            "settings": settings,
-            "extra": extra or {},
-            "environment": _environment(world_size, parallel),
-        }, tmp / STATE_FILE)
-        if final.exists():  # re-saving a step (e.g. after a resume): replace it whole
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        torch.save(_state_record(step, optimizer.state_dict(), method.state_dict(), scheduler,
+                                 settings, extra, world_size, parallel), tmp / STATE_FILE)
+        _publish(root, tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    atomic_write(root / LATEST, lambda path: Path(path).write_text(final.name + "\n"))
     return final
 
 
@@ -196,16 +207,9 @@ def save_sharded_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Mod
                                                                 cpu_offload=True))
     if main:
         save_file(_unshared(full), str(tmp / MODEL_FILE))
-        torch.save({
-            "step": step, "optimizer": None, "method": None,  # in the shards, method.json
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": torch.get_rng_state(), "settings": settings, "extra": extra or {},
-            "environment": _environment(dist.get_world_size(), "fsdp2"),
-        }, tmp / STATE_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        atomic_write(root / LATEST, lambda path: Path(path).write_text(final.name + "\n"))
+        torch.save(_state_record(step, None, None, scheduler, settings, extra,
+                                 dist.get_world_size(), "fsdp2"), tmp / STATE_FILE)
+        _publish(root, tmp, final)
     dist.barrier()
     return final
 

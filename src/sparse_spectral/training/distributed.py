@@ -25,6 +25,7 @@ With ``parallel='fsdp2'`` the rows are split the same way, but the model is shar
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,7 +35,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .._util.collectives import replicated_ranks  # noqa: F401 (public here)
+from .._util.collectives import (
+    comm_device,
+    replicated_ranks,  # noqa: F401 (public here)
+)
 
 #: ``--parallel`` choices. ``auto``: DDP when launched by torchrun, else one process;
 #: ``ddp``: DDP, and an error without torchrun; ``fsdp2``: FSDP2 (:mod:`.fsdp`), and an
@@ -154,12 +158,6 @@ def is_main() -> bool:
     return world is None or world.is_main
 
 
-def barrier() -> None:
-    """Wait for every rank (a no-op without a process group)."""
-    if current() is not None:
-        dist.barrier()
-
-
 def teardown() -> None:
     """Leave the process group :func:`setup` joined, if any (a caller's group stays)."""
     global _JOINED
@@ -224,8 +222,22 @@ def mean_across(value: float) -> float:
     world = current()
     if world is None or world.size == 1:
         return value
-    comm = torch.device("cuda", torch.cuda.current_device()) \
-        if dist.get_backend() == "nccl" else torch.device("cpu")
-    tensor = torch.tensor([value], dtype=torch.float64, device=comm)
+    tensor = torch.tensor([value], dtype=torch.float64)
+    tensor = tensor.to(comm_device(tensor))
     dist.all_reduce(tensor)
     return float(tensor.item()) / world.size
+
+
+def gradient_sync(engine: nn.Module, world: World | None, last_micro: bool):
+    """The context of one micro-batch's forward and backward under gradient accumulation.
+
+    Gradients are reduced across ranks only in the backward of the step's last micro-batch:
+    DDP skips its all-reduce under ``no_sync``, FSDP2 its reduce-scatter after
+    ``set_requires_gradient_sync(False)``. One process: nothing to do.
+    """
+    if world is None:
+        return contextlib.nullcontext()
+    if world.sharded:
+        engine.set_requires_gradient_sync(last_micro)
+        return contextlib.nullcontext()
+    return contextlib.nullcontext() if last_micro else engine.no_sync()

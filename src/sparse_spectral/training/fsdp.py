@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .._util.atomic import atomic_write_json
 from ..methods.base import TrainingMethod
 from ..spectral.layer import SpectralLinear
 
@@ -109,15 +110,6 @@ def shard_model(model: nn.Module, method: TrainingMethod | None = None, mesh=Non
     return model
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(directory: str | os.PathLike, model: nn.Module,
                     optimizer: torch.optim.Optimizer,
                     method: TrainingMethod | None = None, extra: dict | None = None) -> Path:
@@ -140,7 +132,7 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module,
     model_state, optim_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(directory))
     if dist.get_rank() == 0:
-        _write_json_atomic(directory / METHOD_FILE, {
+        atomic_write_json(directory / METHOD_FILE, {
             "format": FORMAT, "world_size": dist.get_world_size(),
             "method": None if method is None else method.state_dict(),
             "extra": extra or {}})

@@ -40,7 +40,6 @@ and every rank takes part in saving and restoring checkpoints
 
 from __future__ import annotations
 
-import contextlib
 import math
 import statistics
 import time
@@ -63,7 +62,7 @@ from .checkpoint import (
     save_sharded_checkpoint,
 )
 from .device import autocast, grad_scaler, input_dtype, move_to
-from .distributed import World, mean_across, shard_rows, wrap
+from .distributed import World, gradient_sync, mean_across, shard_rows, wrap
 from .loggers import MetricLogger
 from .schedules import method_lr_lambda
 
@@ -219,12 +218,8 @@ def train(model: nn.Module, method, *,
                     inputs, targets = shard_rows((inputs, targets), world)
                 if device is not None:
                     inputs, targets = move_to(inputs, device, cast), move_to(targets, device, cast)
-                # DDP all-reduces in the backward of the window's last micro-batch only.
                 last_micro = micro == settings.grad_accumulation - 1
-                if sharded:  # FSDP2 reduce-scatters in the last micro-batch's backward only
-                    engine.set_requires_gradient_sync(last_micro)
-                with (contextlib.nullcontext() if world is None or sharded or last_micro
-                      else engine.no_sync()):
+                with gradient_sync(engine, world, last_micro):
                     with autocast(precision, amp_device):
                         loss = loss_fn(engine, inputs, targets) / settings.grad_accumulation
                     (loss if scaler is None else scaler.scale(loss)).backward()

@@ -180,13 +180,7 @@ def train_run(task, settings, *, data=None, resume: bool = False,
     run_dir = Path(settings.output.output_dir)
     resume_step = _resume_step(run_dir, resume, world)
     main = world is None or world.is_main
-    model = task.build_model(settings, data)
-    method = build_method(task, settings, model)
-    # Decompose on the CPU as always (the same factors everywhere), then move (and for
-    # pure bf16 cast: only then, so that fp32 runs keep any float64 buffer they have).
-    model = method.prepare(model).to(device)
-    if settings.runtime.precision == "bf16":
-        model = model.to(parameter_dtype("bf16"))
+    model, method = _converted_model(task, settings, data, device)
     graphs_before = compiled_graphs() if settings.runtime.compile else 0
     if settings.runtime.compile:  # in place: the same object and state_dict keys
         model = compile_model(model, settings.runtime.compile_backend)
@@ -249,15 +243,23 @@ def unsharded(task, settings, data, outcome: RunOutcome) -> RunOutcome | None:
         full_state_dict=True, cpu_offload=True))
     if dist.get_rank() != 0:
         return None
-    model = task.build_model(settings, data)
-    method = build_method(task, settings, model)
-    model = method.prepare(model)
-    if settings.runtime.precision == "bf16":
-        model = model.to(parameter_dtype("bf16"))
+    model, method = _converted_model(task, settings, data,
+                                     next(outcome.model.parameters()).device)
     model.load_state_dict(state)
     method.load_state_dict(outcome.method.state_dict())
-    model = model.to(next(outcome.model.parameters()).device)
     return dataclasses.replace(outcome, model=model, method=method)
+
+
+def _converted_model(task, settings, data, device: torch.device):
+    """The task's model, converted by the run's method, on ``device`` in the run's dtype."""
+    model = task.build_model(settings, data)
+    method = build_method(task, settings, model)
+    # Decompose on the CPU as always (the same factors everywhere), then move (and for
+    # pure bf16 cast: only then, so that fp32 runs keep any float64 buffer they have).
+    model = method.prepare(model).to(device)
+    if settings.runtime.precision == "bf16":
+        model = model.to(parameter_dtype("bf16"))
+    return model, method
 
 
 def _resume_step(run_dir: Path, resume: bool, world: World | None) -> int | None:

@@ -449,5 +449,9 @@ def test_launch_environment_and_bad_choices(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert launch_env() == (1, 2, 1)
-    with pytest.raises(ValueError, match="task 'mt' cannot run under DDP yet"):
-        check_rows(None, World(0, 2), "mt")
+    with pytest.raises(ValueError, match="task 'x' cannot run under DDP: its batches cannot"):
+        check_rows(None, World(0, 2), "x")
+    check_rows(None, World(0, 2), "mt", min_rows=2)
+    with pytest.raises(ValueError, match="task 'mt': the smallest global micro-batch has only "
+                                         "2 rows, fewer than the 3 ranks"):
+        check_rows(None, World(0, 3), "mt", min_rows=2)

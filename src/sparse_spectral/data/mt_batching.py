@@ -71,6 +71,43 @@ def collate(source: Sequence[np.ndarray], target: Sequence[np.ndarray],
     return Batch(src, tgt_in, tgt_out, indices, tokens)
 
 
+def sentence_share(src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor,
+                   pad_id: int, index: int, count: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Part ``index`` of ``count`` of a padded batch, by sentences, and its loss weight.
+
+    The ``B`` sentences are cut into ``count`` contiguous parts of ``B // count`` or one
+    more; each part loses the trailing columns that are padding in all of its rows (the
+    decoder is causal and padded source positions are masked, so the part's losses are
+    those of the whole batch, to rounding).
+
+    Args:
+        src: ``(B, S)``; tgt_in, tgt_out: ``(B, T)``; every tensor right-padded.
+        index, count: this part and the number of parts (``count <= B``).
+
+    Returns:
+        ``(src, tgt_in, tgt_out, weight)`` of the part: ``(b, s)``, ``(b, t)``, ``(b, t)``
+        and ``weight = count * part_tokens / batch_tokens``, so that the mean over the
+        parts of ``weight`` times the part's mean token loss is the batch's mean token loss.
+    """
+    if not 0 <= index < count <= src.shape[0]:
+        raise ValueError(f"part {index} of {count} of a batch of {src.shape[0]} sentences")
+    rows = torch.tensor_split(torch.arange(src.shape[0]), count)[index]
+    first, last = int(rows[0]), int(rows[-1]) + 1
+    src, tgt_in, tgt_out_part = (t[first:last] for t in (src, tgt_in, tgt_out))
+    src = src[:, :_width(src, pad_id)]
+    width = _width(tgt_out_part, pad_id)
+    part_tokens = int((tgt_out_part != pad_id).sum())
+    weight = count * part_tokens / int((tgt_out != pad_id).sum())
+    return src, tgt_in[:, :width], tgt_out_part[:, :width], weight
+
+
+def _width(rows: torch.Tensor, pad_id: int) -> int:
+    """The columns up to the last one with a token that is not padding, in any row."""
+    used = (rows != pad_id).any(dim=0).nonzero()
+    return int(used[-1]) + 1 if len(used) else 1
+
+
 def token_batches(source_lengths: Sequence[int], target_lengths: Sequence[int],
                   max_tokens: int) -> list[np.ndarray]:
     """Group pairs into batches of at most ``max_tokens`` padded tokens per side.

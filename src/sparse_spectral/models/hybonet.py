@@ -178,7 +178,8 @@ class LPDecoder(nn.Module):
         return -sqdist(h[edges[:, 0]], h[edges[:, 1]], self.k)
 
 
-def hinge_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+def hinge_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float,
+               part: tuple[int, int] | None = None) -> torch.Tensor:
     """HyboNet's NC loss: ``mean_{i, c} relu(m - z_{i, y_i} + z_{i, c})`` over all C entries.
 
     The true class contributes the constant ``relu(m)`` (no gradient), as in the original.
@@ -187,12 +188,15 @@ def hinge_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float) -> tor
         logits: (N, C).
         labels: (N,) int64.
         margin: m.
+        part: ``(index, count)``: only the nodes of part ``index`` of ``count``
+            (:func:`_part_mean`); the mean of the parts' values is the whole loss.
     """
     correct = logits.gather(1, labels.unsqueeze(-1))
-    return F.relu(margin - correct + logits).mean()
+    return _part_mean(F.relu(margin - correct + logits), part)
 
 
-def margin_loss(pos: torch.Tensor, neg: torch.Tensor, margin: float) -> torch.Tensor:
+def margin_loss(pos: torch.Tensor, neg: torch.Tensor, margin: float,
+                part: tuple[int, int] | None = None) -> torch.Tensor:
     """HyboNet's LP loss: ``mean over [pos, neg] of relu(m - pos + [pos, neg])``.
 
     Equals ``(m + mean_e relu(m - pos_e + neg_e)) / 2`` for ``m > 0``.
@@ -200,11 +204,25 @@ def margin_loss(pos: torch.Tensor, neg: torch.Tensor, margin: float) -> torch.Te
     Args:
         pos, neg: (E,) scores of positive and negative pairs (equal counts).
         margin: m.
+        part: ``(index, count)``: only the pairs of part ``index`` of ``count``.
     """
     _check(pos.shape == neg.shape, f"pos {tuple(pos.shape)} and neg {tuple(neg.shape)} scores "
            "must have the same shape")
     preds = torch.stack([pos, neg], dim=-1)
-    return F.relu(margin - preds[..., 0:1] + preds).mean()
+    return _part_mean(F.relu(margin - preds[..., 0:1] + preds), part)
+
+
+def _part_mean(terms: torch.Tensor, part: tuple[int, int] | None) -> torch.Tensor:
+    """The mean of ``terms`` (R, K); with ``part = (index, count)``, ``count`` times the sum
+    of part ``index``'s rows (``torch.tensor_split``'s contiguous cut) over all R K terms.
+
+    That is a rank's share under DDP: the mean over ranks (DDP's gradient average) of the
+    parts' values is the mean over all terms, whatever the parts' sizes.
+    """
+    if part is None:
+        return terms.mean()
+    index, count = part
+    return terms.tensor_split(count, dim=0)[index].sum() * (count / terms.numel())
 
 
 def sample_negatives(edges_false: torch.Tensor, count: int, rng=None) -> torch.Tensor:
@@ -298,12 +316,18 @@ class HyboNetGraphModel(nn.Module):
             neg_edges = sample_negatives(neg_edges, len(pos_edges), rng)
         return self.decoder(h, pos_edges), self.decoder(h, neg_edges)
 
-    def loss(self, h: torch.Tensor, data: Any, split: str = "train", rng=None) -> torch.Tensor:
-        """The task's loss on ``split`` (LP ``train`` samples negatives with ``rng``)."""
+    def loss(self, h: torch.Tensor, data: Any, split: str = "train", rng=None,
+             part: tuple[int, int] | None = None) -> torch.Tensor:
+        """The task's loss on ``split`` (LP ``train`` samples negatives with ``rng``).
+
+        ``part = (index, count)``: a DDP rank's share, the loss terms of part ``index`` of
+        ``count`` of the split's nodes (NC) or pairs (LP), weighted so that the mean over
+        the parts is the whole loss (:func:`_part_mean`).
+        """
         first, second = self._scores(h, data, split, rng)
         if self.task == "nc":
-            return hinge_loss(first, second, self.margin)
-        return margin_loss(first, second, self.margin)
+            return hinge_loss(first, second, self.margin, part)
+        return margin_loss(first, second, self.margin, part)
 
     @torch.no_grad()
     def metrics(self, h: torch.Tensor, data: Any, split: str, rng=None) -> dict[str, float]:

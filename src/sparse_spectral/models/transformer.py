@@ -332,6 +332,11 @@ class EncoderDecoder(nn.Module):
     ``decoder(tgt, memory, mask)`` and ``generator(y)``; ``mask`` is ``(B, 1, 1, S)`` bool.
     """
 
+    #: The methods besides ``forward`` that decoding calls on the model: FSDP2 must run its
+    #: gather hooks around them (:func:`~..training.fsdp.shard_model`). None of them calls
+    #: another (``forward`` uses the private ``_encode``/``_decode``), so hooks never nest.
+    forward_methods = ("encode", "decode", "start_decoding", "decode_step")
+
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode source ids.
 
@@ -342,6 +347,9 @@ class EncoderDecoder(nn.Module):
             ``memory`` ``(B, S, d)`` (vectors, or points on the hyperboloid) and
             ``src_mask`` ``(B, S)`` bool (True at real tokens).
         """
+        return self._encode(src)
+
+    def _encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         src_mask = src.ne(self.config.pad_id)
         return self.encoder(src, src_mask[:, None, None, :]), src_mask
 
@@ -358,13 +366,17 @@ class EncoderDecoder(nn.Module):
         Returns:
             ``(B, T, V)`` logits, or ``(B, 1, V)`` with ``last_only``.
         """
+        return self._decode(tgt, memory, src_mask, last_only)
+
+    def _decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
+                last_only: bool = False) -> torch.Tensor:
         y = self.decoder(tgt, memory, src_mask[:, None, None, :])
         return self.generator(y[:, -1:] if last_only else y)
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits ``(B, T, V)``: source ``(B, S)``, decoder input ``(B, T)``."""
-        memory, src_mask = self.encode(src)
-        return self.decode(tgt, memory, src_mask)
+        memory, src_mask = self._encode(src)
+        return self._decode(tgt, memory, src_mask)
 
 
 class TranslationTransformer(EncoderDecoder):

@@ -45,8 +45,12 @@ class Batches:
     resume); ``steps`` is the number of optimizer steps; ``tokens_per_step`` feeds the
     tokens/s figure; ``info`` is merged into the summary (e.g. batches per epoch).
     ``rows``: the number of rows (dim 0 of every input and target tensor) of every
-    micro-batch, which DDP splits across ranks; None where batches vary in size or cannot
-    be split by rows (token-budget batches, full-batch graph training): no DDP.
+    micro-batch, which DDP splits across ranks (:func:`~..training.distributed.shard_rows`).
+    A task whose batches vary in size or are not split by rows (token-budget batches,
+    full-batch graph training) gives ``shard(inputs, targets, world) -> (inputs, targets)``
+    instead: rank ``world.rank``'s part of a global micro-batch, with a loss that the DDP
+    mean over ranks turns into the single-process loss; ``min_rows`` is then the fewest
+    parts any micro-batch can be split into (each rank needs one).
     """
 
     steps: int
@@ -59,6 +63,8 @@ class Batches:
     #: the step (e.g. a sampler's RNG); the loop checkpoints it.
     state: Any = None
     rows: int | None = None
+    shard: Callable[[Any, Any, Any], tuple[Any, Any]] | None = None
+    min_rows: int | None = None
 
 
 class Task(Protocol):

@@ -17,6 +17,11 @@ Seeds: ``seed`` seeds torch (initialisation, dropout); the split uses
 ``split_seed`` (1234 in every HyboNet script), and LP training negatives are drawn from a
 copy of ``GraphData.rng``, the numpy stream HGCN samples them from (HGCN re-seeds numpy with
 ``split_seed`` while splitting, so its negatives do not depend on ``--seed``).
+
+Under DDP every rank encodes the whole graph (full-batch training has no rows to split) and
+takes a contiguous part of the loss's training nodes or pairs (:class:`GraphShare`): the
+run equals one process to rounding, but each rank does the whole forward and backward, so
+more processes do not make a step faster. FSDP2 is refused.
 """
 
 from __future__ import annotations
@@ -318,6 +323,21 @@ class NegativeSampler:
                                 "has_gauss": state["has_gauss"], "gauss": state["gauss"]})
 
 
+@dataclass(frozen=True)
+class GraphShare:
+    """A DDP rank's part of a full-batch step: part ``index`` of ``count`` of the loss's
+    training nodes (NC) or pairs (LP), drawn negatives included.
+
+    Every rank encodes the whole graph (the same forward, dropout masks included: the
+    ranks' torch generators agree) and draws the same negatives from the same stream, so
+    the parts are cut from one and the same set of terms.
+    """
+
+    sampler: NegativeSampler
+    index: int
+    count: int
+
+
 # ---------------------------------------------------------------------- the task
 class GraphTask(TaskBase):
     """``sst train|compare|ablate graph``: HyboNet NC and LP, full batch, early stopping.
@@ -341,6 +361,12 @@ class GraphTask(TaskBase):
         return settings.resolved()
 
     def check(self, settings: GraphSettings) -> None:
+        if settings.runtime.parallel == "fsdp2":
+            # Sharding buys nothing here (every rank encodes the whole graph), and the
+            # Riemannian Adam and the sparse products have not been run on DTensor shards.
+            raise ValueError("parallel='fsdp2' is not supported by the graph task (full-batch "
+                             "training of a small model; the manifold parameters' optimizer "
+                             "is untested on shards); allowed: auto, ddp")
         if settings.runtime.compile:
             # HyboNet runs on sparse COO/CSR tensors (sparse_rows.SparseRows, whose use
             # depends on the data's density) and keeps its CSR operands on the module keyed
@@ -385,8 +411,14 @@ class GraphTask(TaskBase):
     def batches(self, settings: GraphSettings, data) -> Batches:
         inputs = (data.features, data.adj_norm)
         sampler = NegativeSampler(data.rng)
+
+        def shard(inputs, sampler, world):
+            """Under DDP: the whole graph, and this rank's part of the loss's terms."""
+            return inputs, GraphShare(sampler, world.rank, world.size)
+
+        train_terms = len(data.idx_train if settings.task == "nc" else data.train_edges)
         return Batches(settings.schedule.epochs, lambda step, micro: (inputs, sampler), 0,
-                       state=sampler)
+                       state=sampler, shard=shard, min_rows=train_terms)
 
     def loop_settings(self, settings: GraphSettings, batches: Batches):
         from ..training.runner import loop_settings
@@ -412,8 +444,13 @@ class GraphTask(TaskBase):
         return build
 
     def loss(self, settings, data):
-        def loss_fn(model, inputs, sampler: NegativeSampler):
-            return model.loss(model(*inputs), data, "train", sampler.rng)
+        def loss_fn(model, inputs, sampler):
+            embeddings = model(*inputs)
+            model = getattr(model, "module", model)  # DDP's wrapper forwards only forward()
+            if isinstance(sampler, GraphShare):
+                return model.loss(embeddings, data, "train", sampler.sampler.rng,
+                                  part=(sampler.index, sampler.count))
+            return model.loss(embeddings, data, "train", sampler.rng)
 
         return loss_fn
 

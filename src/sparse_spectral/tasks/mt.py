@@ -34,6 +34,10 @@ product is the multiplier.
 
 Loss: token cross-entropy with label smoothing (0.1 by default), padding ignored, mean over
 the target tokens of a batch. Validation loss and perplexity use plain NLL (no smoothing).
+Under DDP and FSDP2 each rank trains a contiguous share of every batch's sentences, its
+mean loss weighted by its share of the batch's target tokens (:class:`WeightedTargets`), so
+the run trains on the single-process loss; every rank evaluates and decodes the whole
+splits. FSDP2 takes the Euclidean model only.
 The final model (no checkpoint selection, as in HyboNet) is decoded on the test set with
 beam search (beam 4, GNMT length penalty alpha 1, max length ``1.2 |src| + 10``; reference
 section 3.7) and scored with sacreBLEU on detokenised, cased text (its default 13a
@@ -46,7 +50,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -313,6 +317,19 @@ def optimizer_builder(settings: MTSettings) -> Callable[..., torch.optim.Optimiz
 
 
 # ---------------------------------------------------------------------- loss and evaluation
+class WeightedTargets(NamedTuple):
+    """One rank's targets under DDP and the weight of its mean token loss.
+
+    ``weight = ranks * rank_tokens / batch_tokens``
+    (:func:`~..data.mt_batching.sentence_share`): DDP's mean over the ranks of ``weight``
+    times each rank's mean then is the whole batch's mean token loss, as one process
+    computes it, although the ranks train different numbers of tokens.
+    """
+
+    tokens: torch.Tensor  # (b, t) next-token targets
+    weight: float
+
+
 def translation_loss(model: nn.Module, src: torch.Tensor, tgt_in: torch.Tensor,
                      tgt_out: torch.Tensor, pad_id: int, label_smoothing: float = 0.0,
                      reduction: str = "mean") -> torch.Tensor:
@@ -412,11 +429,17 @@ class Translation(TaskBase):
 
     def check(self, settings: MTSettings) -> None:
         model_builder(settings.model)  # fail on the model family before touching data
+        if settings.model == "hyperbolic" and settings.runtime.parallel == "fsdp2":
+            # fully_shard refuses 0-d parameters (the Lorentz layers' learned scales and the
+            # curvature), and the manifold tables' Riemannian Adam is untested on shards.
+            raise ValueError("parallel='fsdp2' is not supported by model='hyperbolic' (FSDP2 "
+                             "cannot shard its scalar parameters); allowed: auto, ddp, or "
+                             "fsdp2 with model='euclidean'")
 
     prepare_data = staticmethod(prepare_data)
 
     def batches(self, settings: MTSettings, data: MTData) -> Batches:
-        from ..data.mt_batching import EpochBatches
+        from ..data.mt_batching import EpochBatches, sentence_share
 
         split, ids = data.splits["train"], data.ids
         epochs = EpochBatches(split.source, split.target, ids, settings.max_tokens, settings.seed)
@@ -431,11 +454,18 @@ class Translation(TaskBase):
             counters["target_tokens"] += batch.target_tokens
             return (batch.src, batch.tgt_in), batch.tgt_out
 
+        def shard(inputs, targets, world):
+            """Under DDP: this rank's contiguous share of the sentences, weighted."""
+            src, tgt_in, tgt_out, weight = sentence_share(*inputs, targets, ids.pad,
+                                                          world.rank, world.size)
+            return (src, tgt_in), WeightedTargets(tgt_out, weight)
+
         # Batches vary in size: the live log's tokens/s uses the mean batch; the summary's
         # target_tokens_per_s counts the tokens actually trained (``counters``).
         mean_tokens = epochs.target_tokens / len(epochs) * accumulation
         return Batches(steps, batch_fn, round(mean_tokens), accumulation,
-                       info={"batches_per_epoch": len(epochs)}, counters=counters)
+                       info={"batches_per_epoch": len(epochs)}, counters=counters,
+                       shard=shard, min_rows=min(len(b) for b in epochs.batches))
 
     def loop_settings(self, settings: MTSettings, batches: Batches):
         from ..training.runner import loop_settings
@@ -455,6 +485,9 @@ class Translation(TaskBase):
         pad, smoothing = data.ids.pad, settings.label_smoothing
 
         def loss_fn(model: nn.Module, inputs, targets) -> torch.Tensor:
+            if isinstance(targets, WeightedTargets):  # a rank's share under DDP
+                return targets.weight * translation_loss(model, *inputs, targets.tokens, pad,
+                                                         smoothing)
             return translation_loss(model, *inputs, targets, pad, smoothing)
 
         return loss_fn

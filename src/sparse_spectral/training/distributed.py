@@ -179,21 +179,32 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
         find_unused_parameters=False, static_graph=False)
 
 
-def check_rows(rows: int | None, world: World, task_name: str) -> None:
-    """Refuse a batch that ``world.size`` ranks cannot split evenly by rows.
+def check_rows(rows: int | None, world: World, task_name: str,
+               min_rows: int | None = None) -> None:
+    """Refuse a batch that ``world.size`` ranks cannot split.
+
+    Args:
+        rows: the fixed rows of every global micro-batch (split evenly by
+            :func:`shard_rows`), or None for a task with its own ``shard``.
+        min_rows: with ``rows`` None, the fewest parts (sentences, training nodes) any
+            micro-batch splits into; None too: the task cannot be split at all.
 
     Raises:
-        ValueError: the task's batches have no fixed row count (token-budget or full-batch
-            training), or ``rows`` is not a multiple of the world size.
+        ValueError: ``rows`` is not a multiple of the world size, a micro-batch has fewer
+            parts than there are ranks, or the task's batches cannot be split.
     """
-    if rows is None:
-        raise ValueError(f"task {task_name!r} cannot run under DDP yet: its batches have no "
-                         "fixed number of rows to split across ranks (only lm and images "
-                         f"can; world size {world.size})")
-    if rows % world.size:
+    if rows is None and min_rows is None:
+        raise ValueError(f"task {task_name!r} cannot run under DDP: its batches cannot be "
+                         f"split across ranks (world size {world.size})")
+    if rows is not None and rows % world.size:
         raise ValueError(f"world size {world.size} does not divide the global micro-batch of "
                          f"{rows} rows (batch_size): choose a batch_size that is a multiple "
                          f"of {world.size}, or another --nproc_per_node")
+    if rows is None and min_rows < world.size:
+        raise ValueError(f"task {task_name!r}: the smallest global micro-batch has only "
+                         f"{min_rows} rows, fewer than the {world.size} ranks (each needs at "
+                         "least one): use larger batches (e.g. --max_tokens) or fewer "
+                         "processes")
 
 
 def shard_rows(batch: Any, world: World) -> Any:

@@ -79,7 +79,7 @@ def shard_model(model: nn.Module, method: TrainingMethod | None = None, mesh=Non
         RuntimeError: no process group.
     """
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
     from torch.distributed.tensor import Shard
 
     _require_group()
@@ -107,6 +107,8 @@ def shard_model(model: nn.Module, method: TrainingMethod | None = None, mesh=Non
     for block in _blocks(model, method):
         fully_shard(block, **options)
     fully_shard(model, **options)
+    for name in getattr(model, "forward_methods", ()):  # e.g. a translation model's decoding
+        register_fsdp_forward_method(model, name)
     return model
 
 

@@ -134,7 +134,8 @@ def train(model: nn.Module, method, *,
           lr_lambda: Callable[[int], float] | None = None,
           build_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
           batch_state: Any = None, device: torch.device | None = None,
-          precision: str = "fp32", world: World | None = None) -> TrainResult:
+          precision: str = "fp32", world: World | None = None,
+          shard: Callable[[Any, Any, World], tuple[Any, Any]] | None = None) -> TrainResult:
     """Train ``model`` (already prepared by ``method``) for ``settings.num_training_steps``.
 
     Args:
@@ -165,10 +166,13 @@ def train(model: nn.Module, method, *,
             autocast on ``device``), ``bf16`` (the model's parameters are already bf16) or
             ``fp16-mixed`` (float16 autocast and a gradient scaler; module docstring).
         world: the DDP or FSDP2 world (:func:`.distributed.setup`; FSDP2: ``model``
-            already sharded), or None for one process. Each
+            already sharded), or None for one process. Without ``shard``, each
             global micro-batch must have a multiple of ``world.size`` rows; ``logger``
             should be a real one on rank 0 only (this function writes nothing else on other
             ranks).
+        shard: ``(inputs, targets, world) -> (inputs, targets)``, this rank's part of a
+            global micro-batch (a task's ``Batches.shard``); None: :func:`.distributed.
+            shard_rows`' even split by rows.
 
     Raises:
         TrainingDiverged: on a non-finite loss; the last good checkpoint stays the latest.
@@ -215,7 +219,8 @@ def train(model: nn.Module, method, *,
             for micro in range(settings.grad_accumulation):
                 inputs, targets = batch_fn(step, micro)
                 if world is not None:
-                    inputs, targets = shard_rows((inputs, targets), world)
+                    inputs, targets = (shard(inputs, targets, world) if shard is not None
+                                       else shard_rows((inputs, targets), world))
                 if device is not None:
                     inputs, targets = move_to(inputs, device, cast), move_to(targets, device, cast)
                 last_micro = micro == settings.grad_accumulation - 1

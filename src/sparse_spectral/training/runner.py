@@ -175,7 +175,7 @@ def train_run(task, settings, *, data=None, resume: bool = False,
                           input_dtype(settings.runtime.precision))
     batches = task.batches(settings, data)
     if world is not None:
-        check_rows(batches.rows, world, task.name)
+        check_rows(batches.rows, world, task.name, batches.min_rows)
     loop = task.loop_settings(settings, batches)
     run_dir = Path(settings.output.output_dir)
     resume_step = _resume_step(run_dir, resume, world)
@@ -203,7 +203,8 @@ def train_run(task, settings, *, data=None, resume: bool = False,
                        lr_lambda=task.lr_lambda(settings, method, batches.steps),
                        build_optimizer=task.optimizer_builder(settings),
                        batch_state=batches.state, device=device,
-                       precision=settings.runtime.precision, world=world)
+                       precision=settings.runtime.precision, world=world,
+                       shard=batches.shard)
     finally:
         logger.close()
     summary = {

@@ -2,7 +2,9 @@
 # The GPU checks of the project, in one call (under 8 minutes on one H100/H200):
 #   1. the tests marked `cuda` (the only tests that skip without a GPU), must all pass;
 #   2. benchmarks/perf_gpu.py: every method at LLaMA-130M and 350M shapes in bf16-mixed,
-#      65,536 tokens per step: tokens/s, SST/full step time, peak CUDA memory per method.
+#      65,536 tokens per step: tokens/s, SST/full step time, peak CUDA memory per method;
+#   3. benchmarks/torchrun_one_device.py: `torchrun --nproc_per_node 1` of a short SST job
+#      against the plain command (and the plain command against itself: the noise floor).
 #
 #   benchmarks/gpu_check.sh                        # on a GPU: results -> benchmarks/results/perf_gpu/
 #   benchmarks/gpu_check.sh --device cpu           # dry run on a CPU: -> runs/gpu_check_dry_run/
@@ -20,7 +22,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --device) device="${2:?--device needs a value: cuda, cuda:N or cpu}"; shift 2 ;;
     --out) out="${2:?--out needs a folder}"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument '$1'; allowed: --device cuda|cuda:N|cpu, --out DIR" >&2
        exit 2 ;;
   esac
@@ -58,6 +60,11 @@ torch.cuda.is_available(), '|', torch.cuda.get_device_name(0) if torch.cuda.is_a
   perf=0
   "$PYTHON" benchmarks/perf_gpu.py --device "$device" --out "$out" "${dry[@]}" || perf=$?
 
-  echo "== done in $(( $(date +%s) - start )) s; results in $out; status: tests $tests, perf $perf"
-  [ "$tests" = 0 ] && [ "$perf" = 0 ]
+  echo "== 3. torchrun --nproc_per_node 1 against the plain command"
+  one=0
+  "$PYTHON" benchmarks/torchrun_one_device.py --device "$device" --out "$out" || one=$?
+
+  echo "== done in $(( $(date +%s) - start )) s; results in $out; status: tests $tests," \
+       "perf $perf, torchrun-1 $one"
+  [ "$tests" = 0 ] && [ "$perf" = 0 ] && [ "$one" = 0 ]
 } 2>&1 | tee "$log"

@@ -31,6 +31,17 @@ method's schedule (the guard, :mod:`sparse_spectral.methods.guard`, stops it). W
   ``optimizer.pt`` in every ``checkpoint-N`` folder; on resume it is loaded after the model
   weights and before the optimizer, so a resumed run continues bit-exactly (on CPU, at the
   same thread count).
+* **many processes**: under ``torchrun`` or ``accelerate launch`` (DDP; the Trainer wraps
+  the model, the optimizer is built on the unwrapped one, whose parameters DDP shares, so
+  the guard and the method see them) ``train`` and every ``after_step`` run inside
+  :func:`~sparse_spectral._util.collectives.replicated_ranks` on every rank: SST's re-SVD
+  of layer ``l`` is computed on rank ``l mod N`` and broadcast, rank 0's draws are
+  broadcast, GaLore's projections are rank 0's, so the replicas stay bitwise identical.
+  The main process alone writes ``sparse_spectral_method.pt`` (atomically); every rank
+  loads it on resume. FSDP, DeepSpeed, ``parallelism_config`` and tensor-parallel models
+  are refused with a ``ValueError``: accelerate's FSDP2 shards every parameter on dim 0,
+  which splits SST's ``Vh`` across its slots (the project's own ``--parallel fsdp2``
+  shards it by columns).
 
 Why a subclass and not ``Trainer(..., optimizers=..., callbacks=[...])``: the optimizer
 needs the arguments' hyper-parameters and the schedule needs the step count the Trainer

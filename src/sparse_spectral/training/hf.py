@@ -31,6 +31,17 @@ method's schedule (the guard, :mod:`sparse_spectral.methods.guard`, stops it). W
   ``optimizer.pt`` in every ``checkpoint-N`` folder; on resume it is loaded after the model
   weights and before the optimizer, so a resumed run continues bit-exactly (on CPU, at the
   same thread count).
+* **many processes**: under ``torchrun`` or ``accelerate launch`` (DDP; the Trainer wraps
+  the model, the optimizer is built on the unwrapped one, whose parameters DDP shares, so
+  the guard and the method see them) ``train`` and every ``after_step`` run inside
+  :func:`~sparse_spectral._util.collectives.replicated_ranks` on every rank: SST's re-SVD
+  of layer ``l`` is computed on rank ``l mod N`` and broadcast, rank 0's draws are
+  broadcast, GaLore's projections are rank 0's, so the replicas stay bitwise identical.
+  The main process alone writes ``sparse_spectral_method.pt`` (atomically); every rank
+  loads it on resume. FSDP, DeepSpeed, ``parallelism_config`` and tensor-parallel models
+  are refused with a ``ValueError``: accelerate's FSDP2 shards every parameter on dim 0,
+  which splits SST's ``Vh`` across its slots (the project's own ``--parallel fsdp2``
+  shards it by columns).
 
 Why a subclass and not ``Trainer(..., optimizers=..., callbacks=[...])``: the optimizer
 needs the arguments' hyper-parameters and the schedule needs the step count the Trainer
@@ -51,12 +62,22 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.training_args import ParallelMode
+
+from .._util.atomic import atomic_write
+from .._util.collectives import replicated_ranks
 
 METHOD_STATE_NAME = "sparse_spectral_method.pt"
 OPTIMIZER_NAME = "optimizer.pt"
 _ADAMW_NAMES = ("adamw_torch", "adamw_torch_fused")
 
 __all__ = ["METHOD_STATE_NAME", "SpectralCallback", "SpectralTrainer", "SpectralTrainerMixin"]
+
+
+def data_parallel(args) -> bool:
+    """Whether ``args`` (``TrainingArguments``) train one replica per process: DDP under
+    ``torchrun`` / ``accelerate launch`` with more than one process."""
+    return args.parallel_mode == ParallelMode.DISTRIBUTED and args.world_size > 1
 
 
 def unwrap_optimizer(optimizer):
@@ -70,7 +91,11 @@ class SpectralCallback(TrainerCallback):
     """Run ``method.after_step(global_step, optimizer)`` after every optimizer step.
 
     ``on_step_end`` fires once per optimizer step (not per micro-batch), after the step,
-    the scheduler and ``zero_grad``, with ``state.global_step`` already counting it.
+    the scheduler and ``zero_grad``, with ``state.global_step`` already counting it. Under
+    DDP (:func:`data_parallel`) every rank runs it inside
+    :func:`~sparse_spectral._util.collectives.replicated_ranks`, so the method's changes
+    (SST's re-SVDs and draws) are computed once and broadcast: the replicas stay bitwise
+    identical.
 
     Args:
         method: the training method that prepared the model.
@@ -82,7 +107,9 @@ class SpectralCallback(TrainerCallback):
         self.optimizer = optimizer
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
-        self.method.after_step(state.global_step, unwrap_optimizer(self.optimizer or optimizer))
+        with replicated_ranks(data_parallel(args)):
+            self.method.after_step(state.global_step,
+                                   unwrap_optimizer(self.optimizer or optimizer))
         return control
 
 
@@ -95,6 +122,21 @@ def _restart_wrapped(multiplier, method):
 
 def _has_restart_warmup(method) -> bool:
     return bool(method.restart_cycle()) and bool(getattr(method.config, "restart_warmup_steps", 0))
+
+
+def _sharding_settings(trainer) -> list[str]:
+    """The settings of ``trainer`` that would shard the model or the optimizer state."""
+    args, found = trainer.args, []
+    if args.fsdp or getattr(trainer, "is_fsdp_enabled", False) \
+            or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        found.append(f"fsdp={args.fsdp!r} (or accelerate launch --use_fsdp)")
+    if args.deepspeed or getattr(trainer, "is_deepspeed_enabled", False):
+        found.append(f"deepspeed={args.deepspeed!r} (or accelerate launch --use_deepspeed)")
+    if getattr(args, "parallelism_config", None) is not None:
+        found.append(f"parallelism_config={args.parallelism_config!r}")
+    if (getattr(trainer.model, "tp_size", None) or 1) > 1:
+        found.append(f"a tensor-parallel model (tp_size={trainer.model.tp_size})")
+    return found
 
 
 def _check_prepared(method, model) -> None:
@@ -128,6 +170,16 @@ class SpectralTrainerMixin:
         self.method = method
         super().__init__(*args, **kwargs)
         _check_prepared(method, self.model)
+        sharding = _sharding_settings(self)
+        if sharding:
+            # accelerate's FSDP2 shards every parameter on dim 0, so SST's Vh (r x n) is
+            # split across its r slots (its swaps and per-slot restarts need them whole),
+            # and replaces the parameters the method and its guard hold.
+            raise ValueError(
+                f"{sharding[0]}: {type(self).__name__} runs one process or DDP (torchrun / "
+                "accelerate launch without FSDP or DeepSpeed); sharding through the Trainer "
+                "is not supported. For FSDP2 use the project's loop: torchrun "
+                "--nproc_per_node N -m sparse_spectral.cli train ... --parallel fsdp2")
         optim = str(getattr(self.args.optim, "value", self.args.optim))
         if optim not in _ADAMW_NAMES and self.optimizer is None \
                 and getattr(self, "optimizer_cls_and_kwargs", None) is None:
@@ -140,9 +192,25 @@ class SpectralTrainerMixin:
         # First, so that other callbacks' on_step_end see the model after the method's step.
         self.callback_handler.callbacks.insert(0, SpectralCallback(method))
 
+    def train(self, *args, **kwargs):
+        """``Trainer.train``; under DDP (:func:`data_parallel`) inside ``replicated_ranks``.
+
+        There the methods' between-step changes come out identical on every rank by
+        construction: SST's re-SVD of layer ``l`` is computed on rank ``l mod N`` and
+        broadcast, and rank 0's draws are broadcast; GaLore's projection (computed in the
+        optimizer step) is rank 0's, broadcast.
+        """
+        with replicated_ranks(data_parallel(self.args)):
+            return super().train(*args, **kwargs)
+
     # ------------------------------------------------------------ optimizer and schedule
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
-        """``method.build_optimizer`` with the arguments' Adam settings (unless given)."""
+        """``method.build_optimizer`` with the arguments' Adam settings (unless given).
+
+        Under DDP the Trainer calls this before wrapping, with the unwrapped model; the
+        wrapper trains the same parameter objects, so the method's param groups and its
+        guard see what DDP trains.
+        """
         if self.optimizer is None:
             opt_model = self.model if model is None else model
             chosen = getattr(self, "optimizer_cls_and_kwargs", None)  # transformers >= 4.47
@@ -179,12 +247,18 @@ class SpectralTrainerMixin:
 
     # ------------------------------------------------------------ checkpoints
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """The Trainer's files, then ``sparse_spectral_method.pt``: the main process alone
+        writes it (the ranks' method states are identical), atomically."""
         super()._save_optimizer_and_scheduler(output_dir)
         if self.args.should_save:
-            torch.save(self.method.state_dict(), os.path.join(output_dir, METHOD_STATE_NAME))
+            state = self.method.state_dict()
+            atomic_write(os.path.join(output_dir, METHOD_STATE_NAME),
+                         lambda path: torch.save(state, path))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """Method state first (the model weights are loaded by now), then the optimizer.
+
+        Every rank loads the same file (the Trainer has loaded the same weights on each).
 
         Raises:
             FileNotFoundError: the checkpoint has an optimizer state but no method state

@@ -220,6 +220,8 @@ class SparseSpectral(ReplacingMethod):
                                    for index, layer, iteration in due], src=0)
         for (_, layer, _), new_idx in zip(due, draws, strict=True):
             layer.swap_(new_idx, optimizer)
+        for _, layer in self.layers:  # the step's composed W is stale now: free its memory
+            layer.release_composed_weight()
 
     def _resvd(self, layer: SpectralLinear, index: int, optimizer) -> None:
         """Re-decompose ``layer`` (on its owner rank under DDP, then broadcast in place).

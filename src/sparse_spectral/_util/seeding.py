@@ -23,3 +23,32 @@ def counter_seed(*key: int) -> int:
     for part in key:
         h = _splitmix64(h ^ (int(part) & _MASK64))
     return h & ((1 << 63) - 1)
+
+
+#: Stream key of the process-global generators (dropout), apart from the model
+#: initialisations, which seed their own generators with the run seed itself.
+GLOBAL_STREAM = 0x5EED
+
+
+def seed_global_rngs(seed: int, rank: int = 0) -> int:
+    """Seed every process-global generator a run draws from: torch's CPU and CUDA ones
+    (dropout masks, ``torch.rand`` without a generator), numpy's and Python's.
+
+    A run calls this once, after building its model and before the first step, so two runs
+    with the same seed draw the same dropout masks. Under torchrun each rank seeds its own
+    stream, ``counter_seed(seed, GLOBAL_STREAM, rank)``: the ranks' dropout masks differ,
+    as their batches do, and rank 0's equal a single-process run's.
+
+    Returns:
+        The seed given to the generators (numpy's and Python's take it modulo ``2**32``).
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    value = counter_seed(seed, GLOBAL_STREAM, rank)
+    torch.manual_seed(value)  # also every CUDA device's generator
+    np.random.seed(value % 2**32)
+    random.seed(value)
+    return value

@@ -56,7 +56,7 @@ def test_the_global_generators_follow_the_seed_and_the_rank():
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1])
     assert first[2] == again[2]
     assert not torch.equal(first[0], draws(6)[0])       # another seed, other masks
-    assert not torch.equal(first[0], draws(5, rank=1)[0])  # under torchrun: per rank
+    assert not torch.equal(first[0], draws(5, rank=1)[0])  # a stream per rank, when asked
 
 
 def test_lm_runs_with_dropout_train_identical_weights(tmp_path_factory, tmp_path):

@@ -46,7 +46,21 @@ class Checked:
 
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """The resolved annotations of ``cls``; one that cannot be resolved (a name local to the
+    function that defined the class) is ``Any``: not checked."""
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        hints = {}
+        for klass in reversed(cls.__mro__):
+            scope = vars(__import__(klass.__module__, fromlist=["_"]))
+            for name, annotation in vars(klass).get("__annotations__", {}).items():
+                try:
+                    hints[name] = typing.get_type_hints(
+                        type("_", (), {"__annotations__": {name: annotation}}), scope)[name]
+                except (NameError, TypeError, SyntaxError):
+                    hints[name] = Any
+        return hints
 
 
 def field_types(cls: type) -> dict[str, Any]:

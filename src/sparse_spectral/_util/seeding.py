@@ -35,9 +35,10 @@ def seed_global_rngs(seed: int, rank: int = 0) -> int:
     (dropout masks, ``torch.rand`` without a generator), numpy's and Python's.
 
     A run calls this once, after building its model and before the first step, so two runs
-    with the same seed draw the same dropout masks. Under torchrun each rank seeds its own
-    stream, ``counter_seed(seed, GLOBAL_STREAM, rank)``: the ranks' dropout masks differ,
-    as their batches do, and rank 0's equal a single-process run's.
+    with the same seed draw the same dropout masks. ``rank`` keys a stream per process,
+    ``counter_seed(seed, GLOBAL_STREAM, rank)`` (rank 0's is a single-process run's); the
+    engine passes 0 on every rank for now, so DDP ranks draw the same masks, because a
+    checkpoint saves rank 0's generator state only (docs/reliability.md).
 
     Returns:
         The seed given to the generators (numpy's and Python's take it modulo ``2**32``).

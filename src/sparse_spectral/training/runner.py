@@ -221,9 +221,11 @@ def train_run(task, settings, *, data=None, resume: bool = False,
         logger = MultiLogger(*loggers)
     else:
         logger = NullLogger()
-    # Dropout and every other draw from the global generators follow --seed (per rank
-    # under torchrun); a resumed run restores the generator state from its checkpoint.
-    seed_global_rngs(settings.seed, world.rank if world is not None else 0)
+    # Dropout and every other draw from the global generators follow --seed; a resumed
+    # run restores the generator state from its checkpoint. Every rank seeds the same
+    # stream: a checkpoint holds rank 0's generator state only, so per-rank streams would
+    # make a resumed DDP run with dropout differ from an uninterrupted one.
+    seed_global_rngs(settings.seed)
     began = time.perf_counter()
     try:
         result = train(model, method, batch_fn=batches.batch_fn, loss_fn=task.loss(settings, data),

@@ -84,8 +84,8 @@ class SSTConfig(LowRankConfig):
                                 "dtype. bfloat16 halves the frozen factors' bytes; a vector "
                                 "leaving the active set is rounded to it."})
 
-    def __post_init__(self):
-        super().__post_init__()
+    def validate(self):
+        super().validate()
         check_int("iteration_interval (T3)", self.iteration_interval, 1)
         if self.iterations_per_round is not None and (
                 not is_int(self.iterations_per_round) or self.iterations_per_round < 1):

@@ -69,27 +69,43 @@ class _Watch:
     def __init__(self, method):
         from ..spectral.layer import SpectralLinear
 
-        layers = [layer for _, layer in getattr(method, "layers", [])]
+        # The layers, not their parameters: FSDP2's fully_shard replaces parameter objects,
+        # and the ids of dropped ones can come back on another model's parameters.
+        self.layers = [layer for _, layer in getattr(method, "layers", [])]
         self.name = method.name
         self.needs_after_step = bool(method.needs_after_step)
-        self.param_ids = {id(p) for layer in layers for p in layer.parameters() if p.requires_grad}
-        # SST: vectors whose slots swap and must restart their own Adam step count.
-        self.slotted = [p for layer in layers if isinstance(layer, SpectralLinear)
-                        for p in (layer.U_active, layer.Vh_active)]
-        # GaLore: target weights that must sit in a projection group.
-        self.projected_ids = set(getattr(method, "target_ids", ()))
-        self.param_ids |= self.projected_ids
+        self.spectral = any(isinstance(layer, SpectralLinear) for layer in self.layers)
+        # GaLore: target weights that must sit in a projection group (ids of live ones).
+        self.projects = hasattr(method, "target_ids")
+        self.method = weakref.ref(method)
         self.seen: weakref.WeakKeyDictionary[Any, _Seen] = weakref.WeakKeyDictionary()
 
     @property
+    def projected_ids(self) -> set[int]:
+        method = self.method()
+        return set(method.target_ids) if self.projects and method is not None else set()
+
+    @property
     def active(self) -> bool:
-        return self.needs_after_step or bool(self.slotted) or bool(self.projected_ids)
+        return self.needs_after_step or self.spectral or bool(self.projected_ids)
+
+    def _param_ids(self) -> set[int]:
+        """The ids of the method's trained parameters as they are now."""
+        return {id(p) for layer in self.layers for p in layer.parameters()
+                if p.requires_grad} | self.projected_ids
+
+    def _slotted(self) -> list[torch.Tensor]:
+        """SST: vectors whose slots swap and must restart their own Adam step count."""
+        from ..spectral.layer import SpectralLinear
+
+        return [p for layer in self.layers if isinstance(layer, SpectralLinear)
+                for p in (layer.U_active, layer.Vh_active)]
 
     def observe(self, method, optimizer) -> None:
         seen = self.seen.get(optimizer)
-        if seen is None:
-            holds = any(id(p) in self.param_ids
-                        for group in optimizer.param_groups for p in group["params"])
+        if seen is None:  # once per optimizer
+            ids = self._param_ids()
+            holds = any(id(p) in ids for group in optimizer.param_groups for p in group["params"])
             seen = self.seen[optimizer] = _Seen(holds, method.step)
         if not seen.holds:
             return
@@ -111,16 +127,16 @@ class _Watch:
 
     def _check_optimizer(self, optimizer) -> None:
         kind = type(optimizer).__name__
-        if self.projected_ids:
+        projected = self.projected_ids
+        if projected:
             for group in optimizer.param_groups:
-                if "rank" not in group and any(id(p) in self.projected_ids
-                                               for p in group["params"]):
+                if "rank" not in group and any(id(p) in projected for p in group["params"]):
                     raise MethodGuardError(
                         f"{kind} trains GaLore's target weights in a param group without "
                         f"a projection ('rank'), i.e. at full rank. Fix: "
                         f"{_OPTIMIZER_FIX.format('GaLoreAdamW')}. {_SILENCE}")
         state = optimizer.state
-        for p in self.slotted:
+        for p in self._slotted():
             held = state.get(p)
             step = held.get("step") if held else None
             if step is not None and not (torch.is_tensor(step) and step.dim() == p.dim()):

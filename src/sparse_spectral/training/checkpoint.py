@@ -88,7 +88,9 @@ def _publish(root: Path, tmp: Path, final: Path) -> None:
     """Checksum and fsync the finished ``tmp``, rename it into ``final`` (replacing a
     re-saved step whole), then point ``latest`` at it (each rename fsynced)."""
     write_manifest(tmp)
-    if final.exists():  # re-saving a step (e.g. after a resume): replace it whole
+    if final.is_symlink():  # not ours to follow (a resume never used it)
+        final.unlink()
+    elif final.exists():  # re-saving a step (e.g. after a resume): replace it whole
         shutil.rmtree(final)
     os.replace(tmp, final)
     fsync_dir(root)
@@ -155,8 +157,8 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
         return None
     name = _read_pointer(pointer)
     path = root / name
-    if not path.is_dir():
-        raise CheckpointError(f"{pointer} names {name}, which is missing")
+    if path.is_symlink() or not path.is_dir():
+        raise CheckpointError(f"{pointer} names {name}, which is missing (or a link)")
     return path
 
 
@@ -197,7 +199,40 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if int(state.get("step", -1)) != _step_of(path):
         raise CheckpointError(f"{path / STATE_FILE} holds step {state.get('step')!r}, not "
                               f"{_step_of(path)}")
+    if state.get("optimizer") is not None:  # (FSDP2 keeps it in the shards)
+        _check_optimizer_state(path, state)
     return state
+
+
+def check_model_file(path: str | os.PathLike, model: nn.Module) -> None:
+    """Refuse a checkpoint whose ``model.safetensors`` does not fit ``model`` (read from its
+    header only: tensor names and shapes), before anything is written.
+
+    A tensor tied to another (sharing its storage) may be absent: safetensors saves one name.
+
+    Raises:
+        CheckpointError: naming the missing and unexpected tensors and changed shapes.
+    """
+    from safetensors import safe_open
+
+    file = Path(path) / MODEL_FILE
+    with _loading(file, "model"):
+        with safe_open(str(file), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    groups: dict[int, list[str]] = {}
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        groups.setdefault(tensor.untyped_storage().data_ptr() if tensor.numel() else id(tensor),
+                          []).append(name)
+    missing = [names[0] for names in groups.values() if not any(n in shapes for n in names)]
+    unexpected = sorted(set(shapes) - set(expected))
+    changed = [f"{k} {list(shapes[k])} in the checkpoint, {list(expected[k].shape)} here"
+               for k in expected if k in shapes and shapes[k] != tuple(expected[k].shape)]
+    problems = ([f"missing tensor(s) {', '.join(missing[:4])}"] if missing else []) \
+        + ([f"unexpected tensor(s) {', '.join(unexpected[:4])}"] if unexpected else []) \
+        + ([f"shape of {'; '.join(changed[:3])}"] if changed else [])
+    if problems:
+        raise CheckpointError(f"{file} does not fit this run's model: " + "; ".join(problems))
 
 
 def resumable_checkpoint(run_dir: str | os.PathLike) -> Path | None:

@@ -36,7 +36,12 @@ from ..methods import (
     method_config_fields,
     method_for_run,
 )
-from .checkpoint import check_world_size, read_checkpoint_state, resumable_checkpoint
+from .checkpoint import (
+    check_model_file,
+    check_world_size,
+    read_checkpoint_state,
+    resumable_checkpoint,
+)
 from .compile import check_compile, compile_model, compiled_graphs
 from .device import (
     autocast,
@@ -196,6 +201,8 @@ def train_run(task, settings, *, data=None, resume: bool = False,
     if settings.runtime.compile:  # in place: the same object and state_dict keys
         model = compile_model(model, settings.runtime.compile_backend)
     trainable, total = count_parameters(model)
+    if point is not None and not (world is not None and world.sharded):
+        check_model_file(point.path, model)  # a changed shape: refused before any write
     if world is not None and world.sharded:  # before the optimizer: it must hold the shards
         shard_model(model, method)
     with claim(run_dir, resume=resume, overwrite=overwrite, world=world):

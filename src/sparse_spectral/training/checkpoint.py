@@ -378,13 +378,17 @@ class _loading:
 def _check_optimizer_state(path: Path, state: dict[str, Any]) -> None:
     """Refuse an optimizer state without moments after real updates (an emptied state would
     resume with fresh moments: a different run). A run whose every step so far the fp16
-    scaler skipped has none, legitimately."""
+    scaler skipped has none, legitimately. A combined optimizer's state
+    (``{"optimizers": [...]}``, the hyperbolic tasks') counts if any part has moments."""
     optim = state.get("optimizer")
-    if not isinstance(optim, dict) or "state" not in optim or "param_groups" not in optim:
+    parts = optim.get("optimizers") if isinstance(optim, dict) and "optimizers" in optim \
+        else [optim]
+    if not isinstance(parts, list) or not all(
+            isinstance(p, dict) and "state" in p and "param_groups" in p for p in parts):
         raise CheckpointError(f"{path / STATE_FILE} has no optimizer state")
     history = state.get("extra", {}).get("history", {})
     updated = history.get("updates", int(state["step"]))
-    if updated > 0 and not optim["state"]:
+    if updated > 0 and not any(p["state"] for p in parts):
         raise CheckpointError(f"{path / STATE_FILE}: the optimizer state is empty after "
                               f"{updated} update(s); resuming would restart its moments")
 

@@ -205,8 +205,9 @@ def prepare(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> Non
                       f"write left: {', '.join(p.name for p in stale[:5])}", stacklevel=3)
 
 
-def _agree(failure: BaseException | None, world) -> None:
-    """Fail every rank when rank 0 failed (one all-reduce; a no-op for one process)."""
+def _agree(failure: BaseException | None, world,
+           message: str = "rank 0 could not claim the run folder (its error says why)") -> None:
+    """Fail every rank when any failed (one all-reduce; a no-op for one process)."""
     if world is None or world.size == 1:
         if failure is not None:
             raise failure
@@ -217,7 +218,7 @@ def _agree(failure: BaseException | None, world) -> None:
     if failure is not None:
         raise failure
     if failed:
-        raise RunFolderError("rank 0 could not claim the run folder (its error says why)")
+        raise RunFolderError(message)
 
 
 def lock_holder(run_dir: str | os.PathLike) -> dict | None:
@@ -254,19 +255,34 @@ def _refuse_old_run(folder: Path, old: list[Path]) -> RunFolderError:
                           "another --output_dir")
 
 
-def check_request(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
-    """What :func:`claim` will refuse, checked early and read-only (every rank, before the
-    data are prepared): a bad path, a live writer, an old run without ``--overwrite``, a
-    resume of nothing.
+def check_request(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
+                  world=None) -> None:
+    """What :func:`claim` will refuse, checked early and read-only (before the data are
+    prepared): a bad path, a live writer, an old run without ``--overwrite``, a resume of
+    nothing.
+
+    Under a ``world`` every rank checks the folder, rank 0 alone probes the lock (another
+    rank could see rank 0's own lock of this run), and one all-reduce makes a refusal fail
+    every rank.
 
     Raises:
         RunFolderError, ValueError, FileNotFoundError: as :func:`claim`.
     """
+    failure = None
+    try:
+        _check_request(Path(run_dir), resume, overwrite,
+                       probe_lock=world is None or world.is_main)
+    except (ValueError, FileNotFoundError) as err:  # RunFolderError is a ValueError
+        failure = err
+    _agree(failure, world, "rank 0 refused the run folder (its error says why)")
+
+
+def _check_request(run_dir: Path, resume: bool, overwrite: bool, probe_lock: bool) -> None:
     folder = check_output_dir(run_dir)
     _check_conflicts(resume, overwrite)
     if resume and not folder.is_dir():
         raise FileNotFoundError(f"--resume: {folder} does not exist: no checkpoint to resume from")
-    holder = lock_holder(folder)
+    holder = lock_holder(folder) if probe_lock else None
     if holder is not None:
         raise RunFolderError(f"{folder} is being written by another run "
                              f"({_describe(holder)}); wait for it to end, or choose another "

@@ -185,7 +185,7 @@ def train_run(task, settings, *, data=None, resume: bool = False,
     task.check(settings)
     run_dir = Path(settings.output.output_dir)
     overwrite = bool(getattr(settings.output, "overwrite", False))
-    check_request(run_dir, resume=resume, overwrite=overwrite)
+    check_request(run_dir, resume=resume, overwrite=overwrite, world=world)
     if world is not None and world.sharded:
         check_fsdp2(settings)
     data = task.to_device(data if data is not None else task.prepare_data(settings), device,

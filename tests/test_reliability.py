@@ -35,6 +35,9 @@ from sparse_spectral.training.manifest import MANIFEST, write_manifest
 from sparse_spectral.training.runfolder import LOCK_FILE, RunFolderError, RunLock
 
 STEPS = 12
+#: The kill and second-writer cases fork this process and rely on flock (POSIX).
+posix = pytest.mark.skipif(not hasattr(os, "fork") or os.name != "posix",
+                           reason="needs fork and flock")
 
 
 def digits(out, **changes) -> ImagesSettings:
@@ -180,6 +183,7 @@ KILL_POINTS = {
 }
 
 
+@posix
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))
 def test_kill_inside_a_checkpoint_write_resumes_bit_exact(point, reference, data, tmp_path):
     out = tmp_path / "run"
@@ -202,6 +206,7 @@ def test_kill_inside_a_checkpoint_write_resumes_bit_exact(point, reference, data
     assert eval_steps(out) == [4, 8, 12]  # the log trimmed to the checkpoint, then continued
 
 
+@posix
 @pytest.mark.parametrize("delay", [0.15, 0.6, 1.1])
 def test_kill_at_a_random_moment_resumes_bit_exact(delay, reference, data, tmp_path):
     out = tmp_path / "run"
@@ -226,6 +231,7 @@ def test_kill_at_a_random_moment_resumes_bit_exact(delay, reference, data, tmp_p
 
 
 # ---------------------------------------------------------------------- concurrent writers
+@posix
 def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(data, tmp_path, capsys):
     out = tmp_path / "run"
     pid = os.fork()

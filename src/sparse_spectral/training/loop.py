@@ -120,7 +120,7 @@ class TrainResult:
     grad_optimizer_bytes: int = 0
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
-    #: Steps whose update ``fp16-mixed``'s scaler skipped (inf/NaN gradients), this process.
+    #: Steps whose update ``fp16-mixed``'s scaler skipped (inf/NaN gradients), whole run.
     skipped_steps: int = 0
     evaluator: Any = None  # the eval_fn trained with (e.g. a task's early stopping)
     #: One entry per resume: ``{"step", "checkpoint", ...the caller's resume_record}``.

@@ -30,7 +30,7 @@ def _run(prefix: list[str], out: Path, steps: int, batch: int) -> dict:
                      "--block_size", "128", "--batch_size", str(batch),
                      "--num_training_steps", str(steps), "--warmup_steps", "2",
                      "--eval_every", "0", "--eval_tokens", "2048", "--iteration_interval", "5",
-                     "--output_dir", str(out), "--no_progress", "--threads", "1"]
+                     "--output_dir", str(out), "--overwrite", "--no_progress", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"),
                                                        os.environ.get("PYTHONPATH")]))}

@@ -15,7 +15,7 @@ for seed in 0 1; do
     $PY -m sparse_spectral.cli train lm --method sst --rank 16 --model gpt_cpu --lr 1e-2 \
       --num_training_steps 600 --warmup_steps 60 --batch_size 12 --block_size 64 \
       --iteration_interval 100 --eval_every 100 --eval_tokens 16384 --corpus tinyshakespeare \
-      --data-dir "$DATA" --seed "$seed" --threads 1 "${extra[@]}" \
+      --data-dir "$DATA" --seed "$seed" --threads 1 --overwrite "${extra[@]}" \
       --output_dir "$RUNS/${variant}_seed$seed" > "$RUNS.${variant}_seed$seed.log" 2>&1
   done
 done

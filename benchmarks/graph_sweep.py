@@ -117,7 +117,7 @@ def run_cell(out: str, split: str, data_dir: str | None, cell: tuple,
     settings = GraphSettings.from_dict(dict(
         dataset=dataset, task=task, data_dir=data_dir, split=split, method=method,
         rank=max(rank, 1), seed=seed, lr=lr, output_dir=str(cell_dir(Path(out), *cell)),
-        save_embeddings=False))
+        overwrite=True, save_embeddings=False))  # an unrecorded cell starts again
     return train_run(GRAPH, settings, progress=False).summary
 
 

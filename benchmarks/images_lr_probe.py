@@ -34,7 +34,7 @@ def main() -> None:
         settings = ImagesSettings.from_dict(dict(
             data_dir=args.data_dir, lr=lr, hidden=[512, 512], rank=32, epochs=2,
             batch_size=128, eval_every=400, warmup_steps=50, iteration_interval=50,
-            output_dir=f"runs/lr_probe/lr{lr:g}"))
+            output_dir=f"runs/lr_probe/lr{lr:g}", overwrite=True))
         run_compare(IMAGES, settings, args.methods.split(","), progress=False)
         render(settings.output.output_dir)
 

@@ -83,6 +83,7 @@ def run_one(out: Path, steps: int, name: str, method: str, lr: float, extra: lis
     cmd = [sys.executable, "-m", "sparse_spectral.cli", "train", "lm", "--method", method,
            "--lr", str(lr), "--num_training_steps", str(steps),
            "--eval_every", str(max(1, steps // 10)), "--output_dir", str(run_dir),
+           "--overwrite",  # an unfinished run (no summary) starts again
            *COMMON, *rank_flag(method, extra), *extra]
     log = run_dir.with_suffix(".log")
     run_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,7 @@ def command(stage: str, method: str, run_dir: Path, data_dir: str | None) -> lis
 
     cmd = [sys.executable, "-m", "sparse_spectral.cli", "train", "mt", "--model", family,
            "--method", method, "--d_model", str(d), "--epochs", str(epochs),
-           "--output_dir", str(run_dir), *COMMON]
+           "--output_dir", str(run_dir), "--overwrite", *COMMON]  # unfinished: start again
     # A flag the method lacks is an error: full rank gets no rank, LoRA no interval.
     if "rank" in method_config_fields(method):
         cmd += ["--rank", str(rank)]

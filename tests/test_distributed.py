@@ -20,7 +20,11 @@ from engine_helpers import shakespeare_excerpt
 from safetensors.torch import load_file
 
 from sparse_spectral.tasks.lm import LM, LMSettings
-from sparse_spectral.training.checkpoint import latest_checkpoint, read_checkpoint_state
+from sparse_spectral.training.checkpoint import (
+    latest_checkpoint,
+    read_checkpoint_state,
+    verify_checkpoint,
+)
 from sparse_spectral.training.compare import run_compare, weight_spectra
 from sparse_spectral.training.distributed import (
     World,
@@ -29,6 +33,7 @@ from sparse_spectral.training.distributed import (
     setup,
     shard_rows,
 )
+from sparse_spectral.training.runfolder import RunLock
 from sparse_spectral.training.runner import build_method, train_run, unsharded
 
 STEPS = 8
@@ -114,7 +119,11 @@ def _job(rank: int, world_size: int, corpus: str, tmp: str) -> None:
         "odd_batch": lambda: train_run(LM, _settings(corpus, str(tmp / "odd"), batch_size=3,
                                                      total_batch_size=3), progress=False),
         "other_world": lambda: train_run(LM, _settings(corpus, str(tmp / "one_resumed")),
-                                         resume=True, progress=False)})
+                                         resume=True, progress=False),
+        # the run folder's rules: an old run without --overwrite, a live writer's folder
+        "old_run": lambda: train_run(LM, _settings(corpus, str(tmp / "ddp_sst")),
+                                     progress=False),
+        "held": lambda: train_run(LM, _settings(corpus, str(tmp / "held")), progress=False)})
     torch.save(report, tmp / f"rank{rank}.pt")
 
 
@@ -132,7 +141,13 @@ def test_two_ranks_match_one_process_and_each_other(corpus_file, tmp_path):
     _truncate_to(tmp_path / "one_resumed", 4)
     one_resumed_log = (tmp_path / "one_resumed" / "metrics.jsonl").read_text()
 
-    run_distributed(_job, 2, tmp_path, str(corpus_file), str(tmp_path))
+    (tmp_path / "held").mkdir()
+    holder = RunLock(tmp_path / "held")  # this process writes there while the ranks try
+    holder.acquire()
+    try:
+        run_distributed(_job, 2, tmp_path, str(corpus_file), str(tmp_path))
+    finally:
+        holder.release()
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
     # Each rank trained its half of every global micro-batch (rows in order).
@@ -166,8 +181,8 @@ def test_two_ranks_match_one_process_and_each_other(corpus_file, tmp_path):
             assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
         assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
             "latest", "step_000004", "step_000008"]
-        assert sorted(p.name for p in run.iterdir()) == [
-            "checkpoints", "metrics.jsonl", "summary.json"]
+        assert sorted(p.name for p in run.iterdir()) == [  # .lock: rank 0's, released
+            ".lock", "checkpoints", "metrics.jsonl", "summary.json"]
         state = read_checkpoint_state(latest_checkpoint(run))
         assert state["environment"]["world_size"] == 2
         assert json.loads((run / "summary.json").read_text())["world_size"] == 2
@@ -185,6 +200,12 @@ def test_two_ranks_match_one_process_and_each_other(corpus_file, tmp_path):
         assert "world size 2 does not divide the global micro-batch of 3 rows" \
             in errors["odd_batch"]
         assert "written by a run of 1 process(es), this one has 2" in errors["other_world"]
+        assert "ddp_sst already holds a run" in errors["old_run"]
+    # rank 0 probes the lock and names its holder; rank 1 fails with it
+    holder_named = f"being written by another run (pid {os.getpid()} on host"
+    assert holder_named in ranks[0]["errors"]["held"]
+    assert ranks[1]["errors"]["held"] == "rank 0 refused the run folder (its error says why)"
+    assert list((tmp_path / "held").iterdir()) == [tmp_path / "held" / ".lock"]
     assert not (tmp_path / "odd").exists()
     assert (tmp_path / "one_resumed" / "metrics.jsonl").read_text() == one_resumed_log
 
@@ -336,13 +357,17 @@ def test_fsdp2_engine_matches_one_process(corpus_file, tmp_path):
     for got, want_line in zip(train_lines, one_lines, strict=True):
         assert got["train_loss"] == pytest.approx(want_line["train_loss"], rel=1e-5)
         assert got["grad_norm"] == pytest.approx(want_line["grad_norm"], rel=1e-4)
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.jsonl",
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoints", "metrics.jsonl",
                                                       "summary.json"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "latest", "step_000004", "step_000008"]
     last = latest_checkpoint(run)
     assert {".metadata", "__0_0.distcp", "__1_0.distcp", "method.json", "model.safetensors",
-            "state.pt"} == {p.name for p in last.iterdir()}
+            "state.pt", "manifest.json"} == {p.name for p in last.iterdir()}
+    # the manifest covers every rank's shards, and a resume verifies them
+    listed = json.loads((last / "manifest.json").read_text())["files"]
+    assert set(listed) == {p.name for p in last.iterdir()} - {"manifest.json"}
+    verify_checkpoint(last)
     environment = read_checkpoint_state(last)["environment"]
     assert (environment["parallel"], environment["world_size"]) == ("fsdp2", 2)
     gathered = load_file(last / "model.safetensors")  # the full model, written by rank 0

@@ -27,6 +27,7 @@ from sparse_spectral.data.graphs import (
     SPLITS,
     load_graph,
 )
+from sparse_spectral.data.paths import ChecksumError
 from sparse_spectral.data.restricted_pickle import (
     AIRPORT_GLOBALS,
     PLANETOID_GLOBALS,
@@ -356,6 +357,31 @@ def test_restricted_unpickler_refuses_object_arrays():
     data = pickle.dumps(np.array([1, "a"], dtype=object), protocol=4)
     with pytest.raises(pickle.UnpicklingError, match="object arrays"):
         loads_restricted(data, PLANETOID_GLOBALS)
+    # The dtype as bare text, to ndarray and to _reconstruct (numpy.dtype never called).
+    for forged in (b"cnumpy\nndarray\n((I2\ntS'O'\ntR.",
+                   b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n(I0\ntS'O'\ntR."):
+        with pytest.raises(pickle.UnpicklingError, match="object arrays"):
+            loads_restricted(forged, PLANETOID_GLOBALS)
+    # A plain dtype whose pickled state sets the object flags afterwards (63).
+    plain = pickle.dumps(np.array([1, "a"], dtype=object), protocol=3).replace(b"O8", b"f8")
+    with pytest.raises(pickle.UnpicklingError, match="forged state for numpy dtype"):
+        loads_restricted(plain, PLANETOID_GLOBALS)
+    # Numeric arrays still load (protocol 5 would name numpy's _frombuffer: not allowed).
+    for protocol in (3, 4):
+        loaded = loads_restricted(pickle.dumps(np.arange(4.0), protocol=protocol),
+                                  PLANETOID_GLOBALS)
+        assert loaded.dtype == np.float64 and loaded.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_graph_files_are_checked_against_their_published_sha256(tmp_path, reference_data):
+    folder = tmp_path / "planetoid"
+    shutil.copytree(reference_data / "planetoid", folder)
+    damaged = bytearray((folder / "ind.cora.tx").read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01  # one flipped bit
+    (folder / "ind.cora.tx").write_bytes(bytes(damaged))
+    with pytest.raises(ChecksumError, match=r"checksum mismatch for .*ind\.cora\.tx"):
+        load_graph("cora", "nc", tmp_path)
+    assert load_graph("citeseer", "nc", tmp_path).num_nodes == 3327  # its files are intact
 
 
 def test_allow_lists_are_exactly_what_the_files_name(reference_data):
@@ -385,8 +411,10 @@ def test_load_graph_refuses_hostile_airport_file(tmp_path):
     folder = tmp_path / "hgcn" / "airport"
     folder.mkdir(parents=True)
     (folder / "airport.p").write_bytes(pickle.dumps(_Evil(str(marker))))
-    with pytest.raises(pickle.UnpicklingError, match="refused global"):
+    with pytest.raises(ChecksumError, match="checksum mismatch"):  # refused before unpickling
         load_graph("airport", "nc", tmp_path)
+    with pytest.raises(pickle.UnpicklingError, match="refused global"):  # and if it got there
+        hgcn.read_airport(folder / "airport.p")
     assert not marker.exists()
 
 

@@ -276,7 +276,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # As a plain AdamW loop: constant learning rate, no clipping.
         optim=OptimSettings(lr=args.lr, grad_clip=0.0),
         schedule=ScheduleSettings(epochs=float(args.epochs), warmup_steps=0, min_lr_ratio=1.0),
-        output=OutputSettings(output_dir=args.output_dir))
+        # The demo's folder is its own: each demo replaces the last one's runs.
+        output=OutputSettings(output_dir=args.output_dir, overwrite=True))
     print(f"Digits MLP (width {args.width}), {args.epochs} epochs, rank {args.rank}, "
           f"T3 = {args.iteration_interval}, seed {args.seed}")
     results = run_compare(IMAGES, settings, methods,

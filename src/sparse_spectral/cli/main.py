@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--iteration_interval", type=int, default=20, help="SST's T3")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=None)
-    demo.add_argument("--output_dir", default="runs/demo")
+    demo.add_argument("--output_dir", default="runs/demo",
+                      help="where the demo's runs go (replaced by each demo)")
     _add_debug_flag(demo)
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from . import hgcn, planetoid
-from .paths import resolve_data_dir
+from .paths import check_sha256, resolve_data_dir
 
 GRAPH_DATASETS = ("cora", "citeseer", "airport", "disease")
 GRAPH_TASKS = ("nc", "lp")
@@ -171,6 +171,56 @@ class GraphData:
 # Files
 
 
+#: sha256 of every graph file, as published (``SHA256SUMS`` of the reference data folder):
+#: a damaged or different copy is refused before it is parsed (or unpickled).
+FILE_SHA256 = {
+    "hgcn/airport/airport.p":
+        "ab16b04cea3666e87dbd8a5bff3de68da61330f4604fa21082f7a17e806e64d8",
+    "hgcn/disease_lp/disease_lp.edges.csv":
+        "b5b7e41bbfd28fc7f61590e5587622103ee9c3aa1b59911c74873a6f328dca07",
+    "hgcn/disease_lp/disease_lp.feats.npz":
+        "b4a726b13598c036a75e1b49f08e92820553b972966ad950b8d4d5416eb339f8",
+    "hgcn/disease_lp/disease_lp.labels.npy":
+        "8f2b26602764fbb785b93775d9f71194f1f36920e185af8bc5c31aea07dde858",
+    "hgcn/disease_nc/disease_nc.edges.csv":
+        "08b2dcf00db1e6a8f491af5294dee98197f1251a63bc9190d05fb4e77507782e",
+    "hgcn/disease_nc/disease_nc.labels.npy":
+        "70be7f91a854d924f3b7ac423615d75b1f9ee2506261c44113de27cc2caadd51",
+    "planetoid/ind.citeseer.allx":
+        "2ac30345d95c9ec933a817ee0bdd6a5f077f8c184a20e696910192d534414668",
+    "planetoid/ind.citeseer.ally":
+        "f704b2d986dde6c2669934de1f3ae5696a6cf9455c0f6b2646a2d135ea0a1c95",
+    "planetoid/ind.citeseer.graph":
+        "d79a4ef9d3e7169aee8946145f6b7306e35bc79bffad26346cfb94e10e9912a7",
+    "planetoid/ind.citeseer.test.index":
+        "2af990671580b6b2df5d158d1038f8292e30c9cd821b5453f399659b25b723d4",
+    "planetoid/ind.citeseer.tx":
+        "539a8906a2da97628d212f2fdd668c109a8b3f0d36574b59e5d3fd5b5303da21",
+    "planetoid/ind.citeseer.ty":
+        "55e5bd1ba1e733a04598753ad1a8d57957f4b8f89e74519f41f4f4938767e4ce",
+    "planetoid/ind.citeseer.x":
+        "d20de19150741e555de0ed037195630fc194114ebc7fd72ced62810148aa22f6",
+    "planetoid/ind.citeseer.y":
+        "8ba87e515d8e3ee3cf52f6d2c5b86aa73f11ecad825a808455209ec26cd54924",
+    "planetoid/ind.cora.allx":
+        "9419ba2f26f5c35243db64aba110e0f35a04851609e0dc5433450676ca6b8543",
+    "planetoid/ind.cora.ally":
+        "2b998f5cc7fedc86e7f97ca2498f47a1ffc1462c29e2d578b23bf3f62b6e7d71",
+    "planetoid/ind.cora.graph":
+        "58f13302f39dde8852dad6fe6d15b89b077b6d7f837626bce671ef80344b383d",
+    "planetoid/ind.cora.test.index":
+        "297ce89af2b51a6a194181c7dbe1796c6a1cf9cd9349a88383b1b1e227867875",
+    "planetoid/ind.cora.tx":
+        "b9afbaa4a400df991f6f02ef677e1e44da55ffc04801fd02f9e673987829226a",
+    "planetoid/ind.cora.ty":
+        "41f5ac76596a1699cc33f53084a2419e92961c42bb75f36fc38e616d348532ad",
+    "planetoid/ind.cora.x":
+        "23cfa55d91c6f624233f5eb7b6e3f141f1bd2b2ae39608a63cf5d084bb27baab",
+    "planetoid/ind.cora.y":
+        "94465c14eb53e04ca262198dcbb2521ee8af60fb3f3d546cd6ca24a511b0e7d1",
+}
+
+
 def required_files(name: str, task: str, use_feats: bool = True) -> list[Path]:
     """Paths, relative to the data folder, that ``load_graph(name, task)`` reads."""
     if name in planetoid.PLANETOID_NAMES:
@@ -198,6 +248,8 @@ def _data_root(name: str, task: str, data_dir, use_feats: bool) -> Path:
             raise FileNotFoundError(
                 f"graph data set '{name}' ({task}): missing file {root / rel}; {_HINT}, "
                 f"where DIR/{rel} exists (see docs/graph_data.md for the layout)")
+    for rel in needed:  # all present: now their content
+        check_sha256(root / rel, FILE_SHA256[rel.as_posix()])
     return root
 
 

@@ -17,7 +17,14 @@ The networkx and scipy classes are not imported at all: each maps to an inert
 :class:`PickledObject` that only records the state the pickle gives it, and the loaders read
 that state as plain dicts and arrays. So loading runs no networkx or scipy code and works
 whatever networkx version wrote the file. numpy arrays are rebuilt by numpy itself, with
-object dtypes refused (an object array could smuggle arbitrary objects).
+object dtypes refused (an object array could smuggle arbitrary objects): every way a pickle
+can name a dtype is checked (``numpy.dtype``, and the dtype arguments of ``ndarray`` and
+``_reconstruct``, which take a bare ``'O'`` too); a dtype's pickled state (``BUILD``, which
+could set its object flags after construction) must be the canonical state of that dtype,
+which is why the unpickler is pickle's pure-Python one (the C one offers no hook there; the
+files are small); and the loaded value is walked once more for object arrays. Any other
+failure while loading (numpy refusing a forged array state) is an ``UnpicklingError``
+naming the file.
 """
 
 from __future__ import annotations
@@ -65,21 +72,77 @@ def _reconstruct_function() -> Callable[..., Any]:
     return np.array(0).__reduce__()[0]
 
 
+def _refused(dtype: Any) -> pickle.UnpicklingError:
+    return pickle.UnpicklingError(f"refused numpy dtype {dtype!r}: object arrays are not "
+                                  f"allowed in a data file")
+
+
 def _safe_dtype(*args: Any) -> np.dtype:
     """``numpy.dtype`` for the pickle, refusing object dtypes."""
     dtype = np.dtype(*args)
     if dtype.hasobject:
-        raise pickle.UnpicklingError(f"refused numpy dtype {dtype!r}: object arrays are not "
-                                     f"allowed in a data file")
+        raise _refused(dtype)
     return dtype
 
 
+def _checked(dtype: Any) -> Any:
+    """A dtype argument (a dtype, or text such as ``'O'``), refused if it makes objects."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError as err:
+        raise pickle.UnpicklingError(f"refused numpy dtype argument {dtype!r}: {err}") from None
+    if resolved.hasobject:
+        raise _refused(resolved)
+    return dtype
+
+
+def _safe_ndarray(shape: Any = (), dtype: Any = float, *args: Any) -> np.ndarray:
+    """``numpy.ndarray(shape, dtype, ...)`` for the pickle, refusing object dtypes."""
+    return np.ndarray(shape, _checked(dtype), *args)
+
+
+_RECONSTRUCT = _reconstruct_function()
+
+
+def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's array reconstructor for the pickle: plain arrays, no object dtype."""
+    if subtype is not _safe_ndarray:
+        raise pickle.UnpicklingError(f"refused array subtype {subtype!r}")
+    return _RECONSTRUCT(np.ndarray, shape, _checked(dtype))
+
+
 _NUMPY = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct_function(),
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct_function(),
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy", "ndarray"): _safe_ndarray,
     ("numpy", "dtype"): _safe_dtype,
 }
+
+
+def _refuse_object_arrays(value: Any, source: str, seen: set[int] | None = None) -> None:
+    """Walk a loaded value (containers, stand-ins' args and state) for object arrays."""
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return
+    seen.add(id(value))
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise pickle.UnpicklingError(f"{source}: {_refused(value.dtype)}")
+        return
+    if isinstance(value, np.dtype):
+        if value.hasobject:
+            raise pickle.UnpicklingError(f"{source}: {_refused(value)}")
+        return
+    if isinstance(value, PickledObject):
+        children = [value.args, value.state]
+    elif isinstance(value, dict):
+        children = [*value.keys(), *value.values()]
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        children = list(value)
+    else:
+        return
+    for child in children:
+        _refuse_object_arrays(child, source, seen)
 
 #: Globals allowed in the Airport networkx pickle.
 AIRPORT_GLOBALS: Mapping[tuple[str, str], Any] = {
@@ -101,7 +164,16 @@ PLANETOID_GLOBALS: Mapping[tuple[str, str], Any] = {
 }
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+def _load_build(self: RestrictedUnpickler) -> None:
+    """``BUILD``, refusing a numpy dtype state other than the dtype's own (forged flags)."""
+    inst, state = self.stack[-2], self.stack[-1]
+    if isinstance(inst, np.dtype) and state != inst.__reduce__()[2]:
+        raise pickle.UnpicklingError(f"{self._source}: refused a forged state for numpy dtype "
+                                     f"{inst!r}: {state!r}")
+    pickle._Unpickler.load_build(self)
+
+
+class RestrictedUnpickler(pickle._Unpickler):
     """An unpickler that resolves only allow-listed globals.
 
     Args:
@@ -114,6 +186,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     Raises:
         pickle.UnpicklingError: from :meth:`load`, when the pickle names any other global.
     """
+
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: _load_build}
 
     def __init__(self, file: io.BufferedIOBase, allowed: Mapping[tuple[str, str], Any], *,
                  source: str = "pickle", **kwargs: Any):
@@ -132,6 +206,23 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError(f"{self._source}: refused persistent id {pid!r}")
+
+    def load(self) -> Any:
+        """Load, then refuse any object array that a forged dtype state produced.
+
+        Raises:
+            pickle.UnpicklingError: a refused global or dtype, or any other failure while
+                loading (named with the file).
+        """
+        try:
+            value = super().load()
+        except pickle.UnpicklingError:
+            raise
+        except Exception as err:  # numpy refusing a forged state, a truncated file, ...
+            raise pickle.UnpicklingError(f"{self._source}: not a valid data pickle "
+                                         f"({type(err).__name__}: {err})") from None
+        _refuse_object_arrays(value, self._source)
+        return value
 
 
 def load_restricted(path: str | os.PathLike, allowed: Mapping[tuple[str, str], Any],

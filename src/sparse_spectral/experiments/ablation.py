@@ -31,6 +31,7 @@ from .._util.atomic import atomic_write_json
 from ..methods import SST_VARIANTS, method_config_fields
 from ..training.config import to_flat_dict
 from ..training.distributed import is_main
+from ..training.runfolder import check_fresh
 from ..training.runner import check_choices, train_run, with_run
 
 __all__ = ["ABLATION_FILE", "AblationVariant", "VariantRun", "default_variants", "pearson",
@@ -225,6 +226,11 @@ def run_ablation(task, settings, variants: list[AblationVariant], output_dir: st
         "settings": {**base, "variant_lr": variant_lr, "threads": torch.get_num_threads()},
         "variants": {}, "order": [],  # the JSON is key-sorted; "order" keeps run order
     }
+    # Refuse an earlier ablation's folder before the first variant trains (each variant's
+    # run folder also claims itself); --overwrite removes the earlier results first.
+    if is_main() or not settings.output.overwrite:
+        check_fresh([out / _folder_name(v.label) for v in variants], _result_files(out),
+                    settings.output.overwrite, "sst ablate")
     data = task.prepare_data(settings)  # the same for every variant
     for variant, run_settings in zip(variants, runs):
         if is_main():  # under torchrun: rank 0 prints and writes
@@ -242,6 +248,11 @@ def run_ablation(task, settings, variants: list[AblationVariant], output_dir: st
         if is_main():
             atomic_write_json(out / ABLATION_FILE, results)
     return results
+
+
+def _result_files(out: Path) -> list[Path]:
+    """The ablation's own files in ``out``: its JSON, its report and plots."""
+    return [out / ABLATION_FILE, out / "ablation.md", *sorted(out.glob("*.png"))]
 
 
 def _add_correlations(results: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ from ..targeting import find_target_modules
 from .config import to_flat_dict
 from .device import input_dtype
 from .distributed import setup
+from .runfolder import check_fresh
 from .runner import check_choices, check_fsdp2, check_runtime, train_run, unsharded, with_run
 
 
@@ -82,11 +83,17 @@ def run_compare(task, settings, methods: list[str], seeds: list[int] | None = No
     results: dict[str, Any] = {"task": task.name, "title": "",
                                "headline": task.headline(settings).to_dict(),
                                "settings": flat, "methods": {}}
+    # Refuse an earlier comparison's folder before the first run trains (each run folder
+    # also claims itself); --overwrite removes the earlier results first.
+    if main or not settings.output.overwrite:
+        check_fresh([run_folder(out, name, seed, seeds) for name in methods for seed in seeds],
+                    [out / "results.json", out / "report.md", *sorted(out.glob("*.png"))],
+                    settings.output.overwrite, "sst compare")
     for name in methods:
         runs = []
         lr = method_lr.get(name, settings.optim.lr)
         for seed in seeds:
-            folder = out / name if len(seeds) == 1 else out / name / f"seed_{seed}"
+            folder = run_folder(out, name, seed, seeds)
             run = with_run(settings, method=name, seed=seed, lr=lr, output_dir=folder)
             data = data_for(run)
             if not results["title"]:
@@ -112,6 +119,11 @@ def run_compare(task, settings, methods: list[str], seeds: list[int] | None = No
         if main:
             atomic_write_json(out / "results.json", results)
     return results
+
+
+def run_folder(out: Path, method: str, seed: int, seeds: list[int]) -> Path:
+    """``<out>/<method>`` for one seed, ``<out>/<method>/seed_<s>`` for several."""
+    return out / method if len(seeds) == 1 else out / method / f"seed_{seed}"
 
 
 @torch.no_grad()

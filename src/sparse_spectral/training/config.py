@@ -55,6 +55,9 @@ class OptimSettings(Checked):
     weight_decay: float | None = field(default=0.0, metadata=_help("AdamW weight decay"))
     grad_clip: float | None = field(
         default=1.0, metadata=_help("clip the global gradient norm at this value (0: no clip)"))
+    divergence_factor: float = field(default=10.0, metadata=_help(
+        "stop the run when the train loss exceeds this many times its best so far and the "
+        "first step's (0: off; a NaN/inf loss or figure always stops it)"))
 
     def validate(self):
         if self.lr is not None and not self.lr > 0:
@@ -63,6 +66,9 @@ class OptimSettings(Checked):
             raise ValueError(f"weight_decay={self.weight_decay} must be >= 0")
         if self.grad_clip is not None and self.grad_clip < 0:
             raise ValueError(f"grad_clip={self.grad_clip} must be >= 0 (0: no clipping)")
+        from .divergence import check_factor
+
+        check_factor(self.divergence_factor)
 
 
 @dataclass
@@ -105,9 +111,13 @@ class OutputSettings(Checked):
     save_every: int = field(
         default=0, metadata=_help("steps between checkpoints (0: only the last step)"))
     tensorboard: bool = field(default=False, metadata=_help("also log to TensorBoard"))
+    overwrite: bool = field(default=False, metadata=_help(
+        "a new run may replace the run already in output_dir (its files are removed first)"))
 
     def validate(self):
         _check_positive_int(self, "save_every", minimum=0)
+        if not isinstance(self.overwrite, bool):
+            raise ValueError(f"overwrite={self.overwrite!r} must be true or false")
 
 
 @dataclass

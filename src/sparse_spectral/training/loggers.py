@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
+
+from .._util.atomic import atomic_write_text
+from .runfolder import RunFolderError, writing
 
 
 class MetricLogger(Protocol):
@@ -33,26 +37,60 @@ class JsonlLogger:
         path: the JSONL file.
         resume_step: when resuming, lines of steps after this one (written by the interrupted
             run after its last checkpoint) are dropped first, so the file tells one story.
+            The trimmed file replaces the old one atomically; a torn last line (a kill
+            mid-write) is dropped with a warning, any other unreadable line is an error
+            naming the file and line.
+
+    Raises:
+        RunFolderError: the file cannot be written (disk full, no permission), here or in
+            :meth:`log_dict`; or a line other than the last is not JSON.
     """
 
     def __init__(self, path: str | os.PathLike, resume_step: int | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is None:
-            self.path.write_text("")
-        elif self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        self._file = open(self.path, "a")
+        with writing(self.path, "the metrics log"):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if resume_step is None:
+                self.path.write_text("")
+            elif self.path.exists():
+                kept = [line for line, record in _read_log(self.path)
+                        if record.get("step", 0) <= resume_step]
+                atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+            self._file = open(self.path, "a")
 
     def log_dict(self, metrics: dict[str, Any], step: int) -> None:
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        with writing(self.path, "the metrics log"):
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        with writing(self.path, "the metrics log"):
+            self._file.close()
+
+
+def _read_log(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(line, record)`` for every line of a metrics log (see :class:`JsonlLogger`)."""
+    with writing(path, "(reading) the metrics log"):
+        text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines()
+    out = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError as err:
+            if number == len(lines) and not text.endswith("\n"):
+                warnings.warn(f"{path}: dropped its torn last line {number} (a write was "
+                              f"interrupted): {line[:60]!r}", stacklevel=3)
+                continue
+            raise RunFolderError(f"{path} line {number} is not a JSON object ({err}): "
+                                 f"{line[:80]!r}") from None
+        out.append((line, record))
+    return out
 
 
 class TensorBoardLogger:

@@ -55,20 +55,21 @@ from torch import nn
 from .._util.collectives import replicated_ranks
 from ..accounting import memory_report
 from .checkpoint import (
-    latest_checkpoint,
     restore_checkpoint,
     restore_sharded_checkpoint,
+    resumable_checkpoint,
     save_checkpoint,
     save_sharded_checkpoint,
 )
 from .device import autocast, grad_scaler, input_dtype, move_to
 from .distributed import World, gradient_sync, mean_across, shard_rows, wrap
+from .divergence import DEFAULT_FACTOR, DivergenceGuard, TrainingDiverged, check_factor
+from .divergence import check_finite_state as _check_finite_state
 from .loggers import MetricLogger
+from .resume import RunHistory
 from .schedules import method_lr_lambda
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; nothing was saved for that step."""
+__all__ = ["LoopSettings", "TrainResult", "TrainingDiverged", "train"]
 
 
 @dataclass
@@ -89,6 +90,8 @@ class LoopSettings:
     evaluate_last: bool = True
     #: Print every n-th evaluation (graph evaluates every epoch).
     print_every_evals: int = 1
+    #: The divergence guard's spike factor (:mod:`.divergence`; 0: off).
+    divergence_factor: float = DEFAULT_FACTOR
 
     def __post_init__(self):
         for name in ("num_training_steps", "grad_accumulation"):
@@ -107,20 +110,24 @@ class LoopSettings:
         if self.grad_clip is not None and not 0 <= self.grad_clip < math.inf:
             raise ValueError(f"grad_clip={self.grad_clip} must be >= 0 and finite (0 or "
                              "None: no clipping)")
+        check_factor(self.divergence_factor)
 
 
 @dataclass
 class TrainResult:
-    """What a finished run measured."""
+    """What a finished run measured (over the whole run: a resume restores the earlier
+    steps' times, evaluations and counts from the checkpoint, :class:`.resume.RunHistory`)."""
 
     final_step: int
     step_times: list[float] = field(default_factory=list)
     grad_optimizer_bytes: int = 0
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
-    #: Steps whose update ``fp16-mixed``'s scaler skipped (inf/NaN gradients), this process.
+    #: Steps whose update ``fp16-mixed``'s scaler skipped (inf/NaN gradients), whole run.
     skipped_steps: int = 0
     evaluator: Any = None  # the eval_fn trained with (e.g. a task's early stopping)
+    #: One entry per resume: ``{"step", "checkpoint", ...the caller's resume_record}``.
+    resumes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def median_step_time(self) -> float:
@@ -132,13 +139,15 @@ def train(model: nn.Module, method, *,
           loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
           eval_fn: Callable[[nn.Module], dict[str, float]],
           settings: LoopSettings, run_dir: str | Path, logger: MetricLogger,
-          checkpoint_settings: dict[str, Any] | None = None, resume: bool = False,
+          checkpoint_settings: dict[str, Any] | None = None,
+          resume: bool | str | Path = False,
           tokens_per_step: int = 0, progress: bool = True,
           lr_lambda: Callable[[int], float] | None = None,
           build_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
           batch_state: Any = None, device: torch.device | None = None,
           precision: str = "fp32", world: World | None = None,
-          shard: Callable[[Any, Any, World], tuple[Any, Any]] | None = None) -> TrainResult:
+          shard: Callable[[Any, Any, World], tuple[Any, Any]] | None = None,
+          resume_record: dict[str, Any] | None = None) -> TrainResult:
     """Train ``model`` (already prepared by ``method``) for ``settings.num_training_steps``.
 
     Args:
@@ -152,7 +161,9 @@ def train(model: nn.Module, method, *,
             stopping); its ``state_dict``/``load_state_dict`` go into checkpoints.
         run_dir: checkpoints go to ``run_dir/checkpoints``.
         checkpoint_settings: JSON-able description of the run, stored in checkpoints.
-        resume: continue from ``run_dir``'s latest checkpoint (error if there is none).
+        resume: continue from ``run_dir``'s newest intact checkpoint
+            (:func:`.checkpoint.resumable_checkpoint`; error if there is none), or from the
+            checkpoint directory given.
         tokens_per_step: for the tokens/s figure.
         lr_lambda: the ``LambdaLR`` multiplier; default ``method_lr_lambda(method,
             num_training_steps, warmup_steps, min_lr_ratio)`` (a task with its own schedule
@@ -176,9 +187,13 @@ def train(model: nn.Module, method, *,
         shard: ``(inputs, targets, world) -> (inputs, targets)``, this rank's part of a
             global micro-batch (a task's ``Batches.shard``); None: :func:`.distributed.
             shard_rows`' even split by rows.
+        resume_record: what the caller notes about a resume (e.g. the settings it changed),
+            kept in the run's history (``RunHistory.resumes``).
 
     Raises:
-        TrainingDiverged: on a non-finite loss; the last good checkpoint stays the latest.
+        TrainingDiverged: the divergence guard stopped the run (:mod:`.divergence`: a
+            non-finite loss, figure or weight, or a loss spike); the last good checkpoint
+            stays the latest.
     """
     if build_optimizer is None:
         optimizer = method.build_optimizer(model, lr=settings.lr,
@@ -198,18 +213,22 @@ def train(model: nn.Module, method, *,
                 "evaluation": eval_fn if hasattr(eval_fn, "state_dict") else None,
                 "scaler": scaler}
     stateful = {key: obj for key, obj in stateful.items() if obj is not None}
+    result = TrainResult(final_step=0, evaluator=eval_fn)
+    guard, history = DivergenceGuard(settings.divergence_factor, run_dir), RunHistory(result)
+    stateful.update(guard=guard, history=history)  # optional in older checkpoints
     start = 0
     if resume:
-        path = latest_checkpoint(run_dir)
+        path = resumable_checkpoint(run_dir) if resume is True else Path(resume)
         if path is None:
             raise FileNotFoundError(f"--resume: {run_dir} has no checkpoint to resume from")
         restore = restore_sharded_checkpoint if sharded else restore_checkpoint
         start = restore(path, model, optimizer, scheduler, method, stateful,
                         world_size=world.size if world else 1)
+        history.resumes.append({"step": start, "checkpoint": path.name, **(resume_record or {})})
+    result.final_step = start
     main = world is None or world.is_main
     # After the restore: DDP's construction broadcasts rank 0's (identical) state.
     engine = model if world is None or sharded else wrap(model, amp_device)
-    result = TrainResult(final_step=start, evaluator=eval_fn)
     bar = _progress_bar(settings.num_training_steps, start, progress) if main else _QuietBar()
     measured = False
     # The methods' rank collectives (SST's owner re-SVD and index broadcast, GaLore's
@@ -234,12 +253,7 @@ def train(model: nn.Module, method, *,
                 total_loss += loss.item()
             if world is not None:  # every rank then sees the same loss (and stops on the same)
                 total_loss = mean_across(total_loss)
-            if not math.isfinite(total_loss):
-                optimizer.zero_grad(set_to_none=True)
-                last = latest_checkpoint(run_dir)
-                raise TrainingDiverged(
-                    f"non-finite loss ({total_loss}) at step {step}; stopped without saving. "
-                    f"Last good checkpoint: {last if last else 'none'}")
+            guard.check_loss(step, total_loss)  # stops on a non-finite loss or a spike
             if scaler is not None:
                 scaler.unscale_(optimizer)  # clip (and log) the true gradients
             grad_norm = _clip(model, settings.grad_clip)
@@ -276,6 +290,7 @@ def train(model: nn.Module, method, *,
                     metrics = _evaluate(model, eval_fn)
                 result.evaluations.append({"step": step, **metrics})
                 logger.log_dict(metrics, step)
+                guard.check_eval(step, metrics)  # a NaN/inf figure: stop before saving
                 if len(result.evaluations) % settings.print_every_evals == 0:
                     bar.write(f"step {step}: "
                               + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -284,6 +299,8 @@ def train(model: nn.Module, method, *,
                         step, metrics, {"train_loss": total_loss, "grad_norm": grad_norm}))
             saving = ((settings.save_every and step % settings.save_every == 0) or last
                       or result.stopped_early)
+            if saving:  # every rank: none may go on to a save that another refused
+                _check_finite_state(model, optimizer, step, run_dir, sharded)
             extra = {key: obj.state_dict() for key, obj in stateful.items()} if saving else {}
             if saving and sharded:  # collective: every rank writes its shards
                 save_sharded_checkpoint(run_dir, step, model, optimizer, scheduler, method,

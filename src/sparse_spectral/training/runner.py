@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._util.atomic import atomic_write_json
+from .._util.atomic import atomic_write_json, json_safe
 from .._util.seeding import seed_global_rngs
 from ..accounting import count_parameters
 from ..methods import (
@@ -37,7 +37,12 @@ from ..methods import (
     method_config_fields,
     method_for_run,
 )
-from .checkpoint import check_world_size, latest_checkpoint, read_checkpoint_state
+from .checkpoint import (
+    check_model_file,
+    check_world_size,
+    read_checkpoint_state,
+    resumable_checkpoint,
+)
 from .compile import check_compile, compile_model, compiled_graphs
 from .device import (
     autocast,
@@ -51,6 +56,8 @@ from .distributed import World, check_rows, setup
 from .fsdp import UNSUPPORTED, shard_model
 from .loggers import JsonlLogger, MultiLogger, NullLogger, TensorBoardLogger
 from .loop import LoopSettings, train
+from .resume import check_resume_settings
+from .runfolder import check_request, claim, writing
 
 
 @dataclass
@@ -182,7 +189,8 @@ def loop_settings(settings, steps: int, grad_accumulation: int = 1, lr: float | 
         min_lr_ratio=getattr(s.schedule, "min_lr_ratio", LoopSettings.min_lr_ratio),
         grad_accumulation=grad_accumulation, eval_every=s.eval.eval_every,
         save_every=s.output.save_every,
-        log_every=getattr(s.eval, "log_every", LoopSettings.log_every))
+        log_every=getattr(s.eval, "log_every", LoopSettings.log_every),
+        divergence_factor=getattr(s.optim, "divergence_factor", LoopSettings.divergence_factor))
 
 
 def train_run(task, settings, *, data=None, resume: bool = False,
@@ -190,12 +198,21 @@ def train_run(task, settings, *, data=None, resume: bool = False,
     """Train ``settings.method`` on ``task``; write the run folder; return the outcome.
 
     Under torchrun (or in an initialised process group) every rank calls this; all checks
-    (world size against the batch, a resumed checkpoint's world size) run on every rank
-    before anything is written, so a bad launch fails on every rank alike.
+    (world size against the batch, a resumed checkpoint's world size and settings, the run
+    folder's state) run on every rank before anything is written, so a bad launch fails on
+    every rank alike.
+
+    The run folder (:mod:`.runfolder`): a new run refuses a folder holding another run
+    unless ``settings.output.overwrite``; ``resume`` continues the newest intact checkpoint
+    (:func:`.checkpoint.resumable_checkpoint`) if its recorded settings allow
+    (:func:`.resume.check_resume_settings`); the folder is locked while the run writes it.
     """
     world, device = setup(check_runtime(settings), settings.runtime.parallel,
                           settings.runtime.dist_timeout_s)
     task.check(settings)
+    run_dir = Path(settings.output.output_dir)
+    overwrite = bool(getattr(settings.output, "overwrite", False))
+    check_request(run_dir, resume=resume, overwrite=overwrite, world=world)
     if world is not None and world.sharded:
         check_fsdp2(settings)
     data = task.to_device(data if data is not None else task.prepare_data(settings), device,
@@ -204,62 +221,75 @@ def train_run(task, settings, *, data=None, resume: bool = False,
     if world is not None:
         check_rows(batches.rows, world, task.name, batches.min_rows)
     loop = task.loop_settings(settings, batches)
-    run_dir = Path(settings.output.output_dir)
-    resume_step = _resume_step(run_dir, resume, world)
+    point = _resume_point(run_dir, resume, world, settings)
     main = world is None or world.is_main
     model, method = _converted_model(task, settings, data, device)
     graphs_before = compiled_graphs() if settings.runtime.compile else 0
     if settings.runtime.compile:  # in place: the same object and state_dict keys
         model = compile_model(model, settings.runtime.compile_backend)
     trainable, total = count_parameters(model)
+    if point is not None and not (world is not None and world.sharded):
+        check_model_file(point.path, model)  # a changed shape: refused before any write
     if world is not None and world.sharded:  # before the optimizer: it must hold the shards
         shard_model(model, method)
-    if main:
-        loggers = [JsonlLogger(run_dir / "metrics.jsonl", resume_step=resume_step)]
-        if settings.output.tensorboard:
-            loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
-        logger = MultiLogger(*loggers)
-    else:
-        logger = NullLogger()
-    # Dropout and every other draw from the global generators follow --seed; a resumed
-    # run restores the generator state from its checkpoint. Every rank seeds the same
-    # stream: a checkpoint holds rank 0's generator state only, so per-rank streams would
-    # make a resumed DDP run with dropout differ from an uninterrupted one.
-    seed_global_rngs(settings.seed)
-    began = time.perf_counter()
-    try:
-        result = train(model, method, batch_fn=batches.batch_fn, loss_fn=task.loss(settings, data),
-                       eval_fn=task.evaluator(settings, data), settings=loop, run_dir=run_dir,
-                       logger=logger, checkpoint_settings=asdict(settings), resume=resume,
-                       tokens_per_step=batches.tokens_per_step, progress=progress,
-                       lr_lambda=task.lr_lambda(settings, method, batches.steps),
-                       build_optimizer=task.optimizer_builder(settings),
-                       batch_state=batches.state, device=device,
-                       precision=settings.runtime.precision, world=world,
-                       shard=batches.shard)
-    finally:
-        logger.close()
-    summary = {
-        "task": task.name, "method": settings.method.name, "settings": asdict(settings),
-        "trainable_params": trainable, "total_params": total,
-        "grad_optimizer_bytes": result.grad_optimizer_bytes,
-        "step_time_s": result.median_step_time, "final_step": result.final_step,
-        "num_training_steps": batches.steps, **(batches.info or {}),
-        "curve": [dict(e) for e in result.evaluations],
-    }
-    if settings.runtime.precision == "fp16-mixed":
-        summary["skipped_steps"] = result.skipped_steps  # by the loss scaler (this process)
-    with autocast(settings.runtime.precision, device):  # final figures as the run trained
-        summary.update(task.finish(settings, data, model, method, result, batches))
-    summary["wall_time_s"] = time.perf_counter() - began
-    if settings.runtime.compile:  # train, evaluation and final figures together
-        summary["compiled_graphs"] = compiled_graphs() - graphs_before
-    summary["device"] = describe(device)
-    summary["world_size"] = world.size if world else 1
-    summary["headline"] = task.headline(settings).to_dict()
-    if main:
-        atomic_write_json(run_dir / "summary.json", summary)
+    with claim(run_dir, resume=resume, overwrite=overwrite, world=world):
+        logger = _logger(settings, run_dir, point, main)
+        # Dropout and every other draw from the global generators follow --seed; a resumed
+        # run restores the generator state from its checkpoint. Every rank seeds the same
+        # stream: a checkpoint holds rank 0's generator state only, so per-rank streams
+        # would make a resumed DDP run with dropout differ from an uninterrupted one.
+        seed_global_rngs(settings.seed)
+        began = time.perf_counter()
+        try:
+            result = train(
+                model, method, batch_fn=batches.batch_fn, loss_fn=task.loss(settings, data),
+                eval_fn=task.evaluator(settings, data), settings=loop, run_dir=run_dir,
+                logger=logger, checkpoint_settings=asdict(settings),
+                resume=point.path if point else False,
+                resume_record={"changed": point.changes} if point else None,
+                tokens_per_step=batches.tokens_per_step, progress=progress,
+                lr_lambda=task.lr_lambda(settings, method, batches.steps),
+                build_optimizer=task.optimizer_builder(settings), batch_state=batches.state,
+                device=device, precision=settings.runtime.precision, world=world,
+                shard=batches.shard)
+        finally:
+            logger.close()
+        summary = {
+            "task": task.name, "method": settings.method.name, "settings": asdict(settings),
+            "trainable_params": trainable, "total_params": total,
+            "grad_optimizer_bytes": result.grad_optimizer_bytes,
+            "step_time_s": result.median_step_time, "final_step": result.final_step,
+            "num_training_steps": batches.steps, **(batches.info or {}),
+            # The whole run's, resumed or not (checkpointed history: .resume.RunHistory).
+            "curve": [dict(e) for e in result.evaluations],
+        }
+        if result.resumes:
+            summary["resumes"] = [dict(r) for r in result.resumes]
+        if settings.runtime.precision == "fp16-mixed":
+            summary["skipped_steps"] = result.skipped_steps  # by the loss scaler, whole run
+        with autocast(settings.runtime.precision, device):  # final figures as it trained
+            summary.update(task.finish(settings, data, model, method, result, batches))
+        summary["wall_time_s"] = time.perf_counter() - began
+        if settings.runtime.compile:  # train, evaluation and final figures together
+            summary["compiled_graphs"] = compiled_graphs() - graphs_before
+        summary["device"] = describe(device)
+        summary["world_size"] = world.size if world else 1
+        summary["headline"] = task.headline(settings).to_dict()
+        if main:  # strict JSON: a NaN figure is written as "nan", as in the metrics log
+            with writing(run_dir / "summary.json", "the summary"):
+                atomic_write_json(run_dir / "summary.json", json_safe(summary))
     return RunOutcome(summary, model, method, result)
+
+
+def _logger(settings, run_dir: Path, point, main: bool):
+    """Rank 0's metrics log (trimmed to a resume's checkpoint) and TensorBoard; a
+    ``NullLogger`` elsewhere."""
+    if not main:
+        return NullLogger()
+    loggers = [JsonlLogger(run_dir / "metrics.jsonl", resume_step=point.step if point else None)]
+    if settings.output.tensorboard:
+        loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
+    return MultiLogger(*loggers)
 
 
 def unsharded(task, settings, data, outcome: RunOutcome) -> RunOutcome | None:
@@ -295,17 +325,37 @@ def _converted_model(task, settings, data, device: torch.device):
     return model, method
 
 
-def _resume_step(run_dir: Path, resume: bool, world: World | None) -> int | None:
-    """The step a resumed run continues from (None: a fresh run), its world size checked."""
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues: the checkpoint, its step, the settings it changes."""
+
+    path: Path
+    step: int
+    changes: dict[str, list[Any]]
+
+
+def _resume_point(run_dir: Path, resume: bool, world: World | None,
+                  settings) -> ResumePoint | None:
+    """The checkpoint a resumed run continues from (None: a fresh run), with its world size
+    and recorded settings checked against this run's (every rank, nothing written).
+
+    Raises:
+        FileNotFoundError: ``resume`` and the folder has no checkpoint.
+        CheckpointError: it has checkpoints, none intact.
+        ValueError: another world size or parallel mode, or a setting a resume may not
+            change.
+    """
     if not resume:
         return None
-    path = latest_checkpoint(run_dir)
+    path = resumable_checkpoint(run_dir)
     if path is None:
-        return None
+        raise FileNotFoundError(f"--resume: {run_dir} has no checkpoint to resume from")
     state = read_checkpoint_state(path)
     check_world_size(state, world.size if world else 1, path,
                      world.parallel if world else "ddp")
-    return int(state["step"])
+    step = int(state["step"])
+    changes = check_resume_settings(state.get("settings") or {}, asdict(settings), step, path)
+    return ResumePoint(path, step, {k: [old, new] for k, (old, new) in changes.items()})
 
 
 def check_fsdp2(settings) -> None:

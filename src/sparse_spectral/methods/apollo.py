@@ -30,7 +30,7 @@ DEFAULT_SCALES = {"channel": 1.0, "tensor": 128.0}
 
 @dataclass
 class ApolloConfig(LowRankConfig):
-    """Settings of APOLLO (``rank``: r, rank of the random gradient projection)."""
+    """Settings of APOLLO and APOLLO-Mini (``rank``: r, rank of the random projection)."""
 
     refresh_interval_field: ClassVar[str | None] = "update_proj_gap"
 

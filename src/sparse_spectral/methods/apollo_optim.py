@@ -98,11 +98,11 @@ def check_settings(rank, update_proj_gap, scale, scale_type, norm_growth_limit, 
     """
     check_int("rank", rank, 1)
     check_int("update_proj_gap", update_proj_gap, 1)
-    if not _is_real(scale) or scale <= 0:
-        raise ValueError(f"{scale_name}={scale!r} must be a finite number > 0")
-    if scale_type not in SCALE_TYPES:
+    if scale_type not in SCALE_TYPES:  # first: an unset scale's default depends on it
         raise ValueError(f"scale_type={scale_type!r} is unknown; allowed: "
                          f"{', '.join(SCALE_TYPES)}")
+    if not _is_real(scale) or scale <= 0:
+        raise ValueError(f"{scale_name}={scale!r} must be a finite number > 0")
     if not _is_real(norm_growth_limit) or not (norm_growth_limit == 0 or norm_growth_limit >= 1):
         raise ValueError(f"norm_growth_limit={norm_growth_limit!r} must be 0 (no limiter) or a "
                          "finite number >= 1")
@@ -221,7 +221,8 @@ class ApolloAdamW(torch.optim.Optimizer):
         """Add a group; an APOLLO group's settings and weights are validated here."""
         if param_group.get("rank") is not None:
             if "proj_type" in param_group:  # a GaLore group handed to the wrong optimizer
-                raise ValueError("proj_type is a GaLore setting: an APOLLO group always "
+                raise ValueError("proj_type is a GaLore setting (build GaLore's optimizer "
+                                 "with method.build_optimizer); an APOLLO group always "
                                  "projects the smaller dimension of each weight")
             for key, value in APOLLO_DEFAULTS.items():
                 param_group.setdefault(key, value)

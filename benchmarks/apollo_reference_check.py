@@ -19,6 +19,11 @@ two optimizers' weights after ``STEPS`` steps across several projection refreshe
 gradients whose norm grows 5% a step (so the limiter binds: the steps where it did are
 counted), and whether each optimizer's state_dict loads with
 ``torch.load(weights_only=True)``.
+
+Then (without apollo-torch too) it prints the planned optimizer-state bytes of LLaMA-130M and
+LLaMA-1B shapes built on the meta device for full rank, GaLore and APOLLO at the GaLore
+paper's ranks (256, 512), APOLLO at half that rank and APOLLO-Mini
+(``planned_state_bytes(model, method=...)``, fp32, vocabulary 32000).
 """
 
 from __future__ import annotations
@@ -125,11 +130,32 @@ def _limited_steps(w0, grads, group) -> int:
     return count
 
 
+def planned_memory() -> None:
+    """Planned optimizer-state MiB per method for LLaMA shapes on the meta device."""
+    from sparse_spectral.accounting import planned_state_bytes
+    from sparse_spectral.methods import make_method
+    from sparse_spectral.models import build_lm
+
+    for preset, rank in (("llama_130m", 256), ("llama_1b", 512)):
+        cells, full = [], None
+        for name, settings in (("full", {}), ("galore", {"rank": rank}),
+                               ("apollo", {"rank": rank}), ("apollo", {"rank": rank // 2}),
+                               ("apollo_mini", {})):
+            model = build_lm(preset, vocab_size=32000, block_size=256, seed=0, device="meta")
+            method = make_method(name, **settings)
+            state = planned_state_bytes(method.prepare(model), method=method).optimizer_state
+            full = full or state
+            label = f"{name} r={settings['rank']}" if settings else name
+            cells.append(f"{label}: {state / 2**20:.1f} MiB ({state / full:.3f}x)")
+        print(f"{preset}: " + "; ".join(cells))
+
+
 def main() -> int:
     modules = _import_apollo()
     if modules is None:
         print("apollo-torch is not importable; set APOLLO_TORCH_PATH (see the docstring). "
-              "Skipped.")
+              "Skipped the comparison.")
+        planned_memory()
         return 0
     torch.set_num_threads(1)
     print(f"{'shape':>9} {'variant':>12} {'dtype':>8} {'max |ours - theirs|':>20} "
@@ -142,6 +168,7 @@ def main() -> int:
                 print(f"{str(shape):>9} {variant:>12} {str(dtype)[6:]:>8} {diff:>20.2e} "
                       f"{moved:>13.2e} {limited:>9}/{STEPS:<4} {str(ok_ours):>18} "
                       f"{str(ok_theirs):>20}")
+    planned_memory()
     return 0
 
 

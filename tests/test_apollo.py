@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 from conftest import TinyMLP, tiny_gpt2, token_batch
-from engine_helpers import shakespeare_excerpt, train_summary
+from engine_helpers import compare_and_render, shakespeare_excerpt, train_summary
 from safetensors.torch import load_file
 
 from sparse_spectral._util.seeding import counter_seed
@@ -380,3 +380,13 @@ def test_cli_trains_apollo_mini_and_shows_its_state_bytes(corpus_file, tmp_path,
                          progress=False)
     # Mini keeps two rank-1 moments per target: far less than full rank's two full copies
     assert summary["grad_optimizer_bytes"] < 0.7 * full["grad_optimizer_bytes"]
+
+
+def test_compare_tables_both_variants_with_their_state_bytes(corpus_file, tmp_path):
+    settings = _settings(corpus_file, tmp_path / "cmp", num_training_steps=3, eval_every=3)
+    results = compare_and_render(LM, settings, ["full", "apollo", "apollo_mini"])
+    entries = results["methods"]
+    assert entries["apollo_mini"]["grad_optimizer_bytes"] \
+        < entries["apollo"]["grad_optimizer_bytes"] < entries["full"]["grad_optimizer_bytes"]
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert all(f"| {m} |" in report for m in ("full", "apollo", "apollo_mini"))

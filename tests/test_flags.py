@@ -146,17 +146,26 @@ def test_demo_honours_the_rank_for_every_method(capsys):
 
 @pytest.mark.parametrize("argv, expected", [([], False), (["--tensorboard"], True),
                                             (["--tensorboard", "false"], False),
-                                            (["--tensorboard", "yes"], True)])
+                                            (["--tensorboard", "TRUE"], True)])
 def test_a_bool_flag_alone_means_true(argv, expected):
     args = build_parser().parse_args(["train", "lm", *argv])
     settings, _, _ = settings_from_args(args, get_task("lm").settings_class)
     assert settings.output.tensorboard is expected
 
 
-def test_a_bad_flag_value_names_the_flag(capsys):
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["train", "lm", "--tensorboard", "maybe"])
-    assert "--tensorboard" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["--tensorboard", "maybe"], "argument --tensorboard: expected true or false, got 'maybe'"),
+    (["--tensorboard", "yes"], "argument --tensorboard: expected true or false, got 'yes'"),
+    (["--rank", "2.5"], "argument --rank: expected an int, got '2.5'"),
+    (["--lr", "nan"], "argument --lr: expected a finite number, got 'nan'"),
+    (["--lr", "fast"], "argument --lr: expected a number, got 'fast'"),
+])
+def test_a_bad_flag_value_names_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["train", "lm", *argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err == f"sst: error: {message} (see sst train lm --help)\n"
 
 
 def test_yaml_sections_map_like_toml_ones(tmp_path):

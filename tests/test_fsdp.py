@@ -70,6 +70,11 @@ def _train(kind, name, settings, steps, sharded, start_dir=None, save_dir=None, 
     rank, world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
     if sharded:
         shard_model(model, method)
+        from sparse_spectral.spectral.layer import SpectralLinear
+
+        # Sharded layers never keep a composed W (FSDP2 re-gathers into reused buffers).
+        assert not any(m.reuse_composed_weight for m in model.modules()
+                       if isinstance(m, SpectralLinear))
     optimizer = method.build_optimizer(model, lr=LR[kind])
     first = 0
     if start_dir is not None:

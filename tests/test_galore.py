@@ -229,7 +229,7 @@ def test_resume_via_weights_only_checkpoint_is_bit_exact():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"rank": 0}, r"rank=0 must be an int >= 1"),
-    ({"rank": 2.5}, r"rank=2.5 must be an int >= 1"),
+    ({"rank": 2.5}, r"rank=2.5 must be an int \(got float\)"),
     ({"update_proj_gap": 0}, r"update_proj_gap=0 must be an int >= 1"),
     ({"scale": 0.0}, r"scale=0.0 must be a finite number > 0"),
     ({"scale": -1}, r"scale=-1 must be a finite number > 0"),

@@ -158,3 +158,22 @@ def test_the_hook_costs_microseconds_per_step():
         method.step += 1
     per_call = (time.perf_counter() - began) / calls
     assert per_call < 50e-6, per_call
+
+
+def test_the_guard_follows_replaced_parameters_and_forgets_dropped_weights():
+    """FSDP2's fully_shard replaces a layer's parameter objects: the guard must watch the
+    new ones (and never the ids of the dropped ones, which other tensors can get)."""
+    method, model = _setup("sst", rank=2)
+    _, layer = method.layers[0]
+    for name in ("s", "U_active", "Vh_active"):  # as fully_shard does: new objects
+        setattr(layer, name, nn.Parameter(getattr(layer, name).detach().clone()))
+    optimizer = method.build_optimizer(model, lr=1e-2)
+    x, y = _data()
+    with pytest.raises(MethodGuardError, match="without method.after_step"):
+        for _ in range(3):
+            _step(model, optimizer, x, y)
+    galore, model = _setup("galore")
+    assert galore.target_ids and galore.target_ids <= {id(p) for p in model.parameters()}
+    del model
+    gc.collect()
+    assert galore.target_ids == set()  # the dropped model's weights are not targets any more

@@ -198,3 +198,89 @@ def test_conv1d_round_trip():
     back = layer.to_linear()
     assert isinstance(back, Conv1D) and back.weight.shape == (6, 10)
     torch.testing.assert_close(back(x), conv(x), rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- composed W kept per step
+def _counting_composes(monkeypatch) -> list[int]:
+    """Count calls of ``compose_weight`` (the composed mode's ``U diag(s) Vh`` product)."""
+    from sparse_spectral.spectral import function
+
+    calls = [0]
+    original = function.compose_weight
+
+    def counted(*args):
+        calls[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(function, "compose_weight", counted)
+    return calls
+
+
+def _accumulated_grads(layer, batches, target):
+    layer.zero_grad(set_to_none=True)
+    for x in batches:
+        ((layer(x) - target) ** 2).mean().backward()
+    return [p.grad.clone() for p in (layer.s, layer.U_active, layer.Vh_active, layer.bias)]
+
+
+def test_composed_weight_is_kept_across_micro_batches_and_never_stale(monkeypatch):
+    gen = torch.Generator().manual_seed(3)
+    layer = SpectralLinear.from_linear(nn.Linear(12, 10), rank=3, forward_mode="composed")
+    fresh = SpectralLinear.from_linear(nn.Linear(12, 10), rank=3, forward_mode="composed")
+    fresh.reuse_composed_weight = False
+    fresh.load_state_dict(layer.state_dict())
+    batches = [torch.randn(5, 12, generator=gen) for _ in range(3)]
+    target = torch.randn(5, 10, generator=gen)
+    calls = _counting_composes(monkeypatch)
+
+    kept = _accumulated_grads(layer, batches, target)
+    assert calls[0] == 1  # one W for the three micro-batches
+    recomposed = _accumulated_grads(fresh, batches, target)
+    assert calls[0] == 4  # ... where the uncached layer composes per call
+    for a, b in zip(kept, recomposed):
+        assert torch.equal(a, b)  # bit for bit: the same W
+
+    def same_output():  # the layer's W is the one its factors compose now
+        fresh.load_state_dict(layer.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(layer(batches[0]), fresh(batches[0]), rtol=0, atol=0)
+
+    # Every kind of change recomposes: an optimizer step, a swap, a re-SVD, a load.
+    optimizer = SlotAdamW([layer.s, layer.U_active, layer.Vh_active, layer.bias], lr=0.1)
+    optimizer.step()
+    before = calls[0]
+    same_output()
+    assert calls[0] == before + 2  # layer and fresh both composed
+    layer.swap_(torch.tensor([4, 0, 7]))
+    same_output()
+    layer.resvd_()
+    same_output()
+    other = SpectralLinear.from_linear(nn.Linear(12, 10), rank=3)
+    layer.load_state_dict(other.state_dict())
+    same_output()
+    with torch.no_grad():  # a .data assignment (new storage) too
+        layer.s.data = layer.s.data * 2
+    same_output()
+    # Evaluation never keeps a W; release_composed_weight drops the kept one.
+    layer.eval()
+    before = calls[0]
+    with torch.no_grad():
+        layer(batches[0]), layer(batches[1])
+    assert calls[0] == before + 2
+    layer.train()
+    layer(batches[0])
+    assert layer._weight_cache._weight is not None
+    layer.release_composed_weight()
+    assert layer._weight_cache._weight is None
+
+
+def test_composed_weight_follows_the_compute_dtype(monkeypatch):
+    layer = SpectralLinear.from_linear(nn.Linear(8, 6), rank=2, forward_mode="composed")
+    calls = _counting_composes(monkeypatch)
+    x = torch.randn(4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = layer(x)
+    high = layer(x)  # fp32 now: a W of its own dtype, not the bf16 one
+    assert calls[0] == 2 and low.dtype == torch.bfloat16 and high.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(layer(x), low) and calls[0] == 3

@@ -14,10 +14,12 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ._util.atomic import atomic_write, atomic_write_json
+from ._util.checks import is_int
 from ._version import __version__
 from .methods.base import TrainingMethod, method_from_state
 
@@ -55,19 +57,50 @@ def load_pretrained(model: nn.Module,
     Returns:
         ``(model, method)``: the converted model holding the saved tensors and the method
         bound to it, ready to resume.
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: a file that is broken (not JSON, truncated or garbage safetensors), of
+            another format version, a method state that is incomplete or refused, or weights
+            that do not fit ``model``; every message starts with the file's path.
     """
     directory = Path(directory)
-    meta_path = directory / METHOD_FILE
-    if not meta_path.is_file() or not (directory / MODEL_FILE).is_file():
+    meta_path, weights_path = directory / METHOD_FILE, directory / MODEL_FILE
+    if not meta_path.is_file() or not weights_path.is_file():
         raise FileNotFoundError(f"{directory} is not a sparse-spectral save: it needs "
                                 f"{METHOD_FILE} and {MODEL_FILE}")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{meta_path}: format_version {meta.get('format_version')!r} is not "
-                         f"supported (expected {FORMAT_VERSION})")
-    state = meta["method_state"]
-    method = method_from_state(state)
-    model = method.prepare(model)
-    load_model(model, directory / MODEL_FILE, strict=True)
+    state = _method_state(meta_path)
+    try:
+        method = method_from_state(state)
+        model = method.prepare(model)
+    except ValueError as err:
+        raise ValueError(f"{meta_path}: {err}") from None
+    try:
+        load_model(model, weights_path, strict=True)
+    except SafetensorError as err:
+        raise ValueError(f"{weights_path}: not a readable safetensors file (truncated or "
+                         f"not one): {err}") from None
+    except RuntimeError as err:  # missing, unexpected or differently shaped tensors
+        raise ValueError(f"{weights_path}: its tensors do not fit this model: "
+                         f"{' '.join(str(err).split())}") from None
     method.load_state_dict(state)
     return model, method
+
+
+def _method_state(path: Path) -> dict:
+    """``method_state`` of a ``method.json``, its shape checked (errors name ``path``)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {meta.get('format_version')!r} is not "
+                         f"supported (expected {FORMAT_VERSION})")
+    state = meta.get("method_state")
+    if not (isinstance(state, dict) and isinstance(state.get("method"), str)
+            and isinstance(state.get("config"), dict) and is_int(state.get("step"))):
+        raise ValueError(f"{path}: method_state must be an object with method (a name), "
+                         f"config (an object) and step (an int); got {state!r}")
+    return state

@@ -23,3 +23,33 @@ def counter_seed(*key: int) -> int:
     for part in key:
         h = _splitmix64(h ^ (int(part) & _MASK64))
     return h & ((1 << 63) - 1)
+
+
+#: Stream key of the process-global generators (dropout), apart from the model
+#: initialisations, which seed their own generators with the run seed itself.
+GLOBAL_STREAM = 0x5EED
+
+
+def seed_global_rngs(seed: int, rank: int = 0) -> int:
+    """Seed every process-global generator a run draws from: torch's CPU and CUDA ones
+    (dropout masks, ``torch.rand`` without a generator), numpy's and Python's.
+
+    A run calls this once, after building its model and before the first step, so two runs
+    with the same seed draw the same dropout masks. ``rank`` keys a stream per process,
+    ``counter_seed(seed, GLOBAL_STREAM, rank)`` (rank 0's is a single-process run's); the
+    engine passes 0 on every rank for now, so DDP ranks draw the same masks, because a
+    checkpoint saves rank 0's generator state only (docs/reliability.md).
+
+    Returns:
+        The seed given to the generators (numpy's and Python's take it modulo ``2**32``).
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    value = counter_seed(seed, GLOBAL_STREAM, rank)
+    torch.manual_seed(value)  # also every CUDA device's generator
+    np.random.seed(value % 2**32)
+    random.seed(value)
+    return value

@@ -13,12 +13,14 @@ Each command applies ``--threads`` itself (the parser has no side effects).
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._util.checks import is_int
 from .._version import __version__
 from .flags import settings_from_args
 
@@ -26,31 +28,41 @@ DEFAULT_SEEDS = {"graph": [1234, 1235, 1236]}
 
 
 def apply_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)``; None leaves torch's default.
+
+    Raises:
+        ValueError: not an int >= 1 (from a config file: ``threads = "4"`` or ``2.5``).
+    """
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads {threads} must be >= 1")
-        torch.set_num_threads(int(threads))
+        if not is_int(threads) or threads < 1:
+            raise ValueError(f"threads={threads!r} must be an int >= 1 (torch CPU threads)")
+        torch.set_num_threads(threads)
 
 
 def names_list(value, flag: str) -> list[str]:
     """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``."""
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
-    raise ValueError(f"--{flag} {value!r} must be comma-separated names")
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"{flag}={value!r} must be comma-separated names or a list of names")
 
 
 def int_list(value, flag: str) -> list[int]:
     """``"1,2,3"`` (or a list from a config file) -> ``[1, 2, 3]``; empty -> ``[]``."""
     if value is None or value == "":
         return []
-    try:
-        if isinstance(value, (list, tuple)):
-            return [int(v) for v in value]
-        return [int(v) for v in str(value).split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--{flag} {value!r} must be comma-separated integers") from None
+    if isinstance(value, (list, tuple)):
+        if all(is_int(v) for v in value):
+            return list(value)
+    elif isinstance(value, str):
+        parts = [v.strip() for v in value.split(",") if v.strip()]
+        if all(p.lstrip("+-").isdigit() for p in parts):
+            return [int(p) for p in parts]
+    elif is_int(value):
+        return [value]
+    raise ValueError(f"{flag}={value!r} must be comma-separated integers or a list of "
+                     "integers")
 
 
 def lr_table(value, flag: str = "method_lr") -> dict[str, float]:
@@ -58,16 +70,24 @@ def lr_table(value, flag: str = "method_lr") -> dict[str, float]:
     if not value:
         return {}
     if isinstance(value, dict):
-        return {str(k): float(v) for k, v in value.items()}
-    pairs = {}
-    for item in str(value).split(","):
-        name, sep, number = item.partition("=")
-        if not sep:
-            raise ValueError(f"--{flag} item {item!r} must look like name=lr (e.g. sst=3e-3)")
-        try:
-            pairs[name.strip()] = float(number)
-        except ValueError:
-            raise ValueError(f"--{flag} item {item!r}: {number!r} is not a number") from None
+        pairs = {str(k): v for k, v in value.items()}
+    elif isinstance(value, str):
+        pairs = {}
+        for item in value.split(","):
+            name, sep, number = item.partition("=")
+            if not sep:
+                raise ValueError(f"{flag} item {item!r} must look like name=lr (e.g. sst=3e-3)")
+            try:
+                pairs[name.strip()] = float(number)
+            except ValueError:
+                raise ValueError(f"{flag} item {item!r}: {number!r} is not a number") from None
+    else:
+        raise ValueError(f"{flag}={value!r} must look like sst=3e-3,lora=2e-3 or be a mapping "
+                         "of names to learning rates")
+    for name, lr in pairs.items():
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) \
+                or lr <= 0:
+            raise ValueError(f"{flag}: {name}={lr!r} must be a learning rate > 0")
     return pairs
 
 
@@ -78,9 +98,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training.runner import check_choices, train_run
 
     task = get_task(args.task_name)
-    settings, command, explicit = settings_from_args(args, task.settings_class)
+    settings, command, _ = settings_from_args(
+        args, task.settings_class,
+        check=lambda s, c, explicit: check_choices(task, s, [s.method.name], explicit))
     apply_threads(command.get("threads"))
-    check_choices(task, settings, [settings.method.name], explicit)
     outcome = train_run(task, settings, resume=args.resume, progress=not args.no_progress)
     summary = outcome.summary
     if not is_main():  # under torchrun: rank 0 reports
@@ -99,11 +120,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..training.runner import check_choices
 
     task = get_task(args.task_name)
-    settings, command, explicit = settings_from_args(args, task.settings_class)
+
+    def methods_of(command):
+        return names_list(command.get("methods") or list(task.default_methods), "methods")
+
+    settings, command, _ = settings_from_args(
+        args, task.settings_class,
+        check=lambda s, c, explicit: check_choices(task, s, methods_of(c), explicit))
     apply_threads(command.get("threads"))
-    methods = names_list(command.get("methods") or list(task.default_methods), "methods")
+    methods = methods_of(command)
     seeds = int_list(command.get("seeds"), "seeds") or DEFAULT_SEEDS.get(task.name)
-    check_choices(task, settings, methods, explicit)
     run_compare(task, settings, methods, seeds=seeds,
                 method_lr=lr_table(command.get("method_lr")), progress=not args.no_progress)
     if not is_main():  # under torchrun: rank 0 writes the report
@@ -119,27 +145,43 @@ ABLATE_KEYS = ("variants", "iteration_intervals", "iterations_per_round", "varia
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from ..experiments.ablation import default_variants, run_ablation, select_variants
+    from ..experiments.ablation import (
+        default_variants,
+        run_ablation,
+        select_variants,
+        variant_runs,
+    )
     from ..report import render
     from ..tasks.registry import get_task
     from ..training.distributed import is_main
 
     task = get_task(args.task_name)
     config = _ablation_config(args)
+
+    def plan(command):
+        """``(command values, variants, variant_lr)``: the config's, then the flags'."""
+        command = {**{k: config[k] for k in ABLATE_KEYS if k in config}, **command}
+        variants = select_variants(
+            default_variants(int_list(command.get("iteration_intervals"),
+                                      "iteration_intervals"),
+                             int_list(command.get("iterations_per_round"),
+                                      "iterations_per_round")),
+            names_list(command["variants"], "variants") if command.get("variants") else None)
+        return command, variants, lr_table(command.get("variant_lr"), "variant_lr")
+
+    def check(settings, command, explicit):  # every variant's settings, before any trains
+        _, variants, variant_lr = plan(command)
+        variant_runs(task, settings, variants, ".", variant_lr)
+
     settings, command, _ = settings_from_args(args, task.settings_class, ABLATE_KEYS,
-                                              config=config.get("settings", {}))
-    command = {**{k: config[k] for k in ABLATE_KEYS if k in config}, **command}
+                                              config=config.get("settings", {}), check=check)
+    command, variants, variant_lr = plan(command)
     apply_threads(command.get("threads"))
-    variants = select_variants(
-        default_variants(int_list(command.get("iteration_intervals"), "iteration_intervals"),
-                         int_list(command.get("iterations_per_round"),
-                                  "iterations_per_round")),
-        names_list(command["variants"], "variants") if command.get("variants") else None)
     output_dir = settings.output.output_dir
     if output_dir == task.settings_class().output.output_dir:  # not chosen: ablation's own
         output_dir = config.get("output_dir", f"runs/ablate_{task.name}")
     run_ablation(task, settings, variants, output_dir, progress=not args.no_progress,
-                 variant_lr=lr_table(command.get("variant_lr"), "variant_lr"))
+                 variant_lr=variant_lr)
     if not is_main():  # under torchrun: rank 0 writes the report
         return 0
     render(output_dir)
@@ -155,10 +197,16 @@ def _ablation_config(args: argparse.Namespace) -> dict[str, Any]:
 
     config = load_config_file(args.config)
     allowed = {"settings", *ABLATE_KEYS, "output_dir"}
-    unknown = sorted(set(config) - allowed)
+    unknown = sorted(set(config) - allowed, key=str)
     if unknown:
         raise ValueError(f"--config {args.config}: unknown top-level key(s) {unknown}; "
                          f"allowed: {', '.join(sorted(allowed))}")
+    if not isinstance(config.get("settings", {}), dict):
+        raise ValueError(f"--config {args.config}: settings must be a section ([settings]) of "
+                         f"the task's settings, not {config['settings']!r}")
+    if not isinstance(config.get("output_dir", ""), str):
+        raise ValueError(f"--config {args.config}: output_dir={config['output_dir']!r} must "
+                         "be a folder name")
     return config
 
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
+import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,12 +32,28 @@ COMMAND_KEYS = ("methods", "method_lr", "seeds", "threads")
 
 
 def parse_bool(text: str) -> bool:
+    """``true``/``false`` (any case): the one spelling of a boolean, as in config files."""
     lowered = str(text).lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+
+
+def _parse_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _converter(annotation: str):
@@ -43,11 +62,11 @@ def _converter(annotation: str):
     if "bool" in annotation:
         base = parse_bool
     elif annotation.startswith(("list", "dict")) or "list[" in annotation:
-        base = str  # comma-separated lists are parsed by the dataclass or the method
+        base = str  # comma-separated lists are parsed by the settings' field checks
     elif annotation.startswith("int"):
-        base = int
+        base = _parse_int
     elif annotation.startswith("float"):
-        base = float
+        base = _parse_float
     else:
         base = str
 
@@ -56,7 +75,6 @@ def _converter(annotation: str):
             return None
         return base(text)
 
-    convert.__name__ = getattr(base, "__name__", "value")  # argparse names it in errors
     return convert
 
 
@@ -139,24 +157,84 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------- reading them back
 def load_config_file(path: str) -> dict[str, Any]:
-    """Settings from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file."""
+    """Settings from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file.
+
+    YAML is read as YAML 1.2 reads numbers (``1e-2`` is a float, not PyYAML's string) and
+    a key given twice in one mapping is an error, as it is in TOML.
+
+    Raises:
+        ValueError: a missing file, an unknown suffix, a file that does not parse (with the
+            parser's line and column) or that is not a mapping; every message names the file.
+    """
     file = Path(path)
+    label = f"--config {path}"
     if not file.is_file():
-        raise ValueError(f"--config {path}: no such file")
+        raise ValueError(f"{label}: no such file")
+    if file.suffix not in (".toml", ".yaml", ".yml"):
+        raise ValueError(f"{label}: unknown format {file.suffix!r}; use .toml, .yaml or .yml")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{label}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if file.suffix == ".toml":
         try:
             import tomllib
         except ImportError:  # Python 3.10
             import tomli as tomllib
-        return tomllib.loads(file.read_text())
-    if file.suffix in (".yaml", ".yml"):
-        import yaml
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{label}: not valid TOML: {err}") from None
+    import yaml
 
-        loaded = yaml.safe_load(file.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"--config {path}: expected a mapping at the top level")
-        return loaded
-    raise ValueError(f"--config {path}: unknown format {file.suffix!r}; use .toml, .yaml or .yml")
+    stream = io.StringIO(text)
+    stream.name = str(path)  # PyYAML's marks name the file
+    try:
+        loaded = yaml.load(stream, Loader=_yaml_loader())  # a SafeLoader (see _yaml_loader)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{label}: not valid YAML: {' '.join(str(err).split())}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{label}: expected a mapping at the top level, got "
+                         f"{type(loaded).__name__}")
+    return loaded
+
+
+# YAML 1.2's floats: 1e-2 and 1E5 too (PyYAML's YAML 1.1 pattern wants a dot: 1.0e-2).
+_YAML_FLOAT = re.compile(r"""^[-+]?(?:
+    [0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+  | \.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+  | [0-9][0-9_]*[eE][-+]?[0-9]+
+  | \.(?:inf|Inf|INF)) $|^\.(?:nan|NaN|NAN)$""", re.X)
+
+
+def _yaml_loader():
+    """PyYAML's SafeLoader with YAML 1.2 floats and duplicate keys refused."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # SafeLoader's own error names an unhashable key
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    # A subclass's resolver table is its own copy; the float pattern replaces the 1.1 one.
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:float"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML_FLOAT,
+                                 list("-+0123456789."))
+    return Loader
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -203,11 +281,17 @@ def _warn_flat_keys(values: dict[str, Any], settings_class: type, source: str) -
 
 def settings_from_args(args: argparse.Namespace, settings_class: type,
                        extra_keys: tuple[str, ...] = COMMAND_KEYS,
-                       config: dict[str, Any] | None = None):
+                       config: dict[str, Any] | None = None, check=None):
     """``(settings, command_values, explicit)`` from defaults < config < --set < flags.
+
+    Every error names where the bad value came from: ``--config FILE: lr=True must be ...``
+    (or ``--set: ...``; a flag's error names the flag's field).
 
     Args:
         config: settings already read from ``args.config`` (an ablation's ``[settings]``).
+        check: ``check(settings, command_values, explicit)``, the command's own checks of the
+            built settings (e.g. :func:`~..training.runner.check_choices`); its errors are
+            attributed to a layer as the settings' are.
 
     Returns:
         settings: an instance of ``settings_class``.
@@ -234,12 +318,54 @@ def settings_from_args(args: argparse.Namespace, settings_class: type,
             command[dest] = value
         elif dest in fields and dest not in sections:
             flags[dest] = value
-    layers = [nest(settings_class, values, source),
-              nest(settings_class, parse_set(args.set), "--set"), flags]
+    layers = {source: nest(settings_class, values, source),
+              "--set": nest(settings_class, parse_set(args.set), "--set"),
+              "": flags}  # a flag's error needs no label: the field is the flag's name
     merged: dict[str, Any] = {}
-    for layer in layers:  # later layers win, key by key
+    for layer in layers.values():  # later layers win, key by key
         merged = merge(merged, layer)
-    return from_dict(settings_class, merged, source), command, _explicit_choices(merged)
+    try:
+        settings = from_dict(settings_class, merged, source="")
+    except ValueError as err:
+        blamed = _blame(str(err), layers, settings_class)
+        blamed = source if blamed is None and args.config else blamed
+        raise ValueError(f"{blamed}: {err}" if blamed else str(err)) from None
+    explicit = _explicit_choices(merged)
+    if check is not None:
+        try:
+            check(settings, command, explicit)
+        except ValueError as err:
+            blamed = _blame(str(err), layers, settings_class)
+            raise ValueError(f"{blamed}: {err}" if blamed else str(err)) from None
+    return settings, command, explicit
+
+
+def _blame(message: str, layers: dict[str, dict[str, Any]], settings_class: type) -> str | None:
+    """The layer that gave the value a settings error names: the last of ``--config FILE``,
+    ``--set`` and the flags (``""``) that sets the field the message starts with (``lr=...``,
+    ``--rank 4 ...``) or an option it quotes (``unknown method option(s) ['x']``); None if
+    none does."""
+    spellings = {flag_name(f): name for name, (_, f) in field_paths(settings_class).items()}
+    head = re.match(r"-*([\w.]+)", message)
+    names = [head.group(1).rsplit(".", 1)[-1]] if head else []
+    names += re.findall(r"'(\w+)'", message.split("allowed:")[0])
+    names = {spellings.get(n, n) for n in names}
+    for label, layer in reversed(layers.items()):
+        if names & _leaf_keys(layer):
+            return label
+    return None
+
+
+def _leaf_keys(values: dict[str, Any]) -> set[str]:
+    """Keys of ``values`` and its nested mappings whose values are not mappings themselves,
+    plus the option names under ``options``."""
+    keys = set()
+    for key, value in values.items():
+        if isinstance(value, dict):
+            keys |= _leaf_keys(value) | (set(value) if key == "options" else set())
+        else:
+            keys.add(key)
+    return keys
 
 
 def _explicit_choices(values: dict[str, Any]) -> set[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from .._version import __version__
 from .commands import (
@@ -33,6 +34,21 @@ from .commands import (
 from .flags import add_common_flags, add_method_option_flags, add_settings_flags
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the one error format of the command: ``sst: error: ...``, exit 2 (one
+    line, pointing to ``--help`` rather than printing the long usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"sst: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_debug_flag(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    # Given before or after the sub-command; a sub-parser's default must not reset it.
+    parser.add_argument("--debug", action="store_true",
+                        default=False if top else argparse.SUPPRESS,
+                        help="on an error, show the Python traceback too")
+
+
 def _add_task_parsers(sub, command: str, help_text: str, func) -> None:
     from ..tasks.registry import available_tasks, get_task
 
@@ -43,6 +59,7 @@ def _add_task_parsers(sub, command: str, help_text: str, func) -> None:
         p = tasks.add_parser(name, help=f"{task.description}: {help_text}",
                              description=f"{task.description}: {help_text}")
         add_common_flags(p)
+        _add_debug_flag(p)
         if command == "train":
             p.add_argument("--resume", action="store_true",
                            help="continue from the latest checkpoint in --output_dir")
@@ -75,16 +92,20 @@ def _add_task_parsers(sub, command: str, help_text: str, func) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sst", description="Sparse Spectral Training")
+    parser = Parser(prog="sst", description="Sparse Spectral Training")
     parser.add_argument("--version", action="version", version=f"sparse-spectral {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    _add_debug_flag(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name, func, text in (("info", cmd_info, "print versions, threads and device"),
                              ("models", cmd_models, "list the model presets"),
                              ("methods", cmd_methods, "list the training methods"),
                              ("tasks", cmd_tasks, "list the tasks")):
-        sub.add_parser(name, help=text).set_defaults(func=func)
+        plain = sub.add_parser(name, help=text)
+        _add_debug_flag(plain)
+        plain.set_defaults(func=func)
     report = sub.add_parser("report", help="re-render a report from the result files in DIR "
                                            "(a comparison, an ablation or one run folder)")
+    _add_debug_flag(report)
     report.add_argument("directory")
     report.set_defaults(func=cmd_report)
     _add_task_parsers(sub, "train", "train one method", cmd_train)
@@ -102,23 +123,51 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=None)
     demo.add_argument("--output_dir", default="runs/demo")
+    _add_debug_flag(demo)
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors a user's input or environment causes (documented in docs/reliability.md):
+    bad settings or files (ValueError), files and folders (OSError: missing, unreadable,
+    not writable), absent data sets, a diverged run."""
     from ..data.paths import DataUnavailableError
-    from ..training.distributed import teardown
     from ..training.loop import TrainingDiverged
+
+    return ValueError, OSError, DataUnavailableError, TrainingDiverged
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``sst`` command; return its exit code.
+
+    0: done. 2: a user error (``sst: error: ...`` on stderr, one line naming the file,
+    field or value and what is allowed) or a usage error (argparse's). 1: an unexpected
+    error, a bug (``sst: internal error: ...``). ``--debug`` adds the traceback to both.
+    """
+    args = build_parser().parse_args(argv)
+    from ..training.distributed import teardown
 
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, DataUnavailableError, TrainingDiverged) as err:
-        print(f"sst: error: {err}", file=sys.stderr)
+    except user_errors() as err:
+        _report(err, "error", args.debug)
         return 2
+    except Exception as err:  # a bug: say so on one line, the traceback on --debug
+        _report(err, "internal error", args.debug,
+                hint=" (a bug: please report it; rerun with --debug for the traceback)")
+        return 1
     finally:
         teardown()  # under torchrun: leave the process group (every rank, also on errors)
+
+
+def _report(err: BaseException, kind: str, debug: bool, hint: str = "") -> None:
+    if debug:
+        traceback.print_exception(err, file=sys.stderr)
+    text = " ".join(str(err).split()) or type(err).__name__
+    if kind != "error" or isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+        text = f"{type(err).__name__}: {text}"
+    print(f"sst: {kind}: {text}{hint}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from .._util.atomic import atomic_write_json
 from ..methods import SST_VARIANTS, method_config_fields
 from ..training.config import to_flat_dict
 from ..training.distributed import is_main
-from ..training.runner import train_run, with_run
+from ..training.runner import check_choices, train_run, with_run
 
 __all__ = ["ABLATION_FILE", "AblationVariant", "VariantRun", "default_variants", "pearson",
            "run_ablation", "select_variants", "trace_correlation"]
@@ -171,6 +171,24 @@ def _folder_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
 
 
+def variant_runs(task, settings, variants: list[AblationVariant], output_dir: str | Path,
+                 variant_lr: dict[str, float] | None = None) -> list:
+    """Every variant's run settings (:func:`variant_settings`), checked before any trains.
+
+    Raises:
+        ValueError: a shared method option no variant takes, or a value a variant's method
+            config refuses.
+    """
+    variant_lr = variant_lr or {}
+    runs = [variant_settings(settings, v, Path(output_dir) / _folder_name(v.label),
+                             variant_lr.get(v.label, variant_lr.get(v.method)))
+            for v in variants]
+    check_choices(task, settings, sorted({v.method for v in variants}), explicit=set())
+    for run in runs:
+        check_choices(task, run, [run.method.name], explicit=set())
+    return runs
+
+
 def run_ablation(task, settings, variants: list[AblationVariant], output_dir: str | Path,
                  progress: bool = True,
                  variant_lr: dict[str, float] | None = None) -> dict[str, Any]:
@@ -197,9 +215,10 @@ def run_ablation(task, settings, variants: list[AblationVariant], output_dir: st
         raise ValueError(f"variant_lr names {sorted(set(variant_lr) - known)} match no variant "
                          f"label or method; allowed: {sorted(known)}")
     task.check(settings)
+    out = Path(output_dir)
+    runs = variant_runs(task, settings, variants, out, variant_lr)
     headline = task.headline(settings)
     base = {k: v for k, v in to_flat_dict(settings).items() if k not in ("method", "output_dir")}
-    out = Path(output_dir)
     results: dict[str, Any] = {
         "task": task.name, "metric": headline.label, "headline": headline.to_dict(),
         "higher_is_better": headline.higher_is_better,
@@ -207,11 +226,9 @@ def run_ablation(task, settings, variants: list[AblationVariant], output_dir: st
         "variants": {}, "order": [],  # the JSON is key-sorted; "order" keeps run order
     }
     data = task.prepare_data(settings)  # the same for every variant
-    for variant in variants:
+    for variant, run_settings in zip(variants, runs):
         if is_main():  # under torchrun: rank 0 prints and writes
             print(f"== ablation {task.name}: {variant.label} ==", flush=True)
-        lr = variant_lr.get(variant.label, variant_lr.get(variant.method))
-        run_settings = variant_settings(settings, variant, out / _folder_name(variant.label), lr)
         run = run_variant(task, run_settings, data, progress)
         results["variants"][variant.label] = {
             "method": variant.method, "group": variant.group, "options": variant.options,

@@ -51,8 +51,8 @@ class ApolloConfig(LowRankConfig):
     seed: int = field(
         default=0, metadata={"help": "seed of the counter-seeded random projections."})
 
-    def __post_init__(self):
-        super().__post_init__()
+    def validate(self):
+        super().validate()
         if self.apollo_scale is None and self.scale_type in DEFAULT_SCALES:
             self.apollo_scale = DEFAULT_SCALES[self.scale_type]
         check_settings(self.rank, self.update_proj_gap, self.apollo_scale, self.scale_type,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .._util.checks import is_int
+from .._util.fields import Checked, check_value, field_types
 from ..spectral.optim import SlotAdamW
 from ..targeting import find_target_modules, linear_shape, replace_module
 from .guard import watch
@@ -61,7 +62,7 @@ def check_rank_fits(name: str, module: nn.Module, rank: int) -> None:
 
 
 @dataclass
-class MethodConfig:
+class MethodConfig(Checked):
     """Settings shared by every method.
 
     Attributes:
@@ -102,7 +103,8 @@ class LowRankConfig(MethodConfig):
                              "a time; LoRA and ReLoRA*: rank of the update B A; GaLore: rank of "
                              "the gradient projection)."})
 
-    def __post_init__(self):
+    def validate(self):
+        super().validate()
         check_int("rank", self.rank, 1)
         if hasattr(self, "seed"):
             check_int("seed", self.seed)
@@ -397,6 +399,51 @@ def make_method(name: str, **settings) -> TrainingMethod:
     if name in _VARIANTS:
         method.variant = name
     return method
+
+
+#: Config fields a run sets from its own choices, never as a method option: where they go.
+RUN_CHOICE_FIELDS = {"rank": "method.rank (--rank)", "seed": "the run's seed (--seed)",
+                     "target_modules": "method.target_modules (--target_modules)",
+                     "exclude_modules": "method.exclude_modules (--exclude_modules)"}
+
+
+def option_types() -> dict[str, Any]:
+    """Every method option of the registry and its annotation (the run choices excepted)."""
+    types: dict[str, Any] = {}
+    for cls, _ in (*((c, {}) for c in _REGISTRY.values()), *_VARIANTS.values()):
+        for name, annotation in field_types(cls.config_class).items():
+            if name not in RUN_CHOICE_FIELDS:
+                types.setdefault(name, annotation)
+    return types
+
+
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Method options (``{"sampler": "uniform"}``) checked by name and type for any method.
+
+    A name must be an option of at least one registered method; a value must have that
+    option's type (see :mod:`.._util.fields`; ``"true"``/``"false"`` become booleans). Ranges
+    and choices are the method config's checks, run when a method is built.
+
+    Returns:
+        The options with converted values.
+
+    Raises:
+        ValueError: every unknown name at once with the allowed ones, a run choice given as
+            an option (naming where it goes), or a value of the wrong type.
+    """
+    if not isinstance(options, Mapping):
+        raise ValueError(f"method options {options!r} must be a mapping of option names to "
+                         "values (a [method.options] section)")
+    types = option_types()
+    misplaced = sorted(str(k) for k in options if k in RUN_CHOICE_FIELDS)
+    if misplaced:
+        raise ValueError(f"method option(s) {misplaced} are run choices, not options: set "
+                         + "; ".join(f"{k} as {RUN_CHOICE_FIELDS[k]}" for k in misplaced))
+    unknown = sorted(str(k) for k in options if k not in types)
+    if unknown:
+        raise ValueError(f"unknown method option(s) {unknown}; allowed: "
+                         f"{', '.join(sorted(types))}")
+    return {k: check_value(k, v, types[k]) for k, v in options.items()}
 
 
 def method_for_run(name: str, *, rank: int | None = None, seed: int | None = None,

@@ -44,8 +44,8 @@ class GaLoreConfig(LowRankConfig):
         default="std", metadata={"help": f"projected side, one of {PROJ_TYPES}; 'std' "
                                  "projects the smaller dimension of each (out, in) weight."})
 
-    def __post_init__(self):
-        super().__post_init__()
+    def validate(self):
+        super().validate()
         check_projection_settings(self.update_proj_gap, self.scale, self.proj_type)
 
 

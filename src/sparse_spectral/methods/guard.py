@@ -4,8 +4,8 @@ A converted model handed to a loop that steps the optimizer but never calls
 ``method.after_step`` trains on without complaint: SST's selections never change, its
 active vectors drift off unit norm and singular values go negative; ReLoRA* never merges.
 An optimizer that cannot restart single slots (``torch.optim.AdamW`` on SST's vectors) or
-that trains GaLore's or APOLLO's targets without projection is just as silent. The guard turns these
-into an exception within a few steps, naming the fix.
+that trains GaLore's or APOLLO's targets without projection is just as silent. The guard
+turns these into an exception within a few steps, naming the fix.
 
 Design: one global optimizer step post-hook (``torch.optim.optimizer.
 register_optimizer_step_post_hook``), registered on the first :func:`watch`; the method's
@@ -70,31 +70,47 @@ class _Watch:
     def __init__(self, method):
         from ..spectral.layer import SpectralLinear
 
-        layers = [layer for _, layer in getattr(method, "layers", [])]
+        # The layers, not their parameters: FSDP2's fully_shard replaces parameter objects,
+        # and the ids of dropped ones can come back on another model's parameters.
+        self.layers = [layer for _, layer in getattr(method, "layers", [])]
         self.name = method.name
         self.needs_after_step = bool(method.needs_after_step)
-        self.param_ids = {id(p) for layer in layers for p in layer.parameters() if p.requires_grad}
-        # SST: vectors whose slots swap and must restart their own Adam step count.
-        self.slotted = [p for layer in layers if isinstance(layer, SpectralLinear)
-                        for p in (layer.U_active, layer.Vh_active)]
-        # GaLore, APOLLO: target weights that must sit in the method's projection group,
-        # a group carrying the method's marker key ("rank", "scale_type").
-        self.projected_ids = set(getattr(method, "target_ids", ()))
+        self.spectral = any(isinstance(layer, SpectralLinear) for layer in self.layers)
+        # GaLore, APOLLO: target weights (ids of live ones) that must sit in the method's
+        # projection group, a group carrying the method's marker key ("rank", "scale_type").
+        self.projects = hasattr(method, "target_ids")
         self.label = getattr(method, "label", method.name)
         self.marker = getattr(method, "group_marker", "rank")
         self.optimizer_name = getattr(getattr(method, "optimizer_class", None), "__name__", "")
-        self.param_ids |= self.projected_ids
+        self.method = weakref.ref(method)
         self.seen: weakref.WeakKeyDictionary[Any, _Seen] = weakref.WeakKeyDictionary()
 
     @property
+    def projected_ids(self) -> set[int]:
+        method = self.method()
+        return set(method.target_ids) if self.projects and method is not None else set()
+
+    @property
     def active(self) -> bool:
-        return self.needs_after_step or bool(self.slotted) or bool(self.projected_ids)
+        return self.needs_after_step or self.spectral or bool(self.projected_ids)
+
+    def _param_ids(self) -> set[int]:
+        """The ids of the method's trained parameters as they are now."""
+        return {id(p) for layer in self.layers for p in layer.parameters()
+                if p.requires_grad} | self.projected_ids
+
+    def _slotted(self) -> list[torch.Tensor]:
+        """SST: vectors whose slots swap and must restart their own Adam step count."""
+        from ..spectral.layer import SpectralLinear
+
+        return [p for layer in self.layers if isinstance(layer, SpectralLinear)
+                for p in (layer.U_active, layer.Vh_active)]
 
     def observe(self, method, optimizer) -> None:
         seen = self.seen.get(optimizer)
-        if seen is None:
-            holds = any(id(p) in self.param_ids
-                        for group in optimizer.param_groups for p in group["params"])
+        if seen is None:  # once per optimizer
+            ids = self._param_ids()
+            holds = any(id(p) in ids for group in optimizer.param_groups for p in group["params"])
             seen = self.seen[optimizer] = _Seen(holds, method.step)
         if not seen.holds:
             return
@@ -116,9 +132,10 @@ class _Watch:
 
     def _check_optimizer(self, optimizer) -> None:
         kind = type(optimizer).__name__
-        if self.projected_ids:
+        projected = self.projected_ids
+        if projected:
             for group in optimizer.param_groups:
-                if self.marker not in group and any(id(p) in self.projected_ids
+                if self.marker not in group and any(id(p) in projected
                                                     for p in group["params"]):
                     raise MethodGuardError(
                         f"{kind} trains {self.label}'s target weights in a param group "
@@ -126,7 +143,7 @@ class _Watch:
                         f"at full rank or by another method. Fix: "
                         f"{_OPTIMIZER_FIX.format(self.optimizer_name)}. {_SILENCE}")
         state = optimizer.state
-        for p in self.slotted:
+        for p in self._slotted():
             held = state.get(p)
             step = held.get("step") if held else None
             if step is not None and not (torch.is_tensor(step) and step.dim() == p.dim()):
@@ -151,8 +168,8 @@ def _after_optimizer_step(optimizer, args, kwargs) -> None:
 def watch(method) -> None:
     """Check every later optimizer step over ``method``'s parameters (see the module doc).
 
-    Called by ``prepare`` (``ReplacingMethod.attach``, ``ProjectedMethod.prepare``); calling it
-    again (a re-prepared method) replaces the previous checks. A method with nothing to
+    Called by ``prepare`` (``ReplacingMethod.attach``, ``ProjectedMethod.prepare``);
+    calling it again (a re-prepared method) replaces the previous checks. A method with nothing to
     check (``full``, ``lora``) is not watched.
     """
     global _HOOK

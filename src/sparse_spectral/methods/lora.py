@@ -136,8 +136,8 @@ class LoRAConfig(LowRankConfig):
                                 "None means alpha = r (scaling 1)."})
     seed: int = field(default=0, metadata={"help": "seed of A's (re-)initialisations."})
 
-    def __post_init__(self):
-        super().__post_init__()
+    def validate(self):
+        super().validate()
         if self.alpha is not None and (isinstance(self.alpha, bool) or
                                        not isinstance(self.alpha, (int, float)) or
                                        self.alpha <= 0):

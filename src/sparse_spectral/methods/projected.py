@@ -13,6 +13,7 @@ GPT-2's ``Conv1D`` stores its weight as (in, out); the group marks such weights
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -43,7 +44,14 @@ class ProjectedMethod(TrainingMethod):
     def __init__(self, config=None):
         super().__init__(config)
         self.target_names: list[str] = []
-        self.target_ids: set[int] = set()
+        # Weak references: the method does not keep a dropped model alive, and the id of a
+        # dropped weight (which another tensor may get) is never taken for a target.
+        self._targets: list[weakref.ref] = []
+
+    @property
+    def target_ids(self) -> set[int]:
+        """The ids of the prepared model's target weights that are still alive."""
+        return {id(w) for w in (ref() for ref in self._targets) if w is not None}
 
     def group_settings(self) -> dict[str, Any]:
         """The method's settings as the optimizer reads them from its param group."""
@@ -58,7 +66,7 @@ class ProjectedMethod(TrainingMethod):
         """Validate the targets and remember them; the model is returned unchanged."""
         weights = self._target_weights(model)
         self.target_names = [name for name, _, _ in weights]
-        self.target_ids = {id(w) for _, w, _ in weights}
+        self._targets = [weakref.ref(w) for _, w, _ in weights]
         watch(self)  # fail loudly if an optimizer trains the targets unprojected (.guard)
         return model
 

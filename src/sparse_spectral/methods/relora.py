@@ -44,8 +44,8 @@ class ReLoRAConfig(LoRAConfig):
     restart_warmup_steps: int = field(
         default=0, metadata={"help": "learning-rate re-warm-up after each merge (0: off)."})
 
-    def __post_init__(self):
-        super().__post_init__()
+    def validate(self):
+        super().validate()
         check_int("merge_interval", self.merge_interval, 1)
         if self.optimizer_reset not in RESET_MODES:
             raise ValueError(f"optimizer_reset={self.optimizer_reset!r} is unknown; allowed: "

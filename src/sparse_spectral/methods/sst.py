@@ -84,8 +84,8 @@ class SSTConfig(LowRankConfig):
                                 "dtype. bfloat16 halves the frozen factors' bytes; a vector "
                                 "leaving the active set is rounded to it."})
 
-    def __post_init__(self):
-        super().__post_init__()
+    def validate(self):
+        super().validate()
         check_int("iteration_interval (T3)", self.iteration_interval, 1)
         if self.iterations_per_round is not None and (
                 not is_int(self.iterations_per_round) or self.iterations_per_round < 1):
@@ -220,6 +220,8 @@ class SparseSpectral(ReplacingMethod):
                                    for index, layer, iteration in due], src=0)
         for (_, layer, _), new_idx in zip(due, draws, strict=True):
             layer.swap_(new_idx, optimizer)
+        for _, layer in self.layers:  # the step's composed W is stale now: free its memory
+            layer.release_composed_weight()
 
     def _resvd(self, layer: SpectralLinear, index: int, optimizer) -> None:
         """Re-decompose ``layer`` (on its owner rank under DDP, then broadcast in place).

@@ -337,6 +337,41 @@ class SpectralWeightFunction(torch.autograd.Function):
         return (None, None, *grads, None, None, None, None)
 
 
+class ComposedWeightCache:
+    """One layer's last composed ``W (m, n)``, reused while its factors are unchanged.
+
+    Under gradient accumulation every micro-batch of an optimizer step composes the same
+    ``W``; keeping the first one saves the others' ``U diag(s) Vh`` products (two matmuls
+    and four small ops per layer and micro-batch). The key is each factor's storage
+    address and version counter (every in-place change, by the optimizer, a swap, a
+    re-SVD or ``load_state_dict``, bumps the version; a move or a ``.data`` assignment
+    changes the address) and the dtype ``W`` is composed in, so a stale ``W`` is never
+    used. The ``W`` held is one that backward keeps anyway for the input gradient; it is
+    released by :meth:`clear` (SST's ``after_step``), so it does not outlive the step.
+    """
+
+    def __init__(self):
+        self._key: tuple | None = None
+        self._weight: torch.Tensor | None = None
+
+    @staticmethod
+    def key(*factors: torch.Tensor) -> tuple:
+        """The identity of ``factors`` as they are now (addresses and versions)."""
+        return tuple((t.data_ptr(), t._version) for t in factors)
+
+    def get(self, key: tuple, compose) -> torch.Tensor:
+        """The ``W`` for ``key``: the kept one, or ``compose()`` (kept for next time)."""
+        if key != self._key:
+            self._weight, self._key = compose(), key
+        return self._weight
+
+    def clear(self) -> None:
+        self._key = self._weight = None
+
+    def __deepcopy__(self, memo):  # a copied layer starts without a kept W
+        return ComposedWeightCache()
+
+
 class ComposedSpectralLinearFunction(torch.autograd.Function):
     """The same map and gradients as :class:`SpectralLinearFunction`, run as a dense layer.
 
@@ -357,9 +392,16 @@ class ComposedSpectralLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def _forward(ctx, x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias,
-                 enhanced: bool, all_singular_values: bool = True):
-        W = compose_weight(*_frozen(ctx, U_frozen, Vh_frozen), s, U_active, Vh_active, idx,
-                           frozen_idx)  # the stored frozen factors are saved below
+                 enhanced: bool, all_singular_values: bool = True,
+                 cache: tuple[ComposedWeightCache, tuple] | None = None):
+        def compose():  # the stored frozen factors are saved below
+            return compose_weight(*_frozen(ctx, U_frozen, Vh_frozen), s, U_active, Vh_active,
+                                  idx, frozen_idx)
+
+        if cache is None:
+            W = compose()
+        else:  # ``(cache, key of the stored factors)``; the dtype W is composed in joins it
+            W = cache[0].get((cache[1], ctx.frozen_dtype, s.dtype), compose)
         if isinstance(x, torch.Tensor):
             y = torch.nn.functional.linear(x, W, bias)
         else:  # a fixed operand: its own product
@@ -391,7 +433,7 @@ class ComposedSpectralLinearFunction(torch.autograd.Function):
         if ctx.has_bias and need[8]:
             grad_bias = gy.sum(0)
         return (grad_x, None, None, grad_s, grad_U_active, grad_Vh_active, None, None,
-                grad_bias, None, None)
+                grad_bias, None, None, None)
 
 
 MODES = ("factored", "composed")
@@ -410,6 +452,7 @@ def spectral_linear(
     enhanced: bool = True,
     all_singular_values: bool = True,
     mode: str = "factored",
+    weight_cache: ComposedWeightCache | None = None,
 ) -> torch.Tensor:
     """Apply an SST layer.
 
@@ -430,6 +473,8 @@ def spectral_linear(
             gradient of the sampled ones only (the paper's ablation).
         mode: ``"factored"`` or ``"composed"`` (see the module docstring); the results agree
             up to rounding.
+        weight_cache: composed mode: reuse the ``W`` composed from these same factors
+            (:class:`ComposedWeightCache`); None: compose it for this call.
 
     Returns:
         Output of shape ``(..., m)``: in autocast's dtype where autocast is on for
@@ -437,10 +482,15 @@ def spectral_linear(
         inputs' dtype.
     """
     if mode == "factored":
-        function = SpectralLinearFunction
-    elif mode == "composed":
-        function = ComposedSpectralLinearFunction
-    else:
+        return SpectralLinearFunction.apply(x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx,
+                                            frozen_idx, bias, enhanced, all_singular_values)
+    if mode != "composed":
         raise ValueError(f"mode={mode!r} is unknown; allowed: {', '.join(MODES)}")
-    return function.apply(x, U_frozen, Vh_frozen, s, U_active, Vh_active, idx, frozen_idx, bias,
-                          enhanced, all_singular_values)
+    cache = None
+    if weight_cache is not None:
+        key = ComposedWeightCache.key(U_frozen, Vh_frozen, s, U_active, Vh_active, idx,
+                                      frozen_idx)
+        cache = (weight_cache, key)
+    return ComposedSpectralLinearFunction.apply(x, U_frozen, Vh_frozen, s, U_active, Vh_active,
+                                                idx, frozen_idx, bias, enhanced,
+                                                all_singular_values, cache)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -18,8 +19,28 @@ from .._util.shards import (
 )
 from ..linear import FixedOperand, is_conv1d, linear_weight
 from .cost import choose_mode
-from .function import SpectralWeightFunction, _autocast_off, spectral_linear
+from .function import (
+    ComposedWeightCache,
+    SpectralWeightFunction,
+    _autocast_off,
+    spectral_linear,
+)
 from .optim import reset_param_state, reset_slots
+
+
+def _is_fsdp(module: nn.Module) -> bool:
+    """Whether ``fully_shard`` manages ``module`` (its class is then an ``FSDPModule``)."""
+    return type(module).__name__.startswith("FSDP") and _fsdp_module_class() is not None \
+        and isinstance(module, _fsdp_module_class())
+
+
+@functools.cache
+def _fsdp_module_class():
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a build without distributed
+        return None
+    return FSDPModule
 
 
 def _check_rank(rank: int, m: int, n: int) -> None:
@@ -166,11 +187,33 @@ class SpectralLinear(nn.Module):
     # ------------------------------------------------------------------ forward / views
     accepts_operands = True  # fixed (T, n) operands too: see sparse_spectral.linear
 
+    #: In training, reuse the composed ``W`` across calls while the factors are unchanged
+    #: (the micro-batches of one optimizer step; :class:`~.function.ComposedWeightCache`).
+    #: Never in traced calls (``torch.compile``) nor where ``fully_shard`` manages the layer
+    #: itself; :func:`~sparse_spectral.training.fsdp.shard_model` sets it False on every
+    #: layer (FSDP2 re-gathers the factors into buffers it may reuse). Set it False before
+    #: your own ``fully_shard`` of blocks holding these layers.
+    reuse_composed_weight = True
+
     def forward(self, x: torch.Tensor | FixedOperand) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``; a fixed operand ``(T, n) -> (T, m)``."""
+        reuse = (self.training and self.reuse_composed_weight
+                 and not torch.compiler.is_compiling() and not _is_fsdp(self))
         return spectral_linear(x, self.U_frozen, self.Vh_frozen, self.s, self.U_active,
                                self.Vh_active, self.idx, self.frozen_idx, self.bias,
-                               self.enhanced, self.all_singular_values, mode=self.mode_for(x))
+                               self.enhanced, self.all_singular_values, mode=self.mode_for(x),
+                               weight_cache=self._weight_cache if reuse else None)
+
+    @property
+    def _weight_cache(self) -> ComposedWeightCache:
+        cache = self.__dict__.get("_composed_weight_cache")
+        if cache is None:  # created on first use: layers built before this attribute load too
+            cache = self.__dict__["_composed_weight_cache"] = ComposedWeightCache()
+        return cache
+
+    def release_composed_weight(self) -> None:
+        """Drop the kept composed ``W`` (SST's ``after_step`` does, once per step)."""
+        self._weight_cache.clear()
 
     @property
     def weight(self) -> torch.Tensor:

@@ -37,7 +37,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..training.config import MethodChoice, OptimSettings, OutputSettings, TaskSettings, _help
+from .._util.fields import Checked
+from ..training.config import (
+    MethodChoice,
+    OptimSettings,
+    OutputSettings,
+    TaskSettings,
+    _help,
+    check_seed,
+)
 from .base import Batches, Headline, TaskBase
 
 #: HyboNet's per-data-set settings (``gcn/run.*.sh``, reference/hybonet.md section 2.9).
@@ -74,7 +82,7 @@ HEADLINE_METRIC = {"nc": "f1", "lp": "roc"}
 
 
 @dataclass
-class GraphSchedule:
+class GraphSchedule(Checked):
     """HyboNet's epochs, early stopping and step decay (one full-batch step per epoch)."""
 
     epochs: int = field(default=5000, metadata=_help("training epochs (one step each)"))
@@ -85,7 +93,7 @@ class GraphSchedule:
         "epochs between learning-rate decays by gamma (default: never)"))
     gamma: float = field(default=0.5, metadata=_help("learning-rate decay factor"))
 
-    def __post_init__(self):
+    def validate(self):
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"epochs={self.epochs!r} must be an int >= 1")
         for name in ("min_epochs", "patience"):
@@ -93,16 +101,18 @@ class GraphSchedule:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
         if self.lr_reduce_freq is not None and self.lr_reduce_freq < 1:
             raise ValueError(f"lr_reduce_freq={self.lr_reduce_freq!r} must be None or >= 1")
+        if not self.gamma > 0:
+            raise ValueError(f"gamma={self.gamma!r} must be > 0")
 
 
 @dataclass
-class GraphEval:
+class GraphEval(Checked):
     """Evaluation on the validation split every ``eval_freq`` epochs (HGCN's name)."""
 
     eval_every: int = field(default=1, metadata=_help("epochs between evaluations",
                                                       flag="eval_freq"))
 
-    def __post_init__(self):
+    def validate(self):
         if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) \
                 or self.eval_every < 1:
             raise ValueError(f"eval_freq={self.eval_every!r} must be an int >= 1")
@@ -153,7 +163,8 @@ class GraphSettings(TaskSettings):
     DEFAULT_NOTES: typing.ClassVar[dict[str, str]] = {
         name: "HyboNet's value for the data set" for name in ("lr", "weight_decay", "grad_clip")}
 
-    def __post_init__(self):
+    def validate(self):
+        super().validate()
         from ..data.graphs import GRAPH_DATASETS, GRAPH_TASKS, SPLITS
 
         for kind, value, allowed in (("dataset", self.dataset, GRAPH_DATASETS),
@@ -165,6 +176,15 @@ class GraphSettings(TaskSettings):
             raise ValueError(f"dim={self.dim!r} must be an int >= 1")
         if self.act is not None and self.act not in ("none", "relu"):
             raise ValueError(f"act={self.act!r} is unknown; allowed: none, relu")
+        check_seed("split_seed", self.split_seed)
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ValueError(f"num_layers={self.num_layers!r} must be None or an int >= 1")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout!r} must be None or in [0, 1)")
+        if not self.k > 0:
+            raise ValueError(f"k={self.k!r} must be > 0 (the curvature parameter)")
+        if self.margin is not None and self.margin < 0:
+            raise ValueError(f"margin={self.margin!r} must be None or >= 0")
 
     def resolved(self) -> GraphSettings:
         """A copy with every ``None`` HyboNet setting replaced by its per-data-set value."""

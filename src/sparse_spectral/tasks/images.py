@@ -56,9 +56,8 @@ class ImagesSettings(TaskSettings):
     output: OutputSettings = field(
         default_factory=lambda: OutputSettings(output_dir="runs/images"))
 
-    def __post_init__(self):
-        if isinstance(self.hidden, str):
-            self.hidden = [int(w) for w in self.hidden.split(",") if w.strip()]
+    def validate(self):
+        super().validate()
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset={self.dataset!r} is unknown; allowed: {list(DATASETS)}")
         if not self.hidden or any(isinstance(w, bool) or not isinstance(w, int) or w < 1

@@ -54,10 +54,13 @@ class LMSettings(TaskSettings):
     method: MethodChoice = field(default_factory=lambda: MethodChoice(rank=16))
     output: OutputSettings = field(default_factory=lambda: OutputSettings(output_dir="runs/lm"))
 
-    def __post_init__(self):
+    def validate(self):
+        super().validate()
         for name in ("vocab_size", "block_size", "batch_size", "eval_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout!r} must be in [0, 1)")
         if self.total_batch_size is not None and (
                 self.total_batch_size < self.batch_size
                 or self.total_batch_size % self.batch_size):

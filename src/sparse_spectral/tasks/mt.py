@@ -57,6 +57,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._util.fields import Checked
 from ..hyperbolic.optim import RIEMANNIAN_KINDS
 from ..training.config import (
     EvalSettings,
@@ -77,7 +78,7 @@ HYBONET_ATTENTION_DROPOUT = 0.1
 
 
 @dataclass
-class TranslationSchedule:
+class TranslationSchedule(Checked):
     """Inverse-sqrt warm-up/decay (or Noam's), over steps or epochs."""
 
     kind: str = field(default="inverse_sqrt", metadata=_help(
@@ -87,7 +88,7 @@ class TranslationSchedule:
     epochs: float | None = field(default=None, metadata=_help(
         "train this many epochs (overrides num_training_steps)"))
 
-    def __post_init__(self):
+    def validate(self):
         for name in ("warmup_steps", "num_training_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -147,7 +148,8 @@ class MTSettings(TaskSettings):
     eval: EvalSettings = field(default_factory=lambda: EvalSettings(eval_every=200))
     output: OutputSettings = field(default_factory=lambda: OutputSettings(output_dir="runs/mt"))
 
-    def __post_init__(self):
+    def validate(self):
+        super().validate()
         for name in ("vocab_size", "max_tokens", "d_model", "num_heads", "num_layers",
                      "grad_accumulation", "beam_size", "decode_batch_size"):
             value = getattr(self, name)

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._util.checks import is_int
+from .._util.fields import Checked
 
-__all__ = ["EvalSettings", "MethodChoice", "OptimSettings", "OutputSettings",
+__all__ = ["EvalSettings", "check_seed", "MethodChoice", "OptimSettings", "OutputSettings",
            "RuntimeSettings", "ScheduleSettings", "TaskSettings", "field_paths", "flag_name",
            "from_dict", "help_of", "is_section", "nest", "section_names", "to_flat_dict"]
 
@@ -39,8 +40,15 @@ def _check_positive_int(owner: object, *names: str, minimum: int = 1) -> None:
             raise ValueError(f"{name}={value!r} must be an int >= {minimum}")
 
 
+def check_seed(name: str, value: int) -> None:
+    """Seeds are ints in ``[0, 2**32)``: every generator the package seeds takes them
+    (numpy's ``RandomState`` refuses more)."""
+    if not 0 <= value < 2**32:
+        raise ValueError(f"{name}={value!r} must be an int in [0, 2**32)")
+
+
 @dataclass
-class OptimSettings:
+class OptimSettings(Checked):
     """The optimizer's settings (flag names of the GaLore/ReLoRA scripts)."""
 
     lr: float | None = field(default=1e-3, metadata=_help("peak learning rate"))
@@ -48,7 +56,7 @@ class OptimSettings:
     grad_clip: float | None = field(
         default=1.0, metadata=_help("clip the global gradient norm at this value (0: no clip)"))
 
-    def __post_init__(self):
+    def validate(self):
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr={self.lr} must be > 0")
         if self.weight_decay is not None and self.weight_decay < 0:
@@ -58,7 +66,7 @@ class OptimSettings:
 
 
 @dataclass
-class ScheduleSettings:
+class ScheduleSettings(Checked):
     """Steps and the warm-up cosine schedule (the method adds its restart factor)."""
 
     num_training_steps: int = field(default=1000, metadata=_help("optimizer steps"))
@@ -68,7 +76,7 @@ class ScheduleSettings:
     epochs: float | None = field(
         default=None, metadata=_help("train this many epochs (overrides num_training_steps)"))
 
-    def __post_init__(self):
+    def validate(self):
         _check_positive_int(self, "num_training_steps")
         _check_positive_int(self, "warmup_steps", minimum=0)
         if not 0 <= self.min_lr_ratio <= 1:
@@ -79,18 +87,18 @@ class ScheduleSettings:
 
 
 @dataclass
-class EvalSettings:
+class EvalSettings(Checked):
     """How often the loop evaluates and logs."""
 
     eval_every: int = field(default=100, metadata=_help("steps between evaluations"))
     log_every: int = field(default=10, metadata=_help("steps between training-metric lines"))
 
-    def __post_init__(self):
+    def validate(self):
         _check_positive_int(self, "eval_every", "log_every", minimum=0)
 
 
 @dataclass
-class OutputSettings:
+class OutputSettings(Checked):
     """Where a run writes and how often it checkpoints."""
 
     output_dir: str = field(default="runs/run", metadata=_help("run folder"))
@@ -98,12 +106,12 @@ class OutputSettings:
         default=0, metadata=_help("steps between checkpoints (0: only the last step)"))
     tensorboard: bool = field(default=False, metadata=_help("also log to TensorBoard"))
 
-    def __post_init__(self):
+    def validate(self):
         _check_positive_int(self, "save_every", minimum=0)
 
 
 @dataclass
-class MethodChoice:
+class MethodChoice(Checked):
     """The training method and the choices every method shares (rank, refresh interval)."""
 
     name: str = field(default="sst", metadata=_help(
@@ -126,13 +134,22 @@ class MethodChoice:
     options: dict[str, Any] = field(default_factory=dict, metadata=_help(
         "method options by config field (e.g. sampler, merge_interval, update_proj_gap)"))
 
-    def __post_init__(self):
+    def validate(self):
+        from ..methods import available_methods
+        from ..methods.base import check_options
+
+        if self.name not in available_methods():
+            raise ValueError(f"unknown method(s) {[self.name]}; available: "
+                             f"{', '.join(available_methods())}")
         _check_positive_int(self, "rank")
         if "iteration_interval" in self.options:  # old configs: SST's T3 was an option
             self.options = dict(self.options)
             given = self.options.pop("iteration_interval")
             if self.interval is None:
                 self.interval = given
+        # Every name an option of some method, every value of its type (ranges: the
+        # method's config, checked by runner.check_choices before a run starts).
+        self.options = check_options(self.options)
         if self.interval is not None:
             _check_positive_int(self, "interval")
         for name in ("target_modules", "exclude_modules"):
@@ -142,7 +159,7 @@ class MethodChoice:
 
 
 @dataclass
-class RuntimeSettings:
+class RuntimeSettings(Checked):
     """Where, in which precision and whether compiled the run trains (:mod:`.device`,
     :mod:`.compile`; the backend is checked when the run starts)."""
 
@@ -162,30 +179,27 @@ class RuntimeSettings:
     dist_timeout_s: float = field(default=1800.0, metadata=_help(
         "under torchrun: seconds a collective waits for the other ranks before failing"))
 
-    def __post_init__(self):
+    def validate(self):
         from .device import PRECISIONS
 
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} is unknown; allowed: "
                              f"{', '.join(PRECISIONS)}")
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile={self.compile!r} must be true or false")
         from .distributed import PARALLEL_MODES
 
         if self.parallel not in PARALLEL_MODES:
             raise ValueError(f"parallel={self.parallel!r} is unknown; allowed: "
                              f"{', '.join(PARALLEL_MODES)}")
-        if isinstance(self.dist_timeout_s, bool) or not isinstance(
-                self.dist_timeout_s, (int, float)) or not self.dist_timeout_s > 0:
+        if not self.dist_timeout_s > 0:
             raise ValueError(f"dist_timeout_s={self.dist_timeout_s!r} must be a number of "
                              "seconds > 0")
-        if not isinstance(self.compile_backend, str) or not self.compile_backend:
+        if not self.compile_backend:
             raise ValueError(f"compile_backend={self.compile_backend!r} must be a backend "
                              "name (e.g. inductor, aot_eager)")
 
 
 @dataclass
-class TaskSettings:
+class TaskSettings(Checked):
     """Fields and sections every task has; each task's settings derive from this."""
 
     seed: int = field(default=0, metadata=_help("seed of initialisation, data order, sampler"))
@@ -200,6 +214,9 @@ class TaskSettings:
     LEGACY_KEYS: typing.ClassVar[dict[str, str]] = {"method_options": "method.options"}
     #: What a ``None`` default means, by field, where the task fills it in (``--help``).
     DEFAULT_NOTES: typing.ClassVar[dict[str, str]] = {}
+
+    def validate(self):
+        check_seed("seed", self.seed)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "settings"):
@@ -264,6 +281,9 @@ def nest(cls: type, values: Mapping[str, Any], source: str = "settings") -> dict
     Raises:
         ValueError: every unknown key at once, with the allowed ones.
     """
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{source}: settings must be a mapping of names to values (a "
+                         f"table / sections), not {type(values).__name__}")
     nested: dict[str, dict[str, Any]] = {name: {} for name in section_names(cls)}
     top: dict[str, Any] = {}
     unknown: list[str] = []
@@ -284,6 +304,9 @@ def nest(cls: type, values: Mapping[str, Any], source: str = "settings") -> dict
         if key == "method" and isinstance(value, str):
             nested["method"]["name"] = value
             continue
+        if key in nested and key not in spellings:  # MT's "schedule" is also a flag
+            raise ValueError(f"{source}: {key} must be a section ([{key}] in TOML, a mapping "
+                             f"in YAML) of its settings, not {value!r}")
         if key in legacy:
             section, name = legacy[key].split(".")
             nested[section][name] = value
@@ -296,7 +319,7 @@ def nest(cls: type, values: Mapping[str, Any], source: str = "settings") -> dict
         (nested[section] if section else top)[name] = value
     if unknown:
         allowed = sorted({*paths, *(f"{s}.*" for s in nested), *legacy})
-        raise ValueError(f"{source}: unknown setting(s) {sorted(unknown)}; allowed: "
+        raise ValueError(f"{source}: unknown setting(s) {sorted(unknown, key=str)}; allowed: "
                          f"{', '.join(allowed)}")
     return {**top, **{name: given for name, given in nested.items() if given}}
 
@@ -312,15 +335,19 @@ def from_dict(cls: type, values: Mapping[str, Any], source: str = "settings"):
         source: what the values came from, for error messages (``--config FILE``).
 
     Raises:
-        ValueError: every unknown key at once, with the allowed ones; or a bad value.
+        ValueError: every unknown key at once, with the allowed ones; or a bad value (its
+            field, what is allowed), prefixed by ``source`` when that is not empty.
     """
     values = nest(cls, values, source)
     sections = set(section_names(cls))
     defaults = cls()
-    built = {name: dataclasses.replace(getattr(defaults, name), **given)
-             for name, given in values.items() if name in sections}
-    top = {name: value for name, value in values.items() if name not in sections}
-    return dataclasses.replace(defaults, **top, **built)
+    try:
+        built = {name: dataclasses.replace(getattr(defaults, name), **given)
+                 for name, given in values.items() if name in sections}
+        top = {name: value for name, value in values.items() if name not in sections}
+        return dataclasses.replace(defaults, **top, **built)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}" if source else str(err)) from None
 
 
 def to_flat_dict(settings) -> dict[str, Any]:

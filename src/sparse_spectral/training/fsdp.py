@@ -108,6 +108,9 @@ def shard_model(model: nn.Module, method: TrainingMethod | None = None, mesh=Non
                              f"not divisible by the world size {world}: FSDP2 shards its Vh "
                              "by columns, which must split evenly")
         columns |= {id(layer.Vh_active), id(layer.Vh_frozen)}
+        # FSDP2 re-gathers the factors before each forward into buffers it may reuse: keep
+        # no composed W across calls (SpectralLinear.reuse_composed_weight).
+        layer.reuse_composed_weight = False
 
     def placement(param: nn.Parameter):
         return Shard(1) if id(param) in columns else None  # None: FSDP2's Shard(0)

@@ -104,6 +104,9 @@ class LoopSettings:
             raise ValueError(f"lr={self.lr} must be > 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if self.grad_clip is not None and not 0 <= self.grad_clip < math.inf:
+            raise ValueError(f"grad_clip={self.grad_clip} must be >= 0 and finite (0 or "
+                             "None: no clipping)")
 
 
 @dataclass

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .._util.atomic import atomic_write_json
+from .._util.seeding import seed_global_rngs
 from ..accounting import count_parameters
 from ..methods import (
     available_methods,
@@ -65,13 +66,17 @@ class RunOutcome:
 def build_method(task, settings, model: nn.Module):
     """The method of ``settings.method``, built for this run (rank, seed, interval, targets).
 
-    Options the method does not have are left out (``sst compare`` shares one set of options
-    among its methods; :func:`check_choices` refuses an option that no method takes), and
-    the task's default targets yield to the choice's.
+    Every option must be one of the method's (``sst compare`` and ``sst ablate`` give each
+    run only the shared options its method takes, see :func:`with_run`); the task's default
+    targets yield to the choice's.
+
+    Raises:
+        ValueError: an option the method does not have, or a bad value.
     """
     choice = settings.method
     fields = method_config_fields(choice.name)
-    options = {k: v for k, v in choice.options.items() if k in fields}
+    _check_options_apply(choice.name, choice.options)
+    options = dict(choice.options)
     targets = task.default_targets(settings, model)
     for key in ("target_modules", "exclude_modules"):
         value = getattr(choice, key)
@@ -82,16 +87,32 @@ def build_method(task, settings, model: nn.Module):
                           interval=choice.interval, **targets, **options)
 
 
+def _check_options_apply(name: str, options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - method_config_fields(name))
+    if unknown:
+        raise ValueError(f"method option(s) {unknown} do not apply to {name}; its options: "
+                         f"{', '.join(sorted(method_config_fields(name)))}")
+
+
+def method_options_for(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The shared ``options`` of a comparison or ablation that method ``name`` takes."""
+    fields = method_config_fields(name)
+    return {k: v for k, v in options.items() if k in fields}
+
+
 def check_choices(task, settings, methods: list[str],
                   explicit: set[str] | None = None) -> None:
-    """Refuse a method choice that applies to none of ``methods`` (never ignore it silently).
+    """Refuse a method choice that applies to none of ``methods`` (never ignore it silently),
+    and a value a method's config refuses, before any run starts.
 
     A rank or interval given explicitly (``explicit``: the CLI knows which flags were
     given; None: those that differ from the task's default), or a method option, must be a
-    setting of at least one of the methods run.
+    setting of at least one of the methods run. Then each method's config is built from
+    the run's choices and the options it takes (no model: its range and choice checks).
 
     Raises:
-        ValueError: naming the setting, the methods run and the methods that take it.
+        ValueError: naming the setting, the methods run and the methods that take it; or
+            the method config's error for a bad value (``lam=2.0 must be ...``).
     """
     unknown = [m for m in methods if m not in available_methods()]
     if unknown:
@@ -115,6 +136,12 @@ def check_choices(task, settings, methods: list[str],
             takers = [m for m in available_methods() if option in method_config_fields(m)]
             raise ValueError(f"method option {option!r} does not apply to {', '.join(methods)}"
                              f" (methods that take it: {', '.join(takers) or 'none'})")
+    for name in methods:
+        targets = {k: getattr(chosen, k) for k in ("target_modules", "exclude_modules")
+                   if getattr(chosen, k) is not None}
+        options = method_options_for(name, chosen.options)
+        method_for_run(name, rank=chosen.rank, seed=settings.seed, interval=chosen.interval,
+                       **{k: v for k, v in targets.items() if k not in options}, **options)
 
 
 def _takes(method: str, choice: str) -> bool:
@@ -194,6 +221,11 @@ def train_run(task, settings, *, data=None, resume: bool = False,
         logger = MultiLogger(*loggers)
     else:
         logger = NullLogger()
+    # Dropout and every other draw from the global generators follow --seed; a resumed
+    # run restores the generator state from its checkpoint. Every rank seeds the same
+    # stream: a checkpoint holds rank 0's generator state only, so per-rank streams would
+    # make a resumed DDP run with dropout differ from an uninterrupted one.
+    seed_global_rngs(settings.seed)
     began = time.perf_counter()
     try:
         result = train(model, method, batch_fn=batches.batch_fn, loss_fn=task.loss(settings, data),
@@ -298,12 +330,16 @@ def with_run(settings, **changes):
 
     Args:
         changes: ``method`` (name), ``options``, ``interval``, ``lr``, ``output_dir``, or
-            top-level fields (``seed``).
+            top-level fields (``seed``). With ``method``, only the options (given or the
+            settings') that the method takes are kept: shared options of a comparison.
     """
     method = settings.method
     optim, output = settings.optim, settings.output
     renames = {"method": "name", "options": "options", "interval": "interval"}
     chosen = {renames[k]: changes.pop(k) for k in list(changes) if k in renames}
+    if "name" in chosen:  # a comparison's shared options: the ones this method takes
+        chosen["options"] = method_options_for(chosen["name"],
+                                               chosen.get("options", method.options))
     if chosen:
         method = dataclasses.replace(method, **chosen)
     if "lr" in changes:

@@ -324,7 +324,7 @@ def test_fsdp2_is_refused_with_the_reason():
             check_fsdp2(settings)
 
 
-def test_config_help_and_field_order():
+def test_config_field_order():
     assert [f for f in ApolloConfig().to_dict()] == [
         "target_modules", "exclude_modules", "rank", "update_proj_gap", "apollo_scale",
         "scale_type", "norm_growth_limit", "seed"]

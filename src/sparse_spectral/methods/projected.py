@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..targeting import find_target_modules, is_conv1d, linear_shape
+from ..targeting import find_target_modules, is_conv1d
 from .base import TrainingMethod, check_rank_fits, parameter_ids
 from .guard import watch
 
@@ -109,8 +109,8 @@ class ProjectedMethod(TrainingMethod):
 
         Works on the meta device (shapes only); see :func:`~..accounting.planned_state_bytes`.
         """
-        return {id(w): self.target_state_numel(linear_shape(module))
-                for module, w in self._trainable_target_modules(model)}
+        return {id(w): self.target_state_numel(tuple(w.shape[::-1] if transposed else w.shape))
+                for _, w, transposed in self._trainable_targets(model)}
 
     # --------------------------------------------------------------- helpers
     def _special_parameters(self, model: nn.Module) -> set[int]:
@@ -118,16 +118,6 @@ class ProjectedMethod(TrainingMethod):
 
     def _trainable_targets(self, model: nn.Module):
         return [t for t in self._target_weights(model) if t[1].requires_grad]
-
-    def _trainable_target_modules(self, model: nn.Module):
-        """``(module, weight)`` of each trainable target, a shared weight once."""
-        cfg, seen, found = self.config, set(), []
-        for _, module in find_target_modules(model, cfg.target_modules, cfg.exclude_modules):
-            w = module.weight
-            if w.requires_grad and id(w) not in seen:
-                seen.add(id(w))
-                found.append((module, w))
-        return found
 
     def _target_weights(self, model: nn.Module) -> list[tuple[str, nn.Parameter, bool]]:
         """``(layer name, weight, stored transposed)`` of every target, checked for the rank.

@@ -9,37 +9,51 @@ from conftest import tiny_llama, token_batch
 from sparse_spectral.accounting import memory_report, planned_state_bytes
 from sparse_spectral.methods import make_method
 
+METHODS = ["full", "lora", "sst", "galore", "apollo", "apollo_mini"]
+PROJECTED = ("galore", "apollo", "apollo_mini")  # dense weights, rank-r optimizer state
+
+
+def _settings(name: str) -> dict:
+    return {"full": {}, "apollo_mini": {}}.get(name, {"rank": 4})  # Mini's rank is 1
+
 
 def _step_counter_bytes(optimizer) -> int:
     return sum(v.numel() * v.element_size() for state in optimizer.state.values()
                for key, v in state.items() if key == "step" and torch.is_tensor(v))
 
 
-@pytest.mark.parametrize("name", ["full", "lora", "sst"])
+@pytest.mark.parametrize("name", METHODS)
 def test_planned_bytes_match_the_real_tensors_after_a_step(name):
-    method = make_method(name, **({} if name == "full" else {"rank": 4}))
+    method = make_method(name, **_settings(name))
     model = method.prepare(tiny_llama())
     optimizer = method.build_optimizer(model, lr=1e-3)
     ids = token_batch()
     model(input_ids=ids, labels=ids).loss.backward()
     optimizer.step()
     real = memory_report(model, optimizer)
-    planned = planned_state_bytes(model)
+    planned = planned_state_bytes(model, method=method)
     assert planned.weights == real.weights
     assert planned.gradients == real.gradients
     # The plan leaves out Adam's step counters (one per tensor, or one per SST slot).
     assert planned.optimizer_state == real.optimizer_state - _step_counter_bytes(optimizer)
+    dense_plan = planned_state_bytes(model)  # without the method: two copies of everything
+    if name in PROJECTED:
+        assert planned.optimizer_state < dense_plan.optimizer_state / 2
+    else:
+        assert planned == dense_plan
 
 
-@pytest.mark.parametrize("name", ["full", "lora", "sst"])
+@pytest.mark.parametrize("name", METHODS)
 def test_meta_device_plan_equals_the_real_model_plan(name):
-    settings = {} if name == "full" else {"rank": 4}
-    real = make_method(name, **settings).prepare(tiny_llama())
+    real_method = make_method(name, **_settings(name))
+    real = real_method.prepare(tiny_llama())
     with torch.device("meta"):
         meta = tiny_llama()
-    meta = make_method(name, **settings).prepare(meta)
+    meta_method = make_method(name, **_settings(name))
+    meta = meta_method.prepare(meta)
     assert next(meta.parameters()).is_meta
-    assert planned_state_bytes(meta) == planned_state_bytes(real)
+    assert planned_state_bytes(meta, method=meta_method) == planned_state_bytes(
+        real, method=real_method)
 
 
 def test_sst_weight_bytes_are_k_m_plus_n_plus_k_per_layer():

@@ -53,7 +53,8 @@ def _settings(corpus: str, out: str, method: str = "sst", **kw) -> LMSettings:
     """gpt_micro, a global micro-batch of 4 rows, 2 micro-batches per step; SST changes
     selections every 2 steps and re-SVDs every 4 (per layer, staggered)."""
     options = {"sst": {"iteration_interval": 2, "iterations_per_round": 2},
-               "galore": {"update_proj_gap": 2}, "relora": {"merge_interval": 3}}[method]
+               "galore": {"update_proj_gap": 2}, "relora": {"merge_interval": 3},
+               "apollo": {"update_proj_gap": 3}}[method]
     values = dict(text=corpus, model="gpt_micro", rank=4, block_size=16, batch_size=4,
                   total_batch_size=8, num_training_steps=STEPS, warmup_steps=2, eval_every=4,
                   eval_tokens=256, log_every=1, save_every=4, output_dir=out, method=method,
@@ -96,10 +97,12 @@ class _RecordingLM(type(LM)):
 
 
 def _job(rank: int, world_size: int, corpus: str, tmp: str) -> None:
-    """Per rank: SST, ReLoRA*, GaLore runs; a resume; bad launches. Results to files."""
+    """Per rank: SST, ReLoRA*, GaLore, APOLLO runs; a resume; bad launches. Results to files.
+
+    APOLLO's projections are counter-seeded, so the ranks draw the same ones unprompted."""
     tmp = Path(tmp)
     report = {}
-    for method in ("sst", "relora", "galore"):
+    for method in ("sst", "relora", "galore", "apollo"):
         task = _RecordingLM()
         outcome = train_run(task, _settings(corpus, str(tmp / f"ddp_{method}"), method),
                             progress=False)
@@ -130,7 +133,7 @@ def _job(rank: int, world_size: int, corpus: str, tmp: str) -> None:
 def test_two_ranks_match_one_process_and_each_other(corpus_file, tmp_path):
     torch.set_num_threads(1)  # as the ranks: the re-SVDs then compute the same bits
     single = {}
-    for method in ("sst", "relora", "galore"):
+    for method in ("sst", "relora", "galore", "apollo"):
         task = _RecordingLM()  # the rows one process trains on
         outcome = train_run(task, _settings(str(corpus_file), str(tmp_path / f"one_{method}"),
                                             method), progress=False)
@@ -155,7 +158,7 @@ def test_two_ranks_match_one_process_and_each_other(corpus_file, tmp_path):
     for rank0, rank1, whole in zip(ranks[0]["sst"]["rows"], ranks[1]["sst"]["rows"],
                                    single["sst"]["rows"], strict=True):
         assert rank0 + rank1 == whole and len(rank0) == 2
-    for method in ("sst", "relora", "galore"):
+    for method in ("sst", "relora", "galore", "apollo"):
         a, b = ranks[0][method], ranks[1][method]
         # The ranks hold bitwise the same model (through swaps and re-SVDs for SST).
         assert a["state"].keys() == b["state"].keys()

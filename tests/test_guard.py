@@ -23,7 +23,8 @@ def _data(seed: int = 1):
 
 def _setup(name: str = "sst", **settings):
     torch.manual_seed(0)
-    defaults = {"full": {}, "lora": {"rank": 2}, "galore": {"rank": 2, "update_proj_gap": 2}}
+    defaults = {"full": {}, "lora": {"rank": 2}, "galore": {"rank": 2, "update_proj_gap": 2},
+                "apollo": {"rank": 2, "update_proj_gap": 2}}
     method = make_method(name, **settings or defaults.get(name, {"rank": 2}))
     model = method.prepare(TinyMLP(d_in=12, width=16))
     return method, model
@@ -51,10 +52,12 @@ def test_a_loop_that_forgets_after_step_raises_within_three_steps(name):
     assert "sparse_spectral.training.hf" in message
 
 
-@pytest.mark.parametrize("name", ["full", "lora", "relora", "galore", "sst", "sst-top-r"])
+@pytest.mark.parametrize("name", ["full", "lora", "relora", "galore", "apollo", "sst",
+                                  "sst-top-r"])
 def test_the_life_cycle_never_trips_the_guard(name):
     method, model = _setup(name)
-    assert guard.is_watched(method) == (name in ("relora", "galore", "sst", "sst-top-r"))
+    assert guard.is_watched(method) == (name in ("relora", "galore", "apollo", "sst",
+                                                 "sst-top-r"))
     optimizer = method.build_optimizer(model, lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0)
     x, y = _data()

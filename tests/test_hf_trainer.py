@@ -17,6 +17,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
 from sparse_spectral.methods import make_method
+from sparse_spectral.methods.apollo_optim import ApolloAdamW
 from sparse_spectral.methods.galore_optim import GaLoreAdamW
 from sparse_spectral.methods.guard import MethodGuardError
 from sparse_spectral.spectral import SlotAdamW, SpectralLinear
@@ -101,14 +102,17 @@ def test_sst_trains_with_its_own_optimizer_and_schedule(tmp_path):
             torch.testing.assert_close(norms, torch.ones_like(norms), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["full", "lora", "relora", "galore"])
+@pytest.mark.parametrize("name", ["full", "lora", "relora", "galore", "apollo", "apollo_mini"])
 def test_every_method_trains_with_its_optimizer(tmp_path, name):
     settings = {"full": {}, "lora": {"rank": 4}, "relora": {"rank": 4, "merge_interval": 3},
-                "galore": {"rank": 4, "update_proj_gap": 3}}[name]
+                "galore": {"rank": 4, "update_proj_gap": 3},
+                "apollo": {"rank": 4, "update_proj_gap": 3},
+                "apollo_mini": {"update_proj_gap": 3}}[name]
     trainer, method, _ = spectral_trainer(tmp_path, name, settings, max_steps=4)
     trainer.train()
     inner = trainer.optimizer.optimizer
-    assert type(inner) is (GaLoreAdamW if name == "galore" else SlotAdamW)
+    kinds = {"galore": GaLoreAdamW, "apollo": ApolloAdamW, "apollo_mini": ApolloAdamW}
+    assert type(inner) is kinds.get(name, SlotAdamW)
     assert method.step == 4
 
 
@@ -160,6 +164,7 @@ def _weights(model) -> dict[str, torch.Tensor]:
     ("sst", SST, 0.1),
     ("relora", {"rank": 4, "merge_interval": 3}, 0.0),
     ("galore", {"rank": 4, "update_proj_gap": 3}, 0.0),
+    ("apollo", {"rank": 4, "update_proj_gap": 2}, 0.0),  # resumed at step 3: mid-refresh
 ])
 def test_resume_from_a_checkpoint_is_bit_exact(tmp_path, name, settings, dropout):
     straight, method_a, model_a = spectral_trainer(tmp_path / "a", name, settings, dropout)

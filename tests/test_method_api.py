@@ -33,8 +33,9 @@ from sparse_spectral.training.schedules import (
 )
 
 ALL = available_methods()
-BASE = ("full", "lora", "relora", "galore", "sst")
+BASE = ("full", "lora", "relora", "galore", "apollo", "sst")
 REFRESH = {"full": None, "lora": None, "relora": "merge_interval", "galore": "update_proj_gap",
+           "apollo": "update_proj_gap", "apollo_mini": "update_proj_gap",
            "sst": "iteration_interval", **{v: "iteration_interval" for v in SST_VARIANTS}}
 
 # dataclasses.fields order before LowRankConfig (checkpoints and method.json store to_dict()).
@@ -42,6 +43,8 @@ FIELD_ORDER = {
     "full": ["target_modules", "exclude_modules"],
     "galore": ["target_modules", "exclude_modules", "rank", "update_proj_gap", "scale",
                "proj_type"],
+    "apollo": ["target_modules", "exclude_modules", "rank", "update_proj_gap", "apollo_scale",
+               "scale_type", "norm_growth_limit", "seed"],
     "lora": ["target_modules", "exclude_modules", "rank", "alpha", "seed"],
     "relora": ["target_modules", "exclude_modules", "rank", "alpha", "seed", "merge_interval",
                "optimizer_reset", "reset_ratio", "restart_warmup_steps"],
@@ -90,7 +93,7 @@ def test_config_class_and_option_fields_of_a_variant():
         method_config_class("lorax")
 
 
-@pytest.mark.parametrize("name", ["lora", "relora", "galore", "sst"])
+@pytest.mark.parametrize("name", ["lora", "relora", "galore", "apollo", "sst"])
 def test_low_rank_configs_share_one_rank_check(name):
     cls = method_config_class(name)
     assert issubclass(cls, LowRankConfig)
@@ -119,9 +122,12 @@ def test_the_galore_optimizer_checks_a_group_rank_with_the_same_message():
 def test_method_for_run_puts_rank_seed_and_interval_in_their_fields(name):
     method = method_for_run(name, rank=3, seed=11, interval=7)
     config, default = method.config, method_config_class(name)()
-    fields = {f.name for f in dataclasses.fields(config)}
-    assert config.rank == 3 if "rank" in fields else "rank" not in fields
-    assert config.seed == 11 if "seed" in fields else "seed" not in fields
+    fields, options = {f.name for f in dataclasses.fields(config)}, method_option_fields(name)
+    for key, value in (("rank", 3), ("seed", 11)):
+        if key in options:
+            assert getattr(config, key) == value
+        elif key in fields:  # a variant's preset (apollo_mini's rank 1) is kept
+            assert getattr(config, key) == getattr(make_method(name).config, key), key
     refresh = REFRESH[name]
     for other in {"iteration_interval", "merge_interval", "update_proj_gap"} & fields:
         expected = 7 if other == refresh else getattr(default, other)
@@ -130,7 +136,7 @@ def test_method_for_run_puts_rank_seed_and_interval_in_their_fields(name):
     assert method_for_run(name).config == make_method(name).config
 
 
-@pytest.mark.parametrize("name", ["relora", "galore", "sst"])
+@pytest.mark.parametrize("name", ["relora", "galore", "apollo", "sst"])
 def test_an_explicit_refresh_option_wins_over_the_interval(name):
     refresh = REFRESH[name]
     method = method_for_run(name, interval=7, **{refresh: 5})
@@ -248,7 +254,7 @@ def _excluded(model, method):
         chosen += [method.layers[0][1].s, method.layers[-1][1].Vh_active]
     elif method.name in ("lora", "relora"):
         chosen.append(method.layers[0][1].lora_A)
-    elif method.name == "galore":
+    elif method.name in ("galore", "apollo"):
         chosen.append(named[f"{method.target_names[0]}.weight"])
     else:
         chosen.append(named["blocks.0.fc.weight"])

@@ -22,7 +22,7 @@ from sparse_spectral.training.checkpoint import latest_checkpoint
 DEVICES = ["cpu", pytest.param("cuda", marks=[
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])]
-METHODS = ["full", "lora", "relora", "galore", "sst"]
+METHODS = ["full", "lora", "relora", "galore", "apollo", "apollo_mini", "sst"]
 DIGITS = ["train", "images", "--dataset", "digits", "--hidden", "16", "--batch_size", "64",
           "--warmup_steps", "2", "--lr", "1e-2", "--no_progress"]
 
@@ -36,7 +36,7 @@ def _tensors_on(model: nn.Module, device: str) -> set[str]:
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_on_the_device_in_bf16_mixed(device, method, tmp_path):
     out = tmp_path / "run"
-    rank = [] if method == "full" else ["--rank", "4"]
+    rank = [] if method in ("full", "apollo_mini") else ["--rank", "4"]  # Mini: rank 1
     assert main([*DIGITS, "--epochs", "3", "--method", method, *rank, "--device", device,
                  "--precision", "bf16-mixed", "--output_dir", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -88,20 +88,26 @@ def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
     return MemoryReport(weights, gradients, state_bytes)
 
 
-def planned_state_bytes(model: nn.Module, moments: int = 2) -> MemoryReport:
+def planned_state_bytes(model: nn.Module, moments: int = 2, method=None) -> MemoryReport:
     """Training-state bytes implied by the parameter shapes alone (works on the meta device).
 
     Weights: every parameter (trainable or frozen) and buffer. Gradients: one tensor per
     trainable parameter. Optimizer state: ``moments`` tensors per trainable parameter
-    (AdamW: 2), without Adam's step counters (a few bytes per tensor or slot). GaLore's
-    projected moments are smaller than this and are not covered.
+    (AdamW: 2), without Adam's step counters (a few bytes per tensor or slot), except for
+    the parameters ``method`` plans itself (``method.planned_state_numel``: GaLore's and
+    APOLLO's projected targets keep rank-r moments, in the parameter's dtype).
 
     Args:
         model: a model, possibly built under ``torch.device("meta")``, already reshaped by
             its training method.
-        moments: optimizer tensors per trainable parameter.
+        moments: optimizer tensors per trainable parameter outside the method's plan.
+        method: the training method that prepared ``model``, or None (every trainable
+            parameter then counts ``moments`` copies of itself).
     """
     params = _unique_parameters(model)
+    own = method.planned_state_numel(model) if method is not None else {}
     weights = sum(_nbytes(p) for p in params) + sum(_nbytes(b) for b in model.buffers())
-    trainable = sum(_nbytes(p) for p in params if p.requires_grad)
-    return MemoryReport(weights, trainable, moments * trainable)
+    trainable = [p for p in params if p.requires_grad]
+    state = sum(own[id(p)] * p.element_size() if id(p) in own else moments * _nbytes(p)
+                for p in trainable)
+    return MemoryReport(weights, sum(_nbytes(p) for p in trainable), state)

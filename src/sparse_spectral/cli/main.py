@@ -3,7 +3,7 @@
     sst --version
     sst info | models | methods | tasks
     sst train TASK  [--config FILE] [--set KEY=VALUE] [flags]     TASK: lm, mt, graph, images
-    sst compare TASK --methods full,lora,relora,galore,sst --seeds 0,1,2 [flags]
+    sst compare TASK --methods full,lora,relora,galore,apollo,sst --seeds 0,1,2 [flags]
     sst ablate TASK --config examples/ablate_TASK_cpu.toml
     sst report DIR
     sst demo

@@ -1,6 +1,7 @@
 """Training methods behind one life cycle and one registry (see :mod:`.base`)."""
 
-from . import full, galore, lora, relora, sst  # noqa: F401  (registers the methods)
+from . import apollo, full, galore, lora, relora, sst  # noqa: F401  (registers the methods)
+from .apollo import Apollo, ApolloConfig
 from .base import (
     LowRankConfig,
     MethodConfig,
@@ -23,6 +24,8 @@ from .sst import SST_VARIANTS, SparseSpectral, SSTConfig
 
 __all__ = [
     "SST_VARIANTS",
+    "Apollo",
+    "ApolloConfig",
     "FullRank",
     "GaLore",
     "GaLoreConfig",

@@ -216,6 +216,13 @@ class TrainingMethod:
         """
         return self.merge(model)
 
+    def planned_state_numel(self, model: nn.Module) -> dict[int, int]:
+        """``{id(parameter): numbers}`` of the optimizer state of parameters whose state is
+        not Adam's two moments of their own shape (GaLore's and APOLLO's projected targets),
+        without step counters; empty by default. Shapes only, so it works on the meta
+        device (:func:`~..accounting.planned_state_bytes` reads it)."""
+        return {}
+
     # --------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         return {"method": self.name, "config": self.config.to_dict(), "step": self.step}

@@ -199,6 +199,9 @@ class GaLoreAdamW(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         """Add a group; a GaLore group's settings and weights are validated here."""
         if param_group.get("rank") is not None:
+            if "scale_type" in param_group:  # an APOLLO group handed to the wrong optimizer
+                raise ValueError("scale_type is an APOLLO setting: build APOLLO's optimizer "
+                                 "with method.build_optimizer (ApolloAdamW)")
             for key, value in GALORE_DEFAULTS.items():
                 param_group.setdefault(key, value)
         super().add_param_group(param_group)

@@ -4,8 +4,8 @@ A converted model handed to a loop that steps the optimizer but never calls
 ``method.after_step`` trains on without complaint: SST's selections never change, its
 active vectors drift off unit norm and singular values go negative; ReLoRA* never merges.
 An optimizer that cannot restart single slots (``torch.optim.AdamW`` on SST's vectors) or
-that trains GaLore's targets without projection is just as silent. The guard turns these
-into an exception within a few steps, naming the fix.
+that trains GaLore's or APOLLO's targets without projection is just as silent. The guard
+turns these into an exception within a few steps, naming the fix.
 
 Design: one global optimizer step post-hook (``torch.optim.optimizer.
 register_optimizer_step_post_hook``), registered on the first :func:`watch`; the method's
@@ -21,7 +21,8 @@ forgotten.
 
 Which methods are watched: those whose correctness depends on ``after_step``
 (``TrainingMethod.needs_after_step``: SST and ReLoRA*), for the step count; SST also for
-its optimizer (per-slot step counters), GaLore for its optimizer (a projection group).
+its optimizer (per-slot step counters), GaLore and APOLLO for their optimizer (a
+projection group).
 ``full`` and ``lora`` are not watched. :func:`unwatch` silences the guard for one method.
 """
 
@@ -75,8 +76,12 @@ class _Watch:
         self.name = method.name
         self.needs_after_step = bool(method.needs_after_step)
         self.spectral = any(isinstance(layer, SpectralLinear) for layer in self.layers)
-        # GaLore: target weights that must sit in a projection group (ids of live ones).
+        # GaLore, APOLLO: target weights (ids of live ones) that must sit in the method's
+        # projection group, a group carrying the method's marker key ("rank", "scale_type").
         self.projects = hasattr(method, "target_ids")
+        self.label = getattr(method, "label", method.name)
+        self.marker = getattr(method, "group_marker", "rank")
+        self.optimizer_name = getattr(getattr(method, "optimizer_class", None), "__name__", "")
         self.method = weakref.ref(method)
         self.seen: weakref.WeakKeyDictionary[Any, _Seen] = weakref.WeakKeyDictionary()
 
@@ -130,11 +135,13 @@ class _Watch:
         projected = self.projected_ids
         if projected:
             for group in optimizer.param_groups:
-                if "rank" not in group and any(id(p) in projected for p in group["params"]):
+                if self.marker not in group and any(id(p) in projected
+                                                    for p in group["params"]):
                     raise MethodGuardError(
-                        f"{kind} trains GaLore's target weights in a param group without "
-                        f"a projection ('rank'), i.e. at full rank. Fix: "
-                        f"{_OPTIMIZER_FIX.format('GaLoreAdamW')}. {_SILENCE}")
+                        f"{kind} trains {self.label}'s target weights in a param group "
+                        f"without {self.label}'s projection settings ({self.marker!r}), i.e. "
+                        f"at full rank or by another method. Fix: "
+                        f"{_OPTIMIZER_FIX.format(self.optimizer_name)}. {_SILENCE}")
         state = optimizer.state
         for p in self._slotted():
             held = state.get(p)
@@ -161,8 +168,8 @@ def _after_optimizer_step(optimizer, args, kwargs) -> None:
 def watch(method) -> None:
     """Check every later optimizer step over ``method``'s parameters (see the module doc).
 
-    Called by ``prepare`` (``ReplacingMethod.attach``, ``GaLore.prepare``); calling it
-    again (a re-prepared method) replaces the previous checks. A method with nothing to
+    Called by ``prepare`` (``ReplacingMethod.attach``, ``ProjectedMethod.prepare``);
+    calling it again (a re-prepared method) replaces the previous checks. A method with nothing to
     check (``full``, ``lora``) is not watched.
     """
     global _HOOK

@@ -46,9 +46,9 @@ REPORT_FILE = "report.md"
 # The low-rank methods SST is compared against (SPEC section 8).
 LOW_RANK_BASELINES = ("lora", "relora", "galore")
 # Table and legend order; other methods (ablation variants) follow in file order.
-METHOD_ORDER = ("full", "lora", "relora", "galore", "sst")
+METHOD_ORDER = ("full", "lora", "relora", "galore", "apollo", "apollo_mini", "sst")
 DISPLAY = {"full": "full rank", "lora": "LoRA", "relora": "ReLoRA*", "galore": "GaLore",
-           "sst": "SST"}
+           "apollo": "APOLLO", "apollo_mini": "APOLLO-Mini", "sst": "SST"}
 
 _TOP_KEYS = ("task", "title", "settings", "methods")
 _ACCOUNTING = ("trainable_params", "total_params", "grad_optimizer_bytes", "step_time_s")

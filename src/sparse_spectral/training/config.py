@@ -125,13 +125,16 @@ class MethodChoice(Checked):
     """The training method and the choices every method shares (rank, refresh interval)."""
 
     name: str = field(default="sst", metadata=_help(
-        "full, lora, relora, galore, sst or an SST variant (see `sst methods`)",
+        "full, lora, relora, galore, apollo, apollo_mini, sst or an SST variant (see "
+        "`sst methods`)",
         flag="method"))
     rank: int = field(default=16, metadata=_help(
-        "r: SST's active vector pairs, LoRA/ReLoRA*'s and GaLore's rank"))
+        "r: SST's active vector pairs, LoRA/ReLoRA*'s, GaLore's and APOLLO's rank "
+        "(APOLLO-Mini: always 1)"))
     interval: int | None = field(default=None, metadata=_help(
         "steps between subspace refreshes: SST's T3, ReLoRA*'s merge interval and GaLore's "
-        "projection gap follow it unless set themselves (default: each method's own)",
+        "and APOLLO's projection gap follow it unless set themselves (default: each "
+        "method's own)",
         flag="iteration_interval"))
     target_modules: str | list[str] | None = field(default=None, metadata=_help(
         "modules the method replaces: regex (full match), comma-separated name suffixes or "
@@ -182,7 +185,7 @@ class RuntimeSettings(Checked):
         "see torch._dynamo.list_backends()"))
     parallel: str = field(default="auto", metadata=_help(
         "auto (DDP when launched by torchrun, else one process), ddp (DDP; needs torchrun) or "
-        "fsdp2 (FSDP2 fully_shard; needs torchrun; not for galore)"))
+        "fsdp2 (FSDP2 fully_shard; needs torchrun; not for galore, apollo, apollo_mini)"))
     dist_timeout_s: float = field(default=1800.0, metadata=_help(
         "under torchrun: seconds a collective waits for the other ranks before failing"))
 

@@ -21,6 +21,11 @@ What each method needs (all verified on CPU/gloo against one process):
   matrix, which FSDP2 reduce-scatters into row shards: it would need an all-gather of every
   target's ``m x n`` gradient at each projector update plus an all-reduce of the projected
   ``rank x n`` gradient every step, outside FSDP2's own communication.
+- ``apollo``, ``apollo_mini``: refused. The projection of a wide target (m < n: ``P^T G``,
+  (r, n)) sums over the m rows that FSDP2 shards across ranks, and the norm-growth limiter
+  and APOLLO-Mini's tensor-wise factor need the norm of the whole gradient: an all-reduce of
+  ``r x n`` numbers per target and of two norms per step, outside FSDP2's own communication
+  (apollo-torch does not support FSDP either).
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ UNSUPPORTED = {
     "galore": "GaLore's projector is the SVD of each target's whole gradient, which FSDP2 "
               "shards by rows; it would need an all-gather of every m x n gradient at each "
               "projector update. Use --parallel ddp for galore",
+    **dict.fromkeys(("apollo", "apollo_mini"),
+                    "APOLLO projects each wide target's gradient over its rows, which FSDP2 "
+                    "shards across ranks, and its limiter (and APOLLO-Mini's scale) needs the "
+                    "whole gradient's norm; it would need an all-reduce of r x n numbers per "
+                    "target every step. Use --parallel ddp for apollo and apollo_mini"),
 }
 
 
@@ -74,7 +84,7 @@ def shard_model(model: nn.Module, method: TrainingMethod | None = None, mesh=Non
         reshard_after_forward: FSDP2's option (free the gathered block after forward).
 
     Raises:
-        ValueError: a method FSDP2 cannot run (GaLore), or an SST layer whose
+        ValueError: a method FSDP2 cannot run (GaLore, APOLLO), or an SST layer whose
             ``in_features`` does not divide by the world size.
         RuntimeError: no process group.
     """

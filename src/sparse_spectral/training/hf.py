@@ -15,7 +15,8 @@ method's schedule (the guard, :mod:`sparse_spectral.methods.guard`, stops it). W
 
 * **optimizer** (``create_optimizer``): ``method.build_optimizer`` with the arguments'
   ``learning_rate``, ``weight_decay``, ``adam_beta1/2`` and ``adam_epsilon``: SlotAdamW for
-  SST (per-slot restarts), GaLoreAdamW for GaLore, SlotAdamW (= AdamW) otherwise, with the
+  SST (per-slot restarts), GaLoreAdamW for GaLore, ApolloAdamW for APOLLO(-Mini), SlotAdamW
+  (= AdamW) otherwise, with the
   method's own param groups. ``optimizer_cls_and_kwargs`` picks another class; an
   explicit ``optimizers=(opt, sched)`` is used as given.
 * **schedule** (``create_scheduler``): the Trainer's own (``lr_scheduler_type``, warm-up,
@@ -36,7 +37,8 @@ method's schedule (the guard, :mod:`sparse_spectral.methods.guard`, stops it). W
   the guard and the method see them) ``train`` and every ``after_step`` run inside
   :func:`~sparse_spectral._util.collectives.replicated_ranks` on every rank: SST's re-SVD
   of layer ``l`` is computed on rank ``l mod N`` and broadcast, rank 0's draws are
-  broadcast, GaLore's projections are rank 0's, so the replicas stay bitwise identical.
+  broadcast, GaLore's projections are rank 0's, APOLLO's are counter-seeded (the same
+  draw on every rank without communication), so the replicas stay bitwise identical.
   The main process alone writes ``sparse_spectral_method.pt`` (atomically); every rank
   loads it on resume. FSDP, DeepSpeed, ``parallelism_config`` and tensor-parallel models
   are refused with a ``ValueError``: accelerate's FSDP2 shards every parameter on dim 0,
@@ -148,7 +150,7 @@ def _check_prepared(method, model) -> None:
             raise ValueError(f"the model was not prepared by this {method.name!r} method: "
                              "call model = method.prepare(model) before building the trainer")
     targets = getattr(method, "target_ids", None)
-    if targets is not None:  # GaLore
+    if targets is not None:  # GaLore, APOLLO
         params = {id(p) for p in model.parameters()}
         if not targets or not targets <= params:
             raise ValueError(f"the model was not prepared by this {method.name!r} method: "
@@ -197,7 +199,8 @@ class SpectralTrainerMixin:
 
         There the methods' between-step changes come out identical on every rank by
         construction: SST's re-SVD of layer ``l`` is computed on rank ``l mod N`` and
-        broadcast, and rank 0's draws are broadcast; GaLore's projection (computed in the
+        broadcast, and rank 0's draws are broadcast; APOLLO's projections are counter-seeded
+        (equal on every rank by construction); GaLore's projection (computed in the
         optimizer step) is rank 0's, broadcast.
         """
         with replicated_ranks(data_parallel(self.args)):

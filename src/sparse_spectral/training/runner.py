@@ -363,7 +363,7 @@ def check_fsdp2(settings) -> None:
     written).
 
     Raises:
-        ValueError: a method FSDP2 does not support (GaLore), or ``compile`` (not verified
+        ValueError: a method FSDP2 does not support (GaLore, APOLLO), or ``compile`` (not verified
             with sharded parameters).
     """
     name = settings.method.name

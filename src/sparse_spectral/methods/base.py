@@ -48,6 +48,23 @@ def check_int(label: str, value: Any, minimum: int | None = None) -> None:
         raise ValueError(f"{label}={value!r} must be an int{bound}")
 
 
+def check_projected_group(group: dict, kind: str) -> None:
+    """Check a projecting optimizer's param group (GaLore's, APOLLO's; ``kind`` names it).
+
+    Every parameter must be a 2-D weight with ``group["rank"] <= min(m, n)``; the group's
+    ``transposed`` flags (one per parameter, default all False) are filled in.
+    """
+    params = group["params"]
+    transposed = group.setdefault("transposed", [False] * len(params))
+    if len(transposed) != len(params):
+        raise ValueError(f"transposed has {len(transposed)} entries for "
+                         f"{len(params)} parameters")
+    for p in params:
+        if p.dim() != 2 or group["rank"] > min(p.shape):
+            raise ValueError(f"{kind} group needs 2-D weights with rank <= min(m, n); "
+                             f"got shape {tuple(p.shape)} with rank={group['rank']}")
+
+
 def parameter_ids(params: Iterable[torch.Tensor]) -> set[int]:
     """``id`` s of ``params`` (how param groups test membership without tensor equality)."""
     return {id(p) for p in params}

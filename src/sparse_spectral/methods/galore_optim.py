@@ -46,7 +46,7 @@ import torch
 
 from .._util.collectives import broadcast_
 from ..spectral.optim import adamw_update_, check_adam_hyperparameters
-from .base import check_int
+from .base import check_int, check_projected_group
 
 __all__ = [
     "PROJ_TYPES",
@@ -213,15 +213,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
     def _check_galore_group(group: dict) -> None:
         check_settings(group["rank"], group["update_proj_gap"], group["scale"],
                        group["proj_type"])
-        params = group["params"]
-        transposed = group.setdefault("transposed", [False] * len(params))
-        if len(transposed) != len(params):
-            raise ValueError(f"transposed has {len(transposed)} entries for "
-                             f"{len(params)} parameters")
-        for p in params:
-            if p.dim() != 2 or group["rank"] > min(p.shape):
-                raise ValueError(f"a GaLore group needs 2-D weights with rank <= min(m, n); "
-                                 f"got shape {tuple(p.shape)} with rank={group['rank']}")
+        check_projected_group(group, "a GaLore")
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -1,5 +1,5 @@
-"""Seeded fuzzing of the settings, the config files and ``make_method`` (hypothesis is not
-installed in the project's environment, so a seeded generator stands in for it).
+"""Seeded fuzzing of the settings, the config files and ``make_method`` (beside the
+Hypothesis property tests of ``test_settings_property.py``: larger counts, config files).
 
 Property: every generated input either builds or raises a ``ValueError`` whose message names
 one of the keys or values given; never a bare ``TypeError``, ``AttributeError`` or

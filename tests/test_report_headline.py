@@ -115,3 +115,26 @@ def test_a_malformed_headline_names_the_file_and_key(tmp_path, headline, message
     with pytest.raises(ValueError, match=message) as info:
         render(tmp_path)
     assert str(tmp_path / "results.json") in str(info.value)
+
+
+def test_a_multi_seed_comparison_reports_the_share_within_each_seed(tmp_path):
+    """Three seeds: the share of each seed from that seed's runs, their mean and spread;
+    APOLLO counts as a low-rank baseline (the best one here)."""
+    per_seed = {"full": [20.0, 21.0, 19.0], "lora": [25.0, 26.0, 23.0],
+                "apollo": [24.0, 24.0, 24.0], "sst": [22.0, 22.0, 21.0]}
+    results = lm_results({name: sum(v) / 3 for name, v in per_seed.items()})
+    for name, values in per_seed.items():
+        results["methods"][name]["seeds"] = [{"seed": s, "val_ppl": v}
+                                             for s, v in zip((0, 1, 2), values)]
+    write_json(tmp_path / "results.json", results)
+    render(tmp_path)
+    line = gap_line(tmp_path)
+    # Means: full 20, APOLLO 24 (best of LoRA 24.67, APOLLO 24), SST 21.67: 58.3%.
+    assert "best other low-rank method (APOLLO, 24.00)" in line and "58.3%" in line
+    # Seed 0: (24-22)/(24-20) 50%; seed 1: (24-22)/(24-21) 66.7%; seed 2: (23-21)/(23-19) 50%
+    # (LoRA is seed 2's best baseline).
+    assert "Within each seed: 50.0%, 66.7%, 50.0% (mean 55.6%, std 9.6%)." in line
+    del results["methods"]["lora"]["seeds"]  # one method without per-seed figures: no spread
+    write_json(tmp_path / "results.json", results)
+    render(tmp_path)
+    assert "Within each seed" not in gap_line(tmp_path)

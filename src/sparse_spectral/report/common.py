@@ -44,7 +44,7 @@ RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 
 # The low-rank methods SST is compared against (SPEC section 8).
-LOW_RANK_BASELINES = ("lora", "relora", "galore")
+LOW_RANK_BASELINES = ("lora", "relora", "galore", "apollo", "apollo_mini")
 # Table and legend order; other methods (ablation variants) follow in file order.
 METHOD_ORDER = ("full", "lora", "relora", "galore", "apollo", "apollo_mini", "sst")
 DISPLAY = {"full": "full rank", "lora": "LoRA", "relora": "ReLoRA*", "galore": "GaLore",
@@ -286,6 +286,9 @@ class Gap:
     full: float | None
     sst: float | None
     best: tuple[str, float] | None  # (name, value) of the best low-rank baseline
+    #: The share computed within each seed (every method's run of that seed), in seed
+    #: order; empty unless every method has per-seed figures for two or more common seeds.
+    seed_shares: tuple[float | None, ...] = ()
 
     @property
     def missing(self) -> list[str]:
@@ -316,8 +319,30 @@ def headline_gap(results: Mapping[str, Any], task: str) -> tuple[Headline, Gap]:
         task: the :data:`DEFAULT_HEADLINES` key of the calling report.
     """
     metric = headline(results, task)
-    values = metric_values(results.get("methods", {}), metric.key)
-    return metric, gap(values, metric.higher_is_better)
+    methods = results.get("methods", {})
+    values = metric_values(methods, metric.key)
+    whole = gap(values, metric.higher_is_better)
+    shares = tuple(gap(per_seed, metric.higher_is_better).share
+                   for per_seed in _per_seed_values(methods, metric.key))
+    return metric, Gap(whole.share, whole.full, whole.sst, whole.best, shares)
+
+
+def _per_seed_values(methods: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    """``[{method: value}]`` for each seed every method ran (``entry["seeds"]`` of
+    ``sst compare --seeds``), in seed order; empty for fewer than two such seeds."""
+    by_method = {}
+    for name, entry in methods.items():
+        seeds = entry.get("seeds") if isinstance(entry, Mapping) else None
+        if not isinstance(seeds, list):
+            return []
+        if not all(isinstance(s, Mapping) and key in s for s in seeds):
+            return []  # the metric is not one kept per seed
+        by_method[name] = {s.get("seed"): s[key] for s in seeds}
+    common = set.intersection(*(set(v) for v in by_method.values())) if by_method else set()
+    if len(common) < 2:
+        return []
+    return [{name: by_method[name][seed] for name in by_method}
+            for seed in sorted(common, key=repr)]
 
 
 # --------------------------------------------------------------------------

@@ -100,9 +100,9 @@ def gap_closed(results: Mapping[str, Any]) -> float | None:
     """Share of the full-vs-low-rank gap that SST closes on the headline (SPEC section 8).
 
     ``(best_other - sst) / (best_other - full)`` with ``best_other`` the best value among
-    the low-rank baselines present (``lora``, ``relora``, ``galore``). 1 means SST matches
-    full rank, 0 means it is no better than the best baseline, and a negative value means it
-    is worse.
+    the low-rank baselines present (:data:`~.common.LOW_RANK_BASELINES`: LoRA, ReLoRA*,
+    GaLore, APOLLO, APOLLO-Mini). 1 means SST matches full rank, 0 means it is no better
+    than the best baseline, and a negative value means it is worse.
 
     Args:
         results: reads ``headline`` (default: validation perplexity, lower is better) and

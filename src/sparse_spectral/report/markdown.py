@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ Column = tuple[str, Callable[[Mapping[str, Any]], str]]
 
 # What :attr:`.common.Gap.missing` names, in the words of a sentence.
 _ROLES = {"full": "full rank", "sst": "SST",
-          "baseline": "a low-rank baseline (LoRA, ReLoRA*, GaLore)"}
+          "baseline": "a low-rank baseline (LoRA, ReLoRA*, GaLore, APOLLO, APOLLO-Mini)"}
 
 
 # --------------------------------------------------------------------------
@@ -140,7 +141,8 @@ class GapWording:
     """
 
     subject: str = "{name} "
-    missing: str = "; it needs full rank, SST and a low-rank baseline (LoRA, ReLoRA*, GaLore)."
+    missing: str = ("; it needs full rank, SST and a low-rank baseline (LoRA, ReLoRA*, GaLore, "
+                    "APOLLO, APOLLO-Mini).")
     no_gap_end: str = ", so there is no gap to close."
     gap_name: str = "{hyphenated}"
     closing: str = ": (SST - best other) / (full - best other) with SST at {sst}."
@@ -176,7 +178,19 @@ def gap_sentence(result: Gap, label: str, fmt: Callable[[float], str] = "{:.2f}"
         return f"{not_computed}; {best_other} is not worse than {full}{wording.no_gap_end}"
     return (f"SST closes {100 * result.share:.1f}% of the {wording.gap_name.format(**words)} "
             f"gap between {best_other} and {full}"
-            + wording.closing.format(sst=fmt(result.sst), **words))
+            + wording.closing.format(sst=fmt(result.sst), **words) + _seed_spread(result))
+
+
+def _seed_spread(result: Gap) -> str:
+    """`` Within each seed: a%, b%, c% (mean m%, std d%).`` for a multi-seed comparison."""
+    if not result.seed_shares:
+        return ""
+    shown = ", ".join("n/a" if v is None else f"{100 * v:.1f}%" for v in result.seed_shares)
+    known = [v for v in result.seed_shares if v is not None]
+    if len(known) < 2:
+        return f" Within each seed: {shown}."
+    return (f" Within each seed: {shown} (mean {100 * statistics.fmean(known):.1f}%, "
+            f"std {100 * statistics.stdev(known):.1f}%).")
 
 
 # --------------------------------------------------------------------------

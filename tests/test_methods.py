@@ -175,6 +175,59 @@ def test_sst_training_reduces_loss():
     assert model(x).pow(2).mean().item() < 0.5 * first
 
 
+def _first_updates(scale):
+    """The change of ``(U_active, Vh_active, s)`` of the first layer in one step at lr 1e-2."""
+    method = _sst(singular_value_lr_scale=scale)
+    model = method.prepare(_mlp())
+    layer = method.layers[0][1]
+    before = [p.detach().clone() for p in (layer.U_active, layer.Vh_active, layer.s)]
+    opt = method.build_optimizer(model, lr=1e-2)
+    model(_x(0)).pow(2).mean().backward()
+    opt.step()
+    return opt, [p.detach() - b for p, b in zip((layer.U_active, layer.Vh_active, layer.s),
+                                               before, strict=True)]
+
+
+def test_singular_value_lr_scale_scales_only_the_singular_values():
+    opt1, (dU1, dV1, ds1) = _first_updates(1.0)
+    opt3, (dU3, dV3, ds3) = _first_updates(3.0)
+    # 1.0 keeps the paper's single spectral group (checkpoints unchanged).
+    assert [g["name"] for g in opt1.param_groups][-1] == "spectral"
+    assert "singular_values" not in [g["name"] for g in opt1.param_groups]
+    values = next(g for g in opt3.param_groups if g["name"] == "singular_values")
+    assert values["lr"] == pytest.approx(3e-2) and values["lr_scale"] == 3.0
+    assert values["slot_dims"] == [-1] * len(values["params"])
+    torch.testing.assert_close(dU3, dU1, rtol=0, atol=0)
+    torch.testing.assert_close(dV3, dV1, rtol=0, atol=0)
+    assert ds1.abs().max() > 0
+    torch.testing.assert_close(ds3, 3 * ds1, rtol=1e-5, atol=1e-9)
+
+
+def test_singular_value_lr_scale_survives_the_schedule_and_a_resvd():
+    method = _sst(singular_value_lr_scale=2.0)
+    model = method.prepare(_mlp())
+    opt = method.build_optimizer(model, lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
+    rounds = method._rounds(method.layers[0][1]) * method.config.iteration_interval
+    for step in range(1, rounds + 2):
+        model(_x(step)).pow(2).mean().backward()
+        opt.step()
+        scheduler.step()
+        opt.zero_grad(set_to_none=True)
+        method.after_step(step, opt)
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs["singular_values"] == pytest.approx(2 * lrs["spectral"])
+    layer = method.layers[0][1]  # layer 0 re-SVD'd at the round's end: s restarted since
+    assert int(opt.state[layer.s]["step"].max()) < rounds
+    assert (layer.s >= 0).all()
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), True, "3"])
+def test_singular_value_lr_scale_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match=r"singular_value_lr_scale=.*must be a finite number"):
+        _sst(singular_value_lr_scale=bad)
+
+
 def test_full_method_is_the_identity_life_cycle():
     method = make_method("full")
     model = _mlp()

@@ -14,6 +14,7 @@ import pytest
 from sparse_spectral.report.lm import (
     gap_closed,
     load_lm_results,
+    paper_sentence,
     render_lm_report,
     results_table,
 )
@@ -106,6 +107,35 @@ def test_gap_closed_none_cases(ppl):
 
 def test_gap_closed_ignores_a_diverged_baseline(results):
     assert gap_closed(results) == pytest.approx(OPT_125M_GAP)
+
+
+@pytest.mark.parametrize("ppl, words", [
+    # LLaMA-130M's own row: as much as the paper
+    ({"full": 20.04, "lora": 29.71, "relora": 31.33, "sst": 23.35}, "closes 65.8%, as much"),
+    # 50%: 15.8 points short of 65.8%
+    ({"full": 10.0, "lora": 20.0, "relora": 30.0, "sst": 15.0}, "closes 50.0%, 15.8 points"),
+    # worse than ReLoRA*, the better of the two: contradicts
+    ({"full": 10.0, "lora": 30.0, "relora": 20.0, "sst": 21.0}, "worse than ReLoRA*"),
+])
+def test_paper_sentence_reads_the_share_against_lora_and_relora(ppl, words):
+    sentence = paper_sentence(ppl_results(**ppl))
+    assert words in sentence and "65.8% for LLaMA-130M" in sentence
+
+
+def test_paper_sentence_ignores_galore_and_apollo():
+    # GaLore is the best baseline overall (SST closes 0% of that gap), not in the paper's set.
+    ppl = {"full": 10.0, "lora": 20.0, "relora": 30.0, "galore": 15.0, "sst": 15.0}
+    assert gap_closed(ppl_results(**ppl)) == pytest.approx(0.0)
+    assert "closes 50.0%" in paper_sentence(ppl_results(**ppl))
+
+
+@pytest.mark.parametrize("ppl, words", [
+    ({"full": 10.0, "galore": 20.0, "sst": 15.0}, "neither LoRA nor ReLoRA*"),
+    ({"full": 10.0, "lora": 9.0, "sst": 15.0}, "LoRA is not worse than full rank"),
+    ({"full": 10.0, "lora": 20.0}, "a figure is missing"),
+])
+def test_paper_sentence_says_why_it_is_not_computed(ppl, words):
+    assert words in paper_sentence(ppl_results(**ppl))
 
 
 # --------------------------------------------------------------------------

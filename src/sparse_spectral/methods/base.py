@@ -188,11 +188,14 @@ class TrainingMethod:
                         **kwargs) -> torch.optim.Optimizer:
         """Build an optimizer over :meth:`param_groups` (default :class:`SlotAdamW`).
 
-        ``exclude``: parameters the optimizer must not hold (see :meth:`param_groups`).
+        ``exclude``: parameters the optimizer must not hold (see :meth:`param_groups`). A
+        group with an ``lr_scale`` gets ``lr * lr_scale`` as its own learning rate (the key
+        stays in the group, so a checkpoint shows it).
         """
         optimizer_cls = optimizer_cls or SlotAdamW
-        return optimizer_cls(self.param_groups(model, weight_decay, exclude=exclude), lr=lr,
-                             **kwargs)
+        groups = [{**group, "lr": lr * group["lr_scale"]} if "lr_scale" in group else group
+                  for group in self.param_groups(model, weight_decay, exclude=exclude)]
+        return optimizer_cls(groups, lr=lr, **kwargs)
 
     def after_step(self, step: int, optimizer=None) -> None:
         """Run the method's schedule after optimizer step number ``step`` (1-based)."""

@@ -68,6 +68,10 @@ class SSTConfig(LowRankConfig):
         default="svd", metadata={"help": "'svd' (exact conversion) or 'random' (random "
                                  "orthonormal factors with the same singular values; ablation)."})
     seed: int = field(default=0, metadata={"help": "seed of the counter-based sampler."})
+    singular_value_lr_scale: float = field(
+        default=1.0, metadata={"help": "learning rate of the singular values s as a multiple of "
+                               "lr (the vectors keep lr; 1.0: one rate for all, the paper's "
+                               "behaviour; the paper does not say)."})
     forward_mode: str = field(
         default="auto", metadata={"help": "'factored', 'composed' (build U diag(s) Vh once per "
                                   "step, run as a dense layer) or 'auto' (the cheaper one per "
@@ -111,6 +115,11 @@ class SSTConfig(LowRankConfig):
                 "step: set stagger_resvd=False with it")
         if self.init not in _INITS:
             raise ValueError(f"init={self.init!r} is unknown; allowed: {', '.join(_INITS)}")
+        if isinstance(self.singular_value_lr_scale, bool) or not isinstance(
+                self.singular_value_lr_scale, (int, float)) \
+                or not 0.0 < self.singular_value_lr_scale < float("inf"):
+            raise ValueError(f"singular_value_lr_scale={self.singular_value_lr_scale!r} must be "
+                             "a finite number > 0")
         if self.frozen_dtype is not None and self.frozen_dtype not in FROZEN_DTYPES:
             raise ValueError(f"frozen_dtype={self.frozen_dtype!r} is unknown; allowed: None, "
                              f"{', '.join(FROZEN_DTYPES)}")
@@ -167,22 +176,30 @@ class SparseSpectral(ReplacingMethod):
         """Dense groups plus one ``spectral`` group with per-slot step counters.
 
         Weight decay is off for the spectral group: the active vectors are renormalised
-        after every step, and decaying ``s`` is a choice the paper does not make.
-        ``exclude`` leaves parameters out of every group (:meth:`TrainingMethod.param_groups`).
+        after every step, and decaying ``s`` is a choice the paper does not make. With
+        ``singular_value_lr_scale != 1`` the singular values get a ``singular_values`` group
+        of their own whose ``lr_scale`` :meth:`build_optimizer` turns into its learning rate
+        (the schedule then scales both groups alike). ``exclude`` leaves parameters out of
+        every group (:meth:`TrainingMethod.param_groups`).
         """
         exclude = list(exclude)
         groups = super().param_groups(model, weight_decay, exclude=exclude)
         skip = parameter_ids(exclude)
-        params, slot_dims = [], []
+        scale = self.config.singular_value_lr_scale
+        spectral = {"name": "spectral", "params": [], "slot_dims": [], "weight_decay": 0.0}
+        values = ({"name": "singular_values", "params": [], "slot_dims": [],
+                   "weight_decay": 0.0, "lr_scale": float(scale)} if scale != 1.0 else spectral)
         for _, layer in self.converted_layers(model):
             # s restarts per index only when just the sampled values train.
-            dims = (1, 0, -1 if layer.all_singular_values else 0)
-            for p, dim in zip((layer.U_active, layer.Vh_active, layer.s), dims, strict=True):
+            entries = ((spectral, layer.U_active, 1), (spectral, layer.Vh_active, 0),
+                       (values, layer.s, -1 if layer.all_singular_values else 0))
+            for group, p, dim in entries:
                 if id(p) not in skip:
-                    params.append(p)
-                    slot_dims.append(dim)
-        groups.append({"name": "spectral", "params": params, "slot_dims": slot_dims,
-                       "weight_decay": 0.0})
+                    group["params"].append(p)
+                    group["slot_dims"].append(dim)
+        groups.append(spectral)
+        if values is not spectral and values["params"]:
+            groups.append(values)
         return groups
 
     def after_step(self, step: int, optimizer=None) -> None:

@@ -139,6 +139,9 @@ _PRESET_LIST = (
     _llama("llama_350m", 1024, 2736, 16, 24, "GaLore/ReLoRA LLaMA 350M"),
     _llama("llama_1b", 2048, 5461, 32, 24, "GaLore LLaMA 1B (1.34B params; SST's 1.3B)"),
     _llama("llama_tiny", 128, 344, 4, 4, "CPU-sized LLaMA", source="this project"),
+    _llama("llama_replica", 96, 256, 4, 4, "LLaMA-130M scaled for 2 CPU cores (benchmarks/"
+           "lm_replica.py): with a 1,344-token vocabulary 63% of it is block linear, as in "
+           "LLaMA-130M", source="this project"),
     _llama("llama_micro", 32, 86, 4, 2, "LLaMA for unit tests", source="this project"),
     _opt("opt_125m", 768, 12, 12, 3072, "OPT-125M (SST paper)", _OPT_HUB.format("opt-125m")),
     _opt("opt_350m", 1024, 24, 16, 4096, "OPT-350M: post-LN, 512-wide embeddings",

@@ -17,7 +17,8 @@ Stages, in order; each takes the choices of the stages before it from their reco
 
 * ``lr``: every method at each learning rate of its grid (SST also at three times the rate
   for its singular values, ``singular_value_lr_scale``), seed 0, 800 steps. The value with the
-  lowest validation perplexity is the method's choice.
+  lowest validation perplexity is the method's choice; a grid whose edge wins grows past it
+  (the next rate of the 1-3-10 ladder; SST's scale likewise), so no choice sits on an edge.
 * ``schedule``: SST at its chosen rates, T3 in (10, 25, 50, 100, 200) at 2,400 steps (20 down
   to 1 re-SVD rounds) and T3 in (8, 67) at 800 steps: fixed T3 against "8 rounds per run".
 * ``knobs``: each baseline's own setting at its chosen rate, 800 steps (GaLore's scale and
@@ -61,6 +62,9 @@ METHODS = ("full", "lora", "relora", "galore", "apollo", "apollo_mini", "sst")
 PAPER_SET = ("lora", "relora")  # the baselines of the paper's table
 LR_GRID = {"full": (1e-3, 3e-3, 1e-2), **{m: (3e-3, 1e-2, 3e-2) for m in METHODS[1:]}}
 SST_VALUE_SCALES = (1.0, 3.0)
+LR_LADDER = tuple(m * 10.0**e for e in range(-5, 1) for m in (1, 3))  # 1e-5, 3e-5, ..., 3
+SCALE_LADDER = (1.0, 3.0, 10.0, 30.0)
+MAX_EXTENSIONS = 3
 SCHEDULE = {FULL_STEPS: (10, 25, 50, 100, 200), SHORT_STEPS: (8, 67)}
 KNOBS = {"galore": ({"scale": 1.0}, {"update_proj_gap": 50}),
          "relora": ({"merge_interval": 200},),
@@ -128,20 +132,59 @@ def _best(results: Path, cells: list[Cell]) -> Cell:
     return min(cells, key=lambda c: _val(results, c))
 
 
-def lr_cells(method: str) -> list[Cell]:
+def _lr_cell(method: str, lr: float, scale: float | None) -> Cell:
+    settings = method_defaults(method, DEFAULT_T3)
+    if scale is not None:
+        settings["singular_value_lr_scale"] = scale
+    return make_cell(method, lr, SHORT_STEPS, 0, **settings)
+
+
+def _beyond(ladder: tuple[float, ...], value: float, up: bool) -> float | None:
+    """The ladder's next value above (below) ``value``; None past its end."""
+    i = min(range(len(ladder)), key=lambda j: abs(math.log(ladder[j] / value)))
+    j = i + (1 if up else -1)
+    return ladder[j] if 0 <= j < len(ladder) else None
+
+
+def lr_cells(results: Path, method: str, partial: bool = False) -> list[Cell]:
+    """The method's grid, grown past any edge that wins (``partial``: the cells known so
+    far while some are unrecorded, instead of raising :class:`Waiting`).
+
+    When the best cell sits at the largest (smallest) learning rate tried, the next rate of
+    :data:`LR_LADDER` beyond it is added at the best cell's other settings; the same for SST's
+    singular-value scale at the top (:data:`SCALE_LADDER`). Repeats until the best is inside
+    (at most :data:`MAX_EXTENSIONS` times), so no method is judged at the edge of its grid.
+    """
     scales = SST_VALUE_SCALES if method == "sst" else (None,)
-    cells = []
-    for lr in LR_GRID[method]:
-        for scale in scales:
-            settings = method_defaults(method, DEFAULT_T3)
-            if scale is not None:
-                settings["singular_value_lr_scale"] = scale
-            cells.append(make_cell(method, lr, SHORT_STEPS, 0, **settings))
+    cells = [_lr_cell(method, lr, scale) for lr in LR_GRID[method] for scale in scales]
+    for _ in range(MAX_EXTENSIONS + 1):
+        try:
+            best = _best(results, cells)
+        except Waiting:
+            if partial:
+                return cells
+            raise
+        scale = best.settings.get("singular_value_lr_scale")
+        lrs = sorted({c.lr for c in cells})
+        grown = []
+        if best.lr in (lrs[0], lrs[-1]):
+            lr = _beyond(LR_LADDER, best.lr, up=best.lr == lrs[-1])
+            if lr is not None:
+                grown.append(_lr_cell(method, lr, scale))
+        if scale is not None and scale == max(c.settings["singular_value_lr_scale"]
+                                              for c in cells):
+            bigger = _beyond(SCALE_LADDER, scale, up=True)
+            if bigger is not None:
+                grown.append(_lr_cell(method, best.lr, bigger))
+        grown = [c for c in grown if c not in cells]
+        if not grown:
+            break
+        cells += grown
     return cells
 
 
 def schedule_cells(results: Path) -> list[Cell]:
-    best = _best(results, lr_cells("sst"))
+    best = _best(results, lr_cells(results, "sst"))
     return [make_cell("sst", best.lr, steps, 0, **{**best.settings, "iteration_interval": t3})
             for steps, t3s in SCHEDULE.items() for t3 in t3s]
 
@@ -154,7 +197,7 @@ def chosen_t3(results: Path) -> int:
 
 def knob_cells(results: Path, method: str) -> list[Cell]:
     """The method's chosen lr cell and its knob variants (at the short length)."""
-    base = _best(results, lr_cells(method))
+    base = _best(results, lr_cells(results, method))
     return [base] + [make_cell(method, base.lr, SHORT_STEPS, 0, **{**base.settings, **knob})
                      for knob in KNOBS.get(method, ())]
 
@@ -174,7 +217,7 @@ def final_choice(results: Path, method: str) -> Cell:
 def stage_cells(stage: str, results: Path, methods=METHODS) -> list[Cell]:
     """The cells of ``stage`` (raises :class:`Waiting` while an earlier stage is unfinished)."""
     if stage == "lr":
-        return [c for m in methods for c in lr_cells(m)]
+        return [c for m in methods for c in lr_cells(results, m, partial=True)]
     if stage == "schedule":
         return schedule_cells(results)
     if stage == "knobs":
@@ -223,6 +266,19 @@ def run_cell(out: str, results: str, cell: Cell) -> str:
                           | {"curve": summary.get("curve", [])[-1:]})
         return (f"{cell.name} seed {cell.seed}: val ppl {summary['val_ppl']:.3f}, "
                 f"{summary['wall_time_s']:.0f}s")
+
+
+def run_cells(out: str, results: Path, cells: list[Cell], workers: int, ctx) -> None:
+    """Train ``cells`` in ``workers`` fresh processes, rewriting the report after each."""
+    with ctx.Pool(workers, maxtasksperchild=1) as pool:
+        pending = [pool.apply_async(run_cell, (out, str(results), c)) for c in cells]
+        for cell, job in zip(cells, pending, strict=True):
+            try:
+                print(job.get(), flush=True)
+            except Exception as err:  # record nothing; the next start retries it
+                print(f"{cell.name} seed {cell.seed}: FAILED {type(err).__name__}: {err}",
+                      flush=True)
+            write_report(results)
 
 
 # ---------------------------------------------------------------------- report
@@ -386,25 +442,23 @@ def main(argv=None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     ctx = get_context("spawn")
     for stage in [] if args.report_only else args.stage:
-        try:
-            cells = stage_cells(stage, results, methods)
-        except Waiting as waiting:
-            print(f"stage {stage}: waits for {waiting} (an earlier stage is unfinished)")
-            break
-        except ValueError as err:
-            parser.error(str(err))
-        todo = [c for c in cells if not c.record(results).exists()]
-        print(f"stage {stage}: {len(todo)} cell(s) to run, {len(cells) - len(todo)} recorded",
-              flush=True)
-        with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
-            pending = [pool.apply_async(run_cell, (args.out, str(results), c)) for c in todo]
-            for cell, job in zip(todo, pending, strict=True):
-                try:
-                    print(job.get(), flush=True)
-                except Exception as err:  # record nothing; the next start retries it
-                    print(f"{cell.name} seed {cell.seed}: FAILED {type(err).__name__}: {err}",
-                          flush=True)
+        tried: set[Cell] = set()
+        while True:  # a stage may grow as its cells finish (lr: past a winning edge)
+            try:
+                cells = stage_cells(stage, results, methods)
+            except Waiting as waiting:
+                print(f"stage {stage}: waits for {waiting} (an earlier stage is unfinished)")
                 write_report(results)
+                return 1
+            except ValueError as err:
+                parser.error(str(err))
+            todo = [c for c in cells if not c.record(results).exists() and c not in tried]
+            if not todo:
+                break
+            tried.update(todo)
+            print(f"stage {stage}: {len(todo)} cell(s) to run, "
+                  f"{sum(c.record(results).exists() for c in cells)} recorded", flush=True)
+            run_cells(args.out, results, todo, args.workers, ctx)
     write_report(results)
     print((results / "sweep.md").read_text())
     return 0

@@ -145,6 +145,9 @@ class LanguageModelling(TaskBase):
     seed_metrics = ("val_loss", "val_ppl", "test_ppl")
     ablation_extras = ("test_ppl", "val_loss")
     summary_format = "val ppl {val_ppl:.3f}, test ppl {test_ppl:.3f}"
+    # APOLLO and APOLLO-Mini are the strongest published low-memory baselines for LM
+    # pre-training (Zhu et al. 2024): a comparison without them does not tell what to pick.
+    default_methods = ("full", "lora", "relora", "galore", "apollo", "apollo_mini", "sst")
 
     def headline(self, settings) -> Headline:
         return Headline("val_ppl", "validation perplexity", higher_is_better=False)

@@ -189,10 +189,12 @@ def test_example_config_parses():
     args = build_parser().parse_args(["compare", "lm", "--config", str(config),
                                       "--num_training_steps", "7"])
     settings, extras, _ = settings_from_args(args, LMSettings)
-    assert settings.schedule.num_training_steps == 7 and settings.model == "gpt_cpu"
-    assert settings.method.interval == 100 and settings.method.options == {}
-    assert extras["methods"] == "full,lora,relora,galore,sst"
-    assert set(lr_table(extras["method_lr"])) == {"full", "lora", "relora", "galore", "sst"}
+    assert settings.schedule.num_training_steps == 7 and settings.model == "llama_replica"
+    assert (settings.tokenizer, settings.vocab_size, settings.method.rank) == ("bpe", 1344, 8)
+    assert settings.method.options["singular_value_lr_scale"] == 3.0
+    methods = ["full", "lora", "relora", "galore", "apollo", "apollo_mini", "sst"]
+    assert extras["methods"] == ",".join(methods)
+    assert set(lr_table(extras["method_lr"])) == set(methods)
 
 
 def test_bad_schedule_fails_before_writing_anything(corpus_file, tmp_path):

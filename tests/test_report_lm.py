@@ -111,28 +111,33 @@ def test_gap_closed_ignores_a_diverged_baseline(results):
 
 @pytest.mark.parametrize("ppl, words", [
     # LLaMA-130M's own row: as much as the paper
-    ({"full": 20.04, "lora": 29.71, "relora": 31.33, "sst": 23.35}, "closes 65.8%, as much"),
+    ({"full": 20.04, "lora": 29.71, "relora": 31.33, "sst": 23.35},
+     "closes 65.8% of the gap between LoRA and full rank here, as much as the paper"),
     # 50%: 15.8 points short of 65.8%
-    ({"full": 10.0, "lora": 20.0, "relora": 30.0, "sst": 15.0}, "closes 50.0%, 15.8 points"),
+    ({"full": 10.0, "lora": 20.0, "relora": 30.0, "sst": 15.0}, "here, 15.8 points short"),
     # worse than ReLoRA*, the better of the two: contradicts
-    ({"full": 10.0, "lora": 30.0, "relora": 20.0, "sst": 21.0}, "worse than ReLoRA*"),
+    ({"full": 10.0, "lora": 30.0, "relora": 20.0, "sst": 21.0},
+     "worse than ReLoRA* here, which contradicts"),
 ])
 def test_paper_sentence_reads_the_share_against_lora_and_relora(ppl, words):
     sentence = paper_sentence(ppl_results(**ppl))
-    assert words in sentence and "65.8% for LLaMA-130M" in sentence
+    assert words in sentence and "65.8% of the gap between the better of LoRA and ReLoRA* and " \
+        "full rank at LLaMA-130M; 67.6% at OPT-125M, 97.4% at LLaMA-1.3B" in sentence
 
 
 def test_paper_sentence_ignores_galore_and_apollo():
     # GaLore is the best baseline overall (SST closes 0% of that gap), not in the paper's set.
     ppl = {"full": 10.0, "lora": 20.0, "relora": 30.0, "galore": 15.0, "sst": 15.0}
     assert gap_closed(ppl_results(**ppl)) == pytest.approx(0.0)
-    assert "closes 50.0%" in paper_sentence(ppl_results(**ppl))
+    assert "closes 50.0% of the gap between LoRA" in paper_sentence(ppl_results(**ppl))
 
 
 @pytest.mark.parametrize("ppl, words", [
-    ({"full": 10.0, "galore": 20.0, "sst": 15.0}, "neither LoRA nor ReLoRA*"),
-    ({"full": 10.0, "lora": 9.0, "sst": 15.0}, "LoRA is not worse than full rank"),
-    ({"full": 10.0, "lora": 20.0}, "a figure is missing"),
+    ({"full": 10.0, "galore": 20.0, "sst": 15.0}, "needs LoRA or ReLoRA*; this run has neither"),
+    ({"full": 10.0, "lora": 9.0, "sst": 15.0},
+     "full rank (10.00) is not ahead of LoRA (9.00) here"),
+    ({"full": 10.0, "lora": 20.0}, "no finite SST"),
+    ({"full": 10.0, "lora": float("nan"), "sst": 12.0}, "no finite LoRA"),
 ])
 def test_paper_sentence_says_why_it_is_not_computed(ppl, words):
     assert words in paper_sentence(ppl_results(**ppl))

@@ -114,31 +114,36 @@ def paper_sentence(results: Mapping[str, Any]) -> str:
     metric = headline(results, "lm")
     values = metric_values(results.get("methods", {}), metric.key)
     present = [m for m in PAPER_BASELINES if m in values]
-    claim = ", ".join(f"{100 * v:.1f}% for {name}" for name, v in PAPER_GAP_SHARES.items())
+    others = ", ".join(f"{100 * v:.1f}% at {name}" for name, v in PAPER_GAP_SHARES.items()
+                       if name != "LLaMA-130M")
+    claim = (f"{100 * PAPER_GAP_SHARES['LLaMA-130M']:.1f}% of the gap between the better of "
+             f"LoRA and ReLoRA* and full rank at LLaMA-130M; {others}")
     if not present:
-        return (f"Against the paper's claim (SST closes {claim} of the gap to LoRA and "
-                "ReLoRA*): not computed, this comparison has neither LoRA nor ReLoRA*.")
+        return (f"The paper's claim (SST closes {claim}) needs LoRA or ReLoRA*; this run has "
+                "neither.")
     result = gap({m: values.get(m) for m in ("full", "sst", *present)},
                  metric.higher_is_better)
-    baselines = " and ".join(display(m) for m in present)
+    if result.missing:
+        names = {"full": "full rank", "sst": "SST",
+                 "baseline": " and ".join(display(m) for m in present)}
+        roles = " or ".join(names[role] for role in result.missing)
+        return f"This run cannot test the paper's claim (SST closes {claim}): no finite {roles}."
+    name, best = result.best
     if result.share is None:
-        why = ("a figure is missing" if result.missing
-               else f"{baselines} {'is' if len(present) == 1 else 'are'} not worse than "
-                    "full rank")
-        return f"Against the paper's claim ({claim}): not computed, {why}."
-    share = 100 * result.share
-    paper = 100 * PAPER_GAP_SHARES["LLaMA-130M"]
+        return (f"This run cannot test the paper's claim (SST closes {claim}): full rank "
+                f"({result.full:.2f}) is not ahead of {display(name)} ({best:.2f}) here, as "
+                "happens when training is too short for full rank to lead; see the longer runs "
+                "in benchmarks/README.md.")
+    share, paper = 100 * result.share, 100 * PAPER_GAP_SHARES["LLaMA-130M"]
     if share < 0:
-        verdict = (f"here SST is worse than {display(result.best[0])}, so this run "
-                   "contradicts the claim")
+        verdict = f"SST is worse than {display(name)} here, which contradicts the paper's claim"
     elif share < paper - 10:
-        verdict = (f"here it closes {share:.1f}%, {paper - share:.1f} points short of "
-                   "LLaMA-130M's")
+        verdict = (f"SST closes {share:.1f}% of the gap between {display(name)} and full rank "
+                   f"here, {paper - share:.1f} points short of the paper's claim")
     else:
-        verdict = f"here it closes {share:.1f}%, as much as the paper or more"
-    return (f"Against {baselines}, the paper's baselines, SST closes {claim} of the gap "
-            f"to full rank in the paper; {verdict} (one small run: read it beside the seeds "
-            "and the benchmarks/README.md replica).")
+        verdict = (f"SST closes {share:.1f}% of the gap between {display(name)} and full rank "
+                   "here, as much as the paper claims or more")
+    return f"{verdict} (the paper: SST closes {claim})."
 
 
 def gap_closed(results: Mapping[str, Any]) -> float | None:

@@ -44,6 +44,7 @@ import fcntl
 import json
 import math
 import os
+import signal
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -466,4 +467,7 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # A terminated launch stops its workers too (the pool's exit terminates them); their
+    # unrecorded cells start again at the next launch.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())

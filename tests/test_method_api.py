@@ -51,7 +51,8 @@ FIELD_ORDER = {
     "sst": ["target_modules", "exclude_modules", "rank", "iteration_interval",
             "iterations_per_round", "sampler", "lam", "enhanced_gradient",
             "update_all_singular_values", "restart_warmup_steps", "init", "seed",
-            "forward_mode", "stagger_resvd", "svd_dtype", "frozen_dtype"],
+            "forward_mode", "stagger_resvd", "svd_dtype", "frozen_dtype",
+            "singular_value_lr_scale"],
 }
 
 

@@ -222,6 +222,15 @@ def test_singular_value_lr_scale_survives_the_schedule_and_a_resvd():
     assert (layer.s >= 0).all()
 
 
+def test_a_state_saved_before_singular_value_lr_scale_existed_still_loads():
+    method = _sst()
+    method.prepare(_mlp())
+    state = method.state_dict()
+    del state["config"]["singular_value_lr_scale"]
+    method.load_state_dict(state)
+    assert method_from_state(state).config.singular_value_lr_scale == 1.0
+
+
 @pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), True, "3"])
 def test_singular_value_lr_scale_rejects_bad_values(bad):
     with pytest.raises(ValueError, match=r"singular_value_lr_scale=.*must be a finite number"):
@@ -320,11 +329,12 @@ def _checkpoint(model, method, opt):
     return buffer, method.state_dict()
 
 
-@pytest.mark.parametrize("sampler", ["weighted", "uniform", "sequential", "top-r"])
-def test_exact_resume(sampler):
+@pytest.mark.parametrize("sampler, value_scale", [
+    ("weighted", 1.0), ("uniform", 1.0), ("sequential", 1.0), ("top-r", 1.0), ("weighted", 3.0)])
+def test_exact_resume(sampler, value_scale):
     """k steps + save + reload in fresh objects + j steps == k + j straight steps."""
     k, j = 5, 9  # crosses several iterations (T3 = 2) and rounds (T2 = ceil(k / 2))
-    method = _sst(sampler=sampler)
+    method = _sst(sampler=sampler, singular_value_lr_scale=value_scale)
     model = method.prepare(_mlp())
     opt = method.build_optimizer(model, lr=1e-2)
     _train(model, method, opt, 1, k)

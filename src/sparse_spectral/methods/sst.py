@@ -68,10 +68,6 @@ class SSTConfig(LowRankConfig):
         default="svd", metadata={"help": "'svd' (exact conversion) or 'random' (random "
                                  "orthonormal factors with the same singular values; ablation)."})
     seed: int = field(default=0, metadata={"help": "seed of the counter-based sampler."})
-    singular_value_lr_scale: float = field(
-        default=1.0, metadata={"help": "learning rate of the singular values s as a multiple of "
-                               "lr (the vectors keep lr; 1.0: one rate for all, the paper's "
-                               "behaviour; the paper does not say)."})
     forward_mode: str = field(
         default="auto", metadata={"help": "'factored', 'composed' (build U diag(s) Vh once per "
                                   "step, run as a dense layer) or 'auto' (the cheaper one per "
@@ -87,6 +83,10 @@ class SSTConfig(LowRankConfig):
                                 "active vectors and their optimizer state keep the training "
                                 "dtype. bfloat16 halves the frozen factors' bytes; a vector "
                                 "leaving the active set is rounded to it."})
+    singular_value_lr_scale: float = field(
+        default=1.0, metadata={"help": "learning rate of the singular values s as a multiple of "
+                               "lr (the vectors keep lr; 1.0: one rate for all, the paper's "
+                               "behaviour; the paper does not say)."})
 
     def validate(self):
         super().validate()
@@ -283,9 +283,11 @@ class SparseSpectral(ReplacingMethod):
         """Restore the step; if attached, check the model holds the saved selections.
 
         Load the model's state_dict before this one. A state saved before ``frozen_dtype``
-        existed has the frozen factors in the training dtype, which is its None.
+        existed has the frozen factors in the training dtype, which is its None; one saved
+        before ``singular_value_lr_scale`` existed trained ``s`` at lr, its 1.0.
         """
-        state = {**state, "config": {"frozen_dtype": None, **state.get("config", {})}}
+        state = {**state, "config": {"frozen_dtype": None, "singular_value_lr_scale": 1.0,
+                                     **state.get("config", {})}}
         super().load_state_dict(state)
         saved = state.get("selections", {})
         for name, layer in self.layers:

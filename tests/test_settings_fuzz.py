@@ -188,8 +188,13 @@ def fuzz_config_files(seed: int, count: int, folder: Path) -> dict[str, int]:
 
 
 def _both_outcomes(tally: dict[str, int], count: int) -> None:
+    """Each outcome in at least 5% of the inputs: both paths were exercised many times.
+
+    (Config files build about 8-17% of the time, by seed, since mangled YAML and random
+    values refuse most; a 10% floor failed whenever a new setting shifted the draws.)
+    """
     assert sum(tally.values()) == count
-    assert tally["built"] >= count // 10 and tally["clear error"] >= count // 10, tally
+    assert tally["built"] >= count // 20 and tally["clear error"] >= count // 20, tally
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # flat keys are deprecated, still read

@@ -23,7 +23,8 @@ Stages, in order; each takes the choices of the stages before it from their reco
   to 1 re-SVD rounds) and T3 in (8, 67) at 800 steps: fixed T3 against "8 rounds per run".
 * ``knobs``: each baseline's own setting at its chosen rate, 800 steps (GaLore's scale and
   projection gap, ReLoRA*'s merge interval, APOLLO's projection gap).
-* ``final``: every method with its chosen settings, seeds 0, 1, 2, 2,400 steps.
+* ``final``: every method with its chosen settings, seeds 0, 1, 2 (seed by seed), 2,400
+  steps.
 
 A cell is one ``train_run`` of the lm task in a worker process with one thread; a finished
 cell leaves a record (its summary without the curve) in ``<results>/cells/`` (default
@@ -223,13 +224,9 @@ def stage_cells(stage: str, results: Path, methods=METHODS) -> list[Cell]:
         return schedule_cells(results)
     if stage == "knobs":
         return [c for m in methods for c in knob_cells(results, m)]
-    if stage == "final":
-        cells = []
-        for method in methods:
-            first = final_choice(results, method)
-            cells += [Cell(first.method, first.lr, first.steps, seed, first.extra)
-                      for seed in SEEDS]
-        return cells
+    if stage == "final":  # seed by seed, so a partial sweep compares every method
+        firsts = [final_choice(results, method) for method in methods]
+        return [Cell(c.method, c.lr, c.steps, seed, c.extra) for seed in SEEDS for c in firsts]
     raise ValueError(f"stage={stage!r} is unknown; allowed: lr, schedule, knobs, final")
 
 

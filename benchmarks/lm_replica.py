@@ -406,9 +406,10 @@ def report_markdown(results: Path, table: dict, planned: dict) -> str:
         for key, label in (("gap_paper_set", "LoRA, ReLoRA* (the paper's set)"),
                            ("gap_all", "every low-rank baseline")):
             stat, names = table[key]
+            shown = (f"{_pm(stat, '{:.1f}')}% (best baseline: {names})" if stat else
+                     "not yet (no seed has every method's record)")
             parts += ["", f"Share of the gap SST closes against {label}, within each seed: "
-                      f"{_pm(stat, '{:.1f}')}%" + (f" (best baseline: {names})" if names
-                                                     else "")]
+                      f"{shown}"]
     return "\n".join(parts) + "\n"
 
 

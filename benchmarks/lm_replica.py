@@ -329,20 +329,28 @@ def planned_bytes() -> dict[str, dict[str, int]]:
 
 
 def gap_shares(per_seed: dict[str, dict[int, float]], baselines) -> tuple[dict | None, str]:
-    """The share of the gap SST closes within each seed, against the best of ``baselines``."""
+    """The share of the gap SST closes within each seed, against the best of ``baselines``.
+
+    Returns the shares' statistics (None when no seed gives one) and a note: the best
+    baseline of each seed, and the seeds with no gap (the best baseline not worse than full).
+    """
     from sparse_spectral.report.common import best_baseline, share_of_gap
 
-    shares, names = [], []
+    shares, names, no_gap = [], [], []
     for seed in SEEDS:
         values = {m: per_seed.get(m, {}).get(seed) for m in ("full", "sst", *baselines)}
         if any(values[m] is None for m in values):
             continue
-        best = best_baseline({m: values[m] for m in baselines})
-        share = share_of_gap(values["full"], values["sst"], best[1])
-        if share is not None:
+        name, best = best_baseline({m: values[m] for m in baselines})
+        share = share_of_gap(values["full"], values["sst"], best)
+        if share is None:
+            no_gap.append(f"seed {seed}: {name} {best:.2f} is not worse than full rank "
+                          f"{values['full']:.2f}, no gap")
+        else:
             shares.append(100 * share)
-            names.append(best[0])
-    return (_stat(shares) if shares else None), ", ".join(sorted(set(names)))
+            names.append(name)
+    notes = ([f"best baseline: {', '.join(sorted(set(names)))}"] if names else []) + no_gap
+    return (_stat(shares) if shares else None), "; ".join(notes)
 
 
 def aggregate(results: Path) -> dict:
@@ -405,9 +413,9 @@ def report_markdown(results: Path, table: dict, planned: dict) -> str:
                          f"{total / sum(full_bytes.values()):.2f}x |")
         for key, label in (("gap_paper_set", "LoRA, ReLoRA* (the paper's set)"),
                            ("gap_all", "every low-rank baseline")):
-            stat, names = table[key]
-            shown = (f"{_pm(stat, '{:.1f}')}% (best baseline: {names})" if stat else
-                     "not yet (no seed has every method's record)")
+            stat, notes = table[key]
+            shown = (f"{_pm(stat, '{:.1f}%')}" if stat else "none") + (
+                f" ({notes})" if notes else " (no seed has every method's record yet)")
             parts += ["", f"Share of the gap SST closes against {label}, within each seed: "
                       f"{shown}"]
     return "\n".join(parts) + "\n"

